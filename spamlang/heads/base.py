@@ -1,0 +1,90 @@
+"""The head API: the last layer, from hidden states (N, D) to a next-token loss over V symbols.
+
+A head is an ``nn.Module`` registered with :func:`register_head`. Besides its loss it exposes what the gradient
+diagnostics need: the logit gradient G and an orthonormal basis Q of the logit subspace whose component of G reaches
+the backbone (``logit_gradient``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from .. import params as P
+from ..errors import ConfigError
+from ..registry import Registry
+
+
+class Head(nn.Module):
+    """Base class of heads. Subclasses set ``name`` and implement ``loss``, ``log_probs`` and ``logit_gradient``."""
+
+    name: ClassVar[str] = ""
+    #: whether the head takes ``rank`` (``--head-rank``); heads that do not must be given rank None.
+    uses_rank: ClassVar[bool] = False
+    #: a frozen dataclass of the head's extra parameters (declared with ``spamlang.param``), or None.
+    Params: ClassVar[type | None] = None
+
+    def __init__(self, vocab_size: int, d_model: int, rank: int | None, embedding: nn.Embedding, params=None):
+        super().__init__()
+        self.vocab_size, self.d_model, self.params = vocab_size, d_model, params
+
+    @classmethod
+    def description(cls) -> str:
+        doc = inspect.getdoc(cls) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    @classmethod
+    def check(cls, vocab_size: int, d_model: int, rank: int | None, embed_dim: int) -> None:
+        """Raise ConfigError for an impossible combination. Subclasses extend and call super()."""
+        if rank is not None and not cls.uses_rank:
+            raise ConfigError(f"head '{cls.name}' takes no rank (got head_rank={rank}); leave --head-rank unset")
+        if cls.uses_rank and rank is None:
+            raise ConfigError(f"head '{cls.name}' needs a rank (--head-rank)")
+        if rank is not None and not 1 <= rank <= d_model:
+            raise ConfigError(f"head '{cls.name}': head_rank must be in [1, d_model={d_model}], got {rank}")
+        if d_model > vocab_size and cls.uses_rank:
+            raise ConfigError(f"head '{cls.name}': d_model={d_model} exceeds vocab_size={vocab_size}")
+
+    @property
+    def rank(self) -> int:
+        """Rank of the map through which the logit gradient reaches the backbone."""
+        raise NotImplementedError
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``targets`` (N,) given hidden states ``h`` (N, D), never holding all N x V logits."""
+        raise NotImplementedError
+
+    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token log-probabilities (N, V); callers keep N small (evaluation chunks)."""
+        raise NotImplementedError
+
+    def logit_gradient(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, Q): the gradient of the mean loss w.r.t. the logits of the head's last linear map, (M, V), and an
+        orthonormal basis (V, rank) of the logit subspace whose component of G the backbone receives."""
+        raise NotImplementedError
+
+
+HEADS: Registry[Head] = Registry("head", Head, "spamlang.heads", "spamlang.heads", path_env="SPAMLANG_HEADS_PATH")
+
+
+def register_head(cls: type) -> type:
+    """Class decorator that adds a head to the registry."""
+    return HEADS.register(cls)
+
+
+def head_params(cls: type, values: Mapping[str, Any] | None, *, from_strings: bool = False):
+    """Build and validate a head's extra parameters (None for heads without any)."""
+    if cls.Params is None:
+        if values:
+            raise ConfigError(f"head '{cls.name}' takes no parameters, got {', '.join(values)}")
+        return None
+    obj = P.build(cls.Params, f"head '{cls.name}'", values or {}, from_strings=from_strings)
+    P.validate_fields(obj, f"head '{cls.name}'")
+    return obj
+
+
+def describe_params(cls: type) -> list[dict]:
+    return P.describe(cls.Params) if cls.Params is not None and dataclasses.is_dataclass(cls.Params) else []

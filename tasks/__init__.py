@@ -1,0 +1,1 @@
+"""Built-in SpamLang tasks, one file per task (installed as the package ``spamlang.tasks``)."""
