@@ -112,6 +112,212 @@ def generate(task, vocab_size, seq_len, num_sequences, seed, out, force, quiet, 
                f"(sha256 {meta['sha256'][:12]}…, Bayes loss {meta['bayes_loss']:.4f} nats)")
 
 
+# -- heads --------------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, description, uses_rank, params}.")
+@plugin_options
+def heads(as_json):
+    """List the registered LM heads and backbones."""
+    from .backbones.base import BACKBONES
+    from .heads.base import HEADS, describe_params
+    rows = [{"name": n, "description": HEADS.get(n).description(), "uses_rank": HEADS.get(n).uses_rank,
+             "params": describe_params(HEADS.get(n))} for n in HEADS.names()]
+    if as_json:
+        return _print_json(rows)
+    for row in rows:
+        rank = " (takes --head-rank)" if row["uses_rank"] else ""
+        click.echo(f"{row['name']:<10} {row['description']}{rank}")
+        for p in row["params"]:
+            click.echo(f"{'':12}{p['name'] + '=' + repr(p['default']):<14} {p['help']} (allowed {p['allowed']})")
+    click.echo("\nbackbones: " + ", ".join(f"{n} ({BACKBONES.get(n).description()})" for n in BACKBONES.names()))
+
+
+# -- train --------------------------------------------------------------------------------------------------------
+_TRAIN_OPTIONS = [  # (flag, RunConfig field, type, help)
+    ("--task", "task", str, "Task name (see 'spamlang tasks')."),
+    ("--vocab-size", "vocab_size", int, "Vocabulary size V."),
+    ("--d-model", "d_model", int, "Hidden width D."),
+    ("--layers", "layers", int, "Backbone layers."),
+    ("--n-heads", "n_heads", int, "Attention heads (transformer)."),
+    ("--embed-dim", "embed_dim", int, "Input embedding width (default: D)."),
+    ("--backbone", "backbone", str, "Backbone name (transformer, gru, ...)."),
+    ("--head", "head", str, "Head name (see 'spamlang heads')."),
+    ("--head-rank", "head_rank", int, "Rank r for heads that take one (lowrank, gradproj)."),
+    ("--steps", "steps", int, "Training steps."),
+    ("--batch-size", "batch_size", int, "Sequences per step."),
+    ("--seq-len", "seq_len", int, "Tokens per sequence."),
+    ("--lr", "lr", float, "Peak learning rate (AdamW)."),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay."),
+    ("--warmup", "warmup", int, "Linear warm-up steps."),
+    ("--schedule", "schedule", click.Choice(["cosine", "constant"]), "Learning-rate schedule after warm-up."),
+    ("--grad-clip", "grad_clip", float, "Gradient-norm clip (0: none)."),
+    ("--eval-every", "eval_every", int, "Steps between evaluations."),
+    ("--eval-sequences", "eval_sequences", int, "Sequences in each held-out stream (val, test)."),
+    ("--seed", "seed", int, "Training seed (init and data)."),
+    ("--eval-seed", "eval_seed", int, "Seed of the held-out streams."),
+    ("--device", "device", str, "auto, cpu, cuda[:N] or mps."),
+]
+
+
+def train_options(fn):
+    from .config import RunConfig
+    defaults = RunConfig(task="spam", vocab_size=2)
+    for flag, field, kind, help_text in reversed(_TRAIN_OPTIONS):
+        required = field in ("task", "vocab_size")
+        default = None if required or getattr(defaults, field) is None else getattr(defaults, field)
+        fn = click.option(flag, field, type=kind, default=default, required=required, help=help_text,
+                          show_default=default is not None)(fn)
+    return fn
+
+
+@cli.command()
+@train_options
+@param_option
+@click.option("--head-param", "head_param", multiple=True, metavar="KEY=VALUE", help="A head parameter (repeatable).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
+@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Folder for the record <run_id>.json.")
+@click.option("--save-checkpoint", is_flag=True, help="Also save the weights as <run_id>.pt (for 'spamlang probe').")
+@click.option("--json", "as_json", is_flag=True, help="Print the record on stdout and nothing else.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@plugin_options
+def train(params, head_param, compile_, out, save_checkpoint, as_json, quiet, **settings):
+    """Train one model on one task and write its run record."""
+    from pathlib import Path
+
+    from . import record
+    from .config import RunConfig
+    from .model import resolve
+    from .params import parse_assignments
+    from .train import train as run
+    config = resolve(RunConfig(**{k: v for k, v in settings.items() if v is not None}, compile=compile_,
+                               task_params=parse_assignments(params), head_params=parse_assignments(head_param)))
+    checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
+    rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint)
+    path = record.write(rec, out)
+    if as_json:
+        return _print_json(rec)
+    f = rec["final"]
+    click.echo(f"{rec['status']}: test loss {f['loss']:.4f} (Bayes {rec['bayes_loss']:.4f}), accuracy "
+               f"{f['accuracy']:.4f}, steps to learn {f['steps_to_learn']}, {f['tokens_per_second']:,.0f} tokens/s, "
+               f"grad kept cos {f['grad_kept_cos']:.3f} -> {path}")
+
+
+# -- probe --------------------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("checkpoint_or_run", type=click.Path())
+@click.option("--batches", default=4, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@plugin_options
+def probe(checkpoint_or_run, batches, as_json):
+    """Gradient diagnostics and logit-gradient spectrum of a trained model (a <run_id>.json or .pt)."""
+    from .probe import probe as run
+    result = run(checkpoint_or_run, batches)
+    if as_json:
+        return _print_json(result)
+    for key, value in result.items():
+        click.echo(f"{key:<18} {value:.4f}" if isinstance(value, float) else f"{key:<18} {value}")
+
+
+# -- score --------------------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("folder", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--by", default=None, metavar="FIELDS",
+              help="Comma-separated config fields that define a configuration (default: all but seed and lr).")
+@click.option("--tolerance", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Nats within which a loss counts as at the floor / the floor at the Bayes loss.")
+@plugin_options
+def score(folder, fmt, by, tolerance):
+    """Learnability table of the run records under FOLDER: floors, gaps, verdicts, diagnostics."""
+    from .score import format_table, load_runs, score as run
+    fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
+    click.echo(format_table(run(load_runs(folder), by=fields, tolerance=tolerance), fmt), nl=False)
+
+
+# -- suites and run -----------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@plugin_options
+def suites(as_json):
+    """List the built-in suites with their run counts and estimated cost."""
+    from .suite import CPU_FLOPS, builtin_names, load
+    rows = []
+    for name in builtin_names():
+        suite = load(name)
+        flops = suite.estimated_flops()
+        rows.append({"name": name, "description": suite.description, "runs": len(suite.runs), "flops": flops,
+                     "cpu_minutes": flops / CPU_FLOPS / 60})
+    if as_json:
+        return _print_json(rows)
+    click.echo(f"{'suite':<10} {'runs':>5} {'train FLOPs':>12} {'~CPU min':>9}  description")
+    for r in rows:
+        click.echo(f"{r['name']:<10} {r['runs']:>5} {r['flops']:>12.2e} {r['cpu_minutes']:>9.1f}  {r['description']}")
+
+
+@cli.command()
+@click.argument("suite")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Results folder (default: results/<suite name>).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 1024),
+              help="Runs in parallel (local: worker processes).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@plugin_options
+def run(suite, out, executor, workers, device, quiet):
+    """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
+    from pathlib import Path
+
+    from .config import RunConfig
+    from .runner import run_suite
+    from .suite import load
+    spec = load(suite)
+    RunConfig(task="spam", vocab_size=2, device=device)  # validates --device before any run
+    out = Path(out or Path("results") / spec.name)
+    counts = run_suite(spec, out, executor, workers, device, progress=not quiet and sys.stderr.isatty())
+    click.echo(f"suite {spec.name}: {counts['total']} runs, {counts['skipped']} already recorded, {counts['ok']} ok, "
+               f"{counts['diverged']} diverged, {counts['failed']} failed -> {out / 'runs'}", err=True)
+    _print_leaderboard(out)
+    if counts["failed"]:
+        sys.exit(1)
+
+
+
+# -- leaderboard --------------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the FOLDER, when only one is given).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["md", "csv", "html"]),
+              help="Table files to write (repeatable; default md, csv and html). The PNG plots are always written.")
+@plugin_options
+def leaderboard(folders, out, formats):
+    """Rank head designs over the run records in one or more result FOLDERS (merged; one task version each) and
+    write leaderboard.md, leaderboard.csv, configurations.csv, a self-contained leaderboard.html and PNG plots."""
+    import shlex
+
+    from .leaderboard import FORMATS, load_folders, write
+    if out is None and len(folders) > 1:
+        raise SpamLangError("--out is required with several folders")
+    out = out or folders[0]
+    args = ["spamlang", "leaderboard", *folders, "--out", out, *(a for f in formats for a in ("--format", f))]
+    text, written = write(load_folders(folders), out, formats or FORMATS, command=shlex.join(args))
+    click.echo(text, nl=False)
+    click.echo(f"wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}", err=True)
+
+
+def _print_leaderboard(out) -> None:
+    """Write the leaderboard of OUT/runs into OUT and print it (the end of 'spamlang run')."""
+    import shlex
+    from pathlib import Path
+
+    from .leaderboard import load_folders, write
+    runs = Path(out) / "runs"
+    text, _ = write(load_folders([runs]), out, command=shlex.join(["spamlang", "leaderboard", str(runs), "--out",
+                                                                   str(out)]))
+    click.echo(text, nl=False)
+
 def main(argv=None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
     warnings.showwarning = lambda message, *a, **k: click.echo(f"spamlang: warning: {message}", err=True)

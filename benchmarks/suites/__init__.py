@@ -1,0 +1,1 @@
+"""Built-in suite files (installed as the package data ``spamlang.suites``)."""

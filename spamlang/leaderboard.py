@@ -1,0 +1,362 @@
+"""The leaderboard: merge result folders, rank head designs with paired tests over seeds, publish tables and plots.
+
+Publishing results
+------------------
+A results folder is any folder holding run records: the ``*.json`` files of schema ``spamlang.run/1`` that
+``spamlang train`` and ``spamlang run`` write (``spamlang run SUITE --out DIR`` puts them in ``DIR/runs``). To publish
+yours, zip the folder or commit it; nothing else is needed, since every record carries its configuration, task version,
+history, device, library versions and git commit. Anyone can then rank your runs together with theirs::
+
+    spamlang leaderboard theirs/ yours/ --out board/
+
+Every record is checked against the schema (a file that is not a readable record is reported and skipped; a folder
+with none is an error); a task whose records come in different versions is refused, since their scores are not
+comparable; a run present in several folders (same run id) is kept once, with a warning. The output folder gets
+``leaderboard.md``, ``leaderboard.csv`` (head ranking), ``configurations.csv`` (one row per configuration), a
+self-contained ``leaderboard.html`` and the plots as PNG files, each table with the provenance of its runs.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, atomic, plots, record
+from .errors import SpamLangError
+from .floors import CACHE_NAME, FloorCache
+from .score import _key, _with_params, format_table, learnability, load_runs, mean_ci, score
+
+FORMATS = ("md", "csv", "html")
+#: significance level of the paired test that puts one head design ahead of the next
+ALPHA = 0.05
+#: up to this many non-zero differences the Wilcoxon p-value is exact; above it, the normal approximation
+EXACT_MAX = 50
+HEAD_FIELDS = ("head", "head_rank", "head_params")
+
+
+# -- loading --------------------------------------------------------------------------------------------------------
+def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
+    """The run records of every folder (see :func:`spamlang.score.load_runs`) merged, with ``folder``, ``env``,
+    ``created`` and ``suite`` (name, version, source, sweep; or None) added for the provenance.
+
+    A folder without records, or a task recorded in different versions, raises SpamLangError; a run id already read
+    from an earlier folder is skipped with a warning.
+    """
+    frames = []
+    for folder in folders:
+        frame = load_runs(folder)
+        frame["folder"] = str(folder)
+        frames.append(frame)
+    if not frames:
+        raise SpamLangError("no result folders given")
+    runs = pd.concat(frames, ignore_index=True)
+    repeated = runs["run_id"].duplicated()
+    if repeated.any():
+        first = runs[~repeated].set_index("run_id")["path"]
+        example = runs[repeated].iloc[0]
+        warnings.warn(f"{int(repeated.sum())} run(s) appear in more than one folder; kept the first copy of each "
+                      f"(e.g. {example['path']} repeats {first[example['run_id']]})", RuntimeWarning, stacklevel=2)
+        runs = runs[~repeated].reset_index(drop=True)
+    check_versions(runs)
+    records = [record.read(path) for path in runs["path"]]
+    runs["env"] = [rec.get("env") if isinstance(rec.get("env"), dict) else {} for rec in records]
+    runs["created"] = [rec.get("created") for rec in records]
+    runs["suite"] = [rec.get("suite") if isinstance(rec.get("suite"), dict) else None for rec in records]
+    runs.attrs = {"folders": [str(f) for f in dict.fromkeys(runs["folder"])]}
+    return runs
+
+
+def check_versions(runs: pd.DataFrame) -> None:
+    """Raise SpamLangError if a task's records come in more than one task version, naming one file of each."""
+    known = runs[runs["task_version"].notna()]
+    for task, group in known.groupby("task", sort=True):
+        files = group.groupby("task_version", sort=True)["path"].first()
+        if len(files) > 1:
+            versions = ", ".join(f"v{version} ({path})" for version, path in files.items())
+            raise SpamLangError(f"task '{task}' has records of {len(files)} task versions, which one ranking cannot "
+                                f"compare: {versions}; rank each version separately")
+
+
+# -- the paired test ------------------------------------------------------------------------------------------------
+def wilcoxon_greater(differences: Iterable[float]) -> float:
+    """One-sided p-value of the Wilcoxon signed-rank test that paired ``differences`` tend to be above 0.
+
+    Zero and non-finite differences are dropped (none left: p = 1); tied magnitudes get their average rank. Exact
+    (the null distribution of the positive rank sum over all 2^n sign patterns) for up to EXACT_MAX differences,
+    normal approximation with tie and continuity corrections above.
+    """
+    d = np.array([x for x in differences if x is not None and math.isfinite(x) and x != 0], dtype=float)
+    n = len(d)
+    if n == 0:
+        return 1.0
+    magnitude = np.abs(d)
+    ranks = np.empty(n)
+    ranks[np.argsort(magnitude, kind="stable")] = np.arange(1, n + 1)
+    values, sizes = np.unique(magnitude, return_counts=True)
+    for value in values[sizes > 1]:
+        ranks[magnitude == value] = ranks[magnitude == value].mean()
+    doubled = np.rint(2 * ranks).astype(np.int64)  # average ranks are multiples of 1/2
+    observed = int(doubled[d > 0].sum())
+    if n <= EXACT_MAX:
+        counts = np.zeros(int(doubled.sum()) + 1, dtype=np.int64)  # counts[s]: sign patterns with doubled sum s
+        counts[0] = 1
+        for r in doubled:
+            counts[r:] = counts[r:] + counts[:-r]
+        return float(counts[observed:].sum() / 2.0 ** n)
+    mean = n * (n + 1) / 4
+    var = n * (n + 1) * (2 * n + 1) / 24 - float((sizes ** 3 - sizes).sum()) / 48
+    z = (observed / 2 - mean - 0.5) / math.sqrt(var)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+# -- ranking --------------------------------------------------------------------------------------------------------
+def design_label(row: Mapping) -> str:
+    """A head design as the tables show it: ``linear``, ``lowrank:2``, ``mos(components=4)``."""
+    head = row["head"] if pd.isna(row["head_rank"]) else f"{row['head']}:{row['head_rank']}"
+    return _with_params(head, row["head_params"])
+
+
+def chosen_runs(scored: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs behind each row of ``scored`` (those at its chosen swept values), one row per run: ``config`` (the
+    row's index in ``scored``), ``design`` (see :func:`design_label`), ``setting`` (the configuration less its head),
+    ``task`` (with its parameters), ``seed``, ``status``, ``history`` and ``learnability`` (of the run, against its
+    configuration's floor; a diverged run counts as 0, a failed one as NaN)."""
+    columns = list(scored.columns)
+    swept = [c[:-len("_tried")] for c in columns if c.endswith("_tried")]
+    by = [c for c in columns[:columns.index("n_seeds")] if c not in swept and not c.endswith("_tried")]
+    fields = by + swept
+    index: dict[tuple, list] = {}
+    for i, run in runs.iterrows():
+        index.setdefault(tuple(_key(run[f]) for f in fields), []).append(i)
+    rows = []
+    for config, row in scored.iterrows():
+        setting = json.dumps([_key(row[f]) for f in by if f not in HEAD_FIELDS], default=str)
+        for i in index.get(tuple(_key(row[f]) for f in fields), []):
+            run = runs.loc[i]
+            value = {"ok": None, "diverged": 0.0}.get(run["status"], math.nan)
+            if run["status"] == "ok":
+                value = learnability([p.get("test_loss") for p in run["history"]], row["floor"])
+            rows.append({"config": config, "design": design_label(row), "setting": setting,
+                         "task": _with_params(row["task"], row["task_params"]), "seed": run["seed"],
+                         "status": run["status"], "history": run["history"], "learnability": value})
+    return pd.DataFrame(rows, columns=["config", "design", "setting", "task", "seed", "status", "history",
+                                       "learnability"])
+
+
+def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per head design, best first: ``rank`` (``"2"``, or ``"=1"`` when the paired test does not put the
+    design above it ahead of this one), ``head``, ``learnability`` (mean over the design's configurations of its
+    per-run learnability at the chosen swept values), ``ci`` (half-width of the 95% t-interval over seeds of the
+    design's per-seed mean), ``tasks``, ``configs``, ``seeds``, ``learned`` (configurations with verdict learned),
+    and against the next design: ``n_next`` (runs paired on the same configuration and seed), ``p_next`` (one-sided
+    Wilcoxon signed-rank test, :func:`wilcoxon_greater`) and ``ahead`` (p_next < ``alpha``).
+
+    A design without a learnability (no expressivity floor for any of its configurations) is left out, with a warning.
+    """
+    chosen = chosen_runs(scored, runs)
+    unscored = sorted(set(chosen["design"]) - set(chosen.dropna(subset=["learnability"])["design"]))
+    if unscored:
+        warnings.warn(f"not ranked, no learnability (no expressivity floor): {', '.join(unscored)}", RuntimeWarning)
+    chosen = chosen.dropna(subset=["learnability"])
+    rows, paired = [], {}
+    for design, group in chosen.groupby("design", sort=False):
+        per_config = group.groupby("config")["learnability"].mean()
+        rows.append({"head": design, "learnability": per_config.mean(),
+                     "ci": mean_ci(group.groupby("seed")["learnability"].mean())[1],
+                     "tasks": group["task"].nunique(), "configs": len(per_config), "seeds": group["seed"].nunique(),
+                     "learned": int((scored.loc[per_config.index, "verdict"] == "learned").sum())})
+        paired[design] = group.set_index(["setting", "seed"])["learnability"]
+    columns = ["rank", "head", "learnability", "ci", "tasks", "configs", "seeds", "learned", "n_next", "p_next",
+               "ahead"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows).sort_values(["learnability", "head"], ascending=[False, True], ignore_index=True)
+    tests = []
+    for above, below in zip(table["head"], table["head"][1:]):
+        pairs = pd.concat([paired[above], paired[below]], axis=1, join="inner")
+        tests.append((len(pairs), wilcoxon_greater(pairs.iloc[:, 0] - pairs.iloc[:, 1]) if len(pairs) else math.nan))
+    table["n_next"], table["p_next"] = zip(*tests, (0, math.nan))
+    table["ahead"] = table["p_next"] < alpha
+    ranks = ["1"]
+    for i in range(1, len(table)):
+        ranks.append(str(i + 1) if table["ahead"][i - 1] else "=" + ranks[-1].lstrip("="))
+    table["rank"] = ranks
+    return table[columns]
+
+
+# -- provenance -----------------------------------------------------------------------------------------------------
+def provenance(runs: pd.DataFrame, command: str) -> dict:
+    """Where the numbers come from: the command, folders, suites, task versions, commits, devices, library versions
+    and the date range of the runs (as recorded by :func:`load_folders`), and the scorer's own version."""
+    def env(key: str) -> list[str]:
+        return sorted({str(e[key]) for e in runs["env"] if e.get(key) is not None})
+
+    dates = sorted(c for c in runs["created"] if c)
+    tasks = {(t, v) for t, v in zip(runs["task"], runs["task_version"]) if v is not None}
+    return {"command": command, "runs": len(runs), "folders": list(runs.attrs.get("folders", [])),
+            "suites": sorted({f"{s['name']} v{s['version']}" for s in runs["suite"] if s}),
+            "tasks": [f"{t} v{v}" for t, v in sorted(tasks)], "commits": env("git_commit"), "devices": env("device"),
+            "torch": env("torch"), "python": env("python"), "spamlang": env("spamlang"),
+            "dates": [dates[0], dates[-1]] if dates else [],
+            "scorer": f"spamlang {__version__} ({record.git_commit() or 'not in git'})"}
+
+
+# -- output ---------------------------------------------------------------------------------------------------------
+_RANKING_LEGEND = (
+    f"learnability: mean over the design's configurations of its runs' learnability at the chosen lr (a diverged run "
+    f"counts 0); 95% CI: t-interval over seeds of the design's per-seed mean. learned: configurations learned.\n"
+    f"ahead of next: one-sided Wilcoxon signed-rank test (exact up to {EXACT_MAX} pairs, normal approximation above, "
+    f"zero differences dropped) of this design's learnability against the next one's, paired by configuration and "
+    f"seed, at alpha {ALPHA}; a design not shown behind the one above shares its rank (=k).")
+
+
+def _table(rows: Sequence[Mapping[str, str]]) -> str:
+    """An aligned Markdown table of string cells; columns whose cells all look numeric are right-aligned."""
+    columns = list(rows[0])
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    numeric = {c for c in columns if all(re.fullmatch(r"[=~±\d.\-–/ ]*", r[c]) for r in rows)}
+
+    def line(cells: Mapping[str, str]) -> str:
+        return "| " + " | ".join(cells[c].rjust(width[c]) if c in numeric else cells[c].ljust(width[c])
+                                 for c in columns) + " |"
+
+    rule = "|" + "|".join("-" * (width[c] + 1) + ":" if c in numeric else "-" * (width[c] + 2) for c in columns) + "|"
+    return "\n".join([line({c: c for c in columns}), rule, *map(line, rows)]) + "\n"
+
+
+def ranking_markdown(ranking: pd.DataFrame) -> str:
+    """The head ranking as a Markdown table with its legend."""
+    if ranking.empty:
+        return "(no head design has a learnability)\n"
+    rows = []
+    for i, row in ranking.iterrows():
+        mean, ci = row["learnability"], row["ci"]
+        last = i == len(ranking) - 1
+        rows.append({"rank": row["rank"], "head": row["head"], "learnability": f"{mean:.3f}",
+                     "95% CI": "-" if math.isnan(ci) else f"{max(0, mean - ci):.2f}–{min(1, mean + ci):.2f}",
+                     "tasks": str(row["tasks"]), "configs": str(row["configs"]), "seeds": str(row["seeds"]),
+                     "learned": f"{row['learned']}/{row['configs']}",
+                     "ahead of next": "" if last else "- (no shared runs)" if row["n_next"] == 0 else
+                     f"{'yes' if row['ahead'] else 'no'} (p={row['p_next']:.2g}, n={row['n_next']})"})
+    return _table(rows) + "\n" + _RANKING_LEGEND + "\n"
+
+
+def _provenance_items(prov: Mapping) -> list[tuple[str, str]]:
+    def listed(values: Sequence[str]) -> str:
+        return ", ".join(values) or "-"
+
+    libraries = "; ".join(f"{name} {listed(prov[name])}" for name in ("torch", "python", "spamlang"))
+    return [("command", prov["command"]), ("runs", f"{prov['runs']} from {listed(prov['folders'])}"),
+            ("suites", listed(prov["suites"])), ("tasks", listed(prov["tasks"])), ("commits", listed(prov["commits"])),
+            ("devices", listed(prov["devices"])), ("libraries", libraries),
+            ("run dates", " to ".join(prov["dates"]) or "-"), ("scored with", prov["scorer"])]
+
+
+def markdown(ranking: pd.DataFrame, scored: pd.DataFrame, prov: Mapping, images: Sequence[str] = ()) -> str:
+    """The leaderboard document: title, provenance, head ranking, configuration table and links to ``images``."""
+    lines = ["# SpamLang leaderboard", "", "## Provenance", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in _provenance_items(prov)]
+    lines += ["", "## Head ranking", "", ranking_markdown(ranking), "## Configurations", "", format_table(scored, "md")]
+    if images:
+        lines += ["## Plots", ""] + [f"![{_CAPTIONS.get(name, name)}]({name})\n" for name in images]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def csv(table: str, prov: Mapping) -> str:
+    """A CSV ``table`` headed by its provenance as ``# ``-comment lines (read it with ``pandas.read_csv(...,
+    comment='#')``)."""
+    return "".join(f"# {key}: {value}\n" for key, value in _provenance_items(prov)) + table
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{padding:3px 8px;border-bottom:1px solid #ddd}
+th{background:#f3f3f3;text-align:left}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right}
+code{background:#f3f3f3;padding:1px 4px}img{max-width:100%;display:block;margin:1em 0}p{font-size:13px;color:#555}"""
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", text)
+
+
+def _html_table(lines: list[str]) -> str:
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    right = [c.endswith(":") for c in cells[1]]
+    head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if r else ''}>{_inline(c)}</td>" for c, r in zip(row, right))
+                   + "</tr>" for row in cells[2:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(text: str, images: Mapping[str, bytes]) -> str:
+    """The Markdown that :func:`markdown` writes as one self-contained HTML page (inline CSS, ``images`` embedded as
+    base64 PNG)."""
+    def kind(line: str) -> str:
+        return next((k for k, p in (("table", "|"), ("item", "- "), ("heading", "#"), ("image", "![")) if
+                     line.startswith(p)), "text" if line.strip() else "blank")
+
+    parts = []
+    for k, group in itertools.groupby(text.splitlines(), kind):
+        group = list(group)
+        if k == "table":
+            parts.append(_html_table(group))
+        elif k == "item":
+            parts.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in group) + "</ul>")
+        elif k == "text":
+            parts.append("<p>" + "<br>".join(_inline(line) for line in group) + "</p>")
+        for line in group if k in ("heading", "image") else []:
+            if k == "heading":
+                level = len(line) - len(line.lstrip("#"))
+                parts.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+            else:
+                alt, name = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip()).groups()
+                data = base64.b64encode(images[name]).decode("ascii")
+                parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SpamLang leaderboard</title>"
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+_CAPTIONS = {"learnability.png": "Learnability over V and head rank, per head and task",
+             "curves.png": "Learning curves of the spam task, coloured by V/rank",
+             "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)"}
+
+
+def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS, command: str = "") -> \
+        tuple[str, list[Path]]:
+    """Score ``runs`` (as :func:`load_folders` returns them; floors cached in ``out``), write the leaderboard files
+    of ``formats`` and the PNG plots into ``out``, and return the Markdown leaderboard and the paths written."""
+    formats = list(dict.fromkeys(formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise SpamLangError(f"leaderboard format must be one of {', '.join(FORMATS)}, got {bad[0]!r}")
+    out = Path(out)
+    scored = score(runs, cache=FloorCache(out / CACHE_NAME))
+    chosen = chosen_runs(scored, runs)
+    ranking = head_ranking(scored, runs)
+    prov = provenance(runs, command)
+    figures = {"learnability.png": plots.learnability_heatmap(scored),
+               "curves.png": plots.learning_curves(scored, chosen),
+               "kept_cos.png": plots.kept_cosine(scored)}
+    images = {name: plots.save(fig, out / name) for name, fig in figures.items() if fig is not None}
+    written = [out / name for name in images]
+    text = markdown(ranking, scored, prov, list(images))
+    files = {"md": {"leaderboard.md": text},
+             "csv": {"leaderboard.csv": csv(ranking.to_csv(index=False), prov),
+                     "configurations.csv": csv(format_table(scored, "csv"), prov)},
+             "html": {"leaderboard.html": to_html(text, images)}}
+    for fmt in formats:
+        for name, content in files[fmt].items():
+            atomic.write_text(out / name, content)
+            written.append(out / name)
+    return text, written
+

@@ -1,0 +1,173 @@
+"""Leaderboard plots: learnability over V and rank, learning curves of the cliff, kept gradient cosine against V/rank.
+
+Each plot is a pure function of the scorer's tables returning a matplotlib Figure (None when there is nothing to
+draw). Figures are built without pyplot, so they render with the Agg canvas and never touch the caller's backend.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter
+
+from .score import _with_params
+
+#: colours of lines by V/rank: plasma without its palest yellow, which vanishes on white
+RATIO_CMAP = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.88, 256)))
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _table(scored: pd.DataFrame) -> pd.DataFrame:
+    """The columns the plots use: task and head labels, V, effective rank, V/rank, learnability, kept cosine."""
+    data = pd.DataFrame({
+        "task": [_with_params(t, p) for t, p in zip(scored["task"], scored["task_params"])],
+        "head": [_with_params(h, p) for h, p in zip(scored["head"], scored["head_params"])],
+        "V": pd.to_numeric(scored["vocab_size"]), "rank": pd.to_numeric(scored["rank"]),
+        "learnability": pd.to_numeric(scored["learnability"]),
+        "kept_cos": pd.to_numeric(scored["grad_kept_cos_end"])}, index=scored.index)
+    data["ratio"] = data["V"] / data["rank"]
+    return data.dropna(subset=["rank"])  # a configuration whose runs all failed has no rank
+
+
+def _power_of_two_ticks(axis, values) -> None:
+    """On a log-scaled ``axis``, a tick at each power of two in the range of ``values``, labelled as plain numbers."""
+    low, high = np.floor(np.log2(np.min(values))), np.ceil(np.log2(np.max(values)))
+    step = max(1, int((high - low) // 8) + 1)
+    axis.set_major_locator(FixedLocator(2.0 ** np.arange(low, high + 1, step)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(FixedLocator([]))
+
+
+def learnability_heatmap(scored: pd.DataFrame) -> Figure | None:
+    """Learnability (colour and value) over V (columns) and effective head rank (rows): one panel per task (rows of
+    panels) and head (columns of panels); cells of configurations differing in other settings are averaged."""
+    data = _table(scored)
+    if data.empty:
+        return None
+    tasks, heads = sorted(data["task"].unique()), sorted(data["head"].unique())
+    widths = [data.loc[data["head"] == h, "V"].nunique() for h in heads]
+    heights = [data.loc[data["task"] == t, "rank"].nunique() for t in tasks]
+    fig = Figure(figsize=(1.6 + sum(1.1 + 0.75 * w for w in widths), 0.5 + sum(1.3 + 0.45 * h for h in heights)),
+                 layout="constrained")
+    axes = fig.subplots(len(tasks), len(heads), squeeze=False,
+                        gridspec_kw={"width_ratios": widths, "height_ratios": heights})
+    cmap, norm = matplotlib.colormaps["viridis"], Normalize(0, 1)
+    for (i, task), (j, head) in [(t, h) for t in enumerate(tasks) for h in enumerate(heads)]:
+        ax, cells = axes[i][j], data[(data["task"] == task) & (data["head"] == head)]
+        if cells.empty:
+            ax.set_axis_off()
+            continue
+        grid = cells.pivot_table(index="rank", columns="V", values="learnability", aggfunc="mean", dropna=False)
+        values = grid.to_numpy(dtype=float)
+        ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, origin="lower", aspect="auto")
+        for (r, c), value in np.ndenumerate(values):
+            ax.text(c, r, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if np.isnan(value) or value < 0.6 else "black")
+        ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns], fontsize=8)
+        ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index], fontsize=8)
+        ax.set_xlabel("V", fontsize=9)
+        ax.set_ylabel("rank", fontsize=9)
+        ax.set_title(f"{head} · {task}", fontsize=9)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label="learnability", shrink=0.9, aspect=30)
+    fig.suptitle("Learnability by vocabulary size V and effective head rank")
+    return fig
+
+
+def learning_curves(scored: pd.DataFrame, chosen: pd.DataFrame, task: str = "spam") -> Figure | None:
+    """Test accuracy and loss against step for each configuration of ``task`` (mean over its ok runs at the chosen
+    swept values, as :func:`spamlang.leaderboard.chosen_runs` lists them), coloured by V/rank, one line style per
+    head."""
+    data = _table(scored)
+    runs = chosen[(chosen["task"] == task) & (chosen["status"] == "ok") & chosen["config"].isin(data.index)]
+    if runs.empty:
+        return None
+    norm = LogNorm(data.loc[runs["config"], "ratio"].min(), data.loc[runs["config"], "ratio"].max() * 1.0001)
+    styles = dict(zip(sorted(data.loc[runs["config"], "head"].unique()), LINESTYLES * 4))
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for config, group in runs.groupby("config"):
+        history = pd.DataFrame([p for h in group["history"] for p in h]).groupby("step")
+        curve = history[["test_accuracy", "test_loss"]].mean()
+        style = {"color": RATIO_CMAP(norm(data.at[config, "ratio"])), "linestyle": styles[data.at[config, "head"]],
+                 "linewidth": 1.4, "alpha": 0.9}
+        axes[0].plot(curve.index, curve["test_accuracy"], **style)
+        axes[1].plot(curve.index, curve["test_loss"], **style)
+    for ax, label in zip(axes, ("test accuracy", "test loss (nats)")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].set_ylim(bottom=0)
+    axes[0].legend([Line2D([], [], color="0.3", linestyle=s) for s in styles.values()], list(styles), title="head",
+                   fontsize=8, loc="upper left")
+    bar = fig.colorbar(ScalarMappable(norm, RATIO_CMAP), ax=axes, label="V / rank")
+    _power_of_two_ticks(bar.ax.yaxis, [norm.vmin, norm.vmax])
+    fig.suptitle(f"Learning curves of '{task}' (mean over seeds at the chosen lr)")
+    return fig
+
+
+def kept_cosine(scored: pd.DataFrame) -> Figure | None:
+    """The gradient's kept cosine at the end of training against V/rank, one colour per head and one marker per
+    task, with the isotropic baseline sqrt(rank/V) that a gradient unrelated to the head's column space would get."""
+    data = _table(scored).dropna(subset=["kept_cos"])
+    data = data[data["kept_cos"] > 0]
+    if data.empty:
+        return None
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    colours = dict(zip(sorted(data["head"].unique()), matplotlib.colormaps["tab10"].colors))
+    markers = dict(zip(sorted(data["task"].unique()), MARKERS * 4))
+    for (head, task), group in data.groupby(["head", "task"]):
+        ax.scatter(group["ratio"], group["kept_cos"], color=colours[head], marker=markers[task], s=40, alpha=0.85,
+                   edgecolors="white", linewidths=0.5)
+    low, high = data["ratio"].min() / 1.5, data["ratio"].max() * 1.5
+    x = np.geomspace(max(low, 1.0), high, 100)
+    ax.plot(x, np.sqrt(1 / x), color="black", linestyle="--", linewidth=1, label="isotropic sqrt(rank/V)")
+    ax.set_xscale("log", base=2)
+    _power_of_two_ticks(ax.xaxis, [low, high])
+    ax.set_xlim(low, high)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("V / rank")
+    ax.set_ylabel("kept gradient cosine at the end")
+    ax.grid(alpha=0.3, which="both")
+    handles = [Line2D([], [], color="black", linestyle="--", label="isotropic sqrt(rank/V)")]
+    handles += [Line2D([], [], color=c, marker="o", linestyle="", label=h) for h, c in colours.items()]
+    if len(markers) > 1:
+        handles += [Line2D([], [], color="0.4", marker=m, linestyle="", label=t) for t, m in markers.items()]
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    ax.set_title("How much of the logit gradient reaches the backbone")
+    return fig
+
+
+def png(fig: Figure) -> bytes:
+    """``fig`` rendered as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def save(fig: Figure, path: str | Path) -> bytes:
+    """Write ``fig`` as a PNG at ``path`` atomically (a temporary file, then a rename); return the bytes written."""
+    path = Path(path)
+    data = png(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return data

@@ -1,0 +1,50 @@
+"""Gradient diagnostics of a trained model: how much of the logit gradient its head lets through, and the spectrum."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import record
+from .config import RunConfig
+from .diagnostics import gradient_diagnostics, spectrum_share
+from .errors import SpamLangError
+from .rng import Rng
+from .train import Trainer
+
+
+def locate(path: str | Path) -> tuple[Path, Path]:
+    """(record, checkpoint) from either file: ``<run_id>.json`` and ``<run_id>.pt`` live side by side."""
+    path = Path(path)
+    rec, ckpt = path.with_suffix(".json"), path.with_suffix(".pt")
+    for p in (rec, ckpt):
+        if not p.is_file():
+            raise SpamLangError(f"{p} not found (probe needs a run record and its checkpoint, "
+                                f"written by 'spamlang train --save-checkpoint')")
+    return rec, ckpt
+
+
+def probe(path: str | Path, batches: int = 4) -> dict:
+    """Diagnostics of the trained model over ``batches`` val batches of ``diag_tokens`` predictable positions."""
+    rec_path, ckpt = locate(path)
+    rec = record.read(rec_path)
+    config = RunConfig.from_dict({**rec["config"], "device": "cpu", "compile": False})
+    trainer = Trainer(config)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        trainer.model.load_state_dict(state)
+    except Exception as exc:  # a foreign or truncated file: say which
+        raise SpamLangError(f"{ckpt}: not a checkpoint of this run ({type(exc).__name__}: {exc})") from None
+    trainer.model.eval()
+    per_row = int(trainer.mask.sum())
+    rows = -(-config.diag_tokens // per_row)
+    tokens = trainer.task.sample(rows * batches, config.seq_len, config.vocab_size, Rng(config.eval_seed, "probe"))
+    results = []
+    for b in range(batches):
+        with torch.no_grad():
+            h, y = trainer.split(tokens[b * rows:(b + 1) * rows])
+        G, Q = trainer.model.head.logit_gradient(h[:config.diag_tokens].float(), y[:config.diag_tokens])
+        results.append({**gradient_diagnostics(G, Q), "spectrum_top_2r": spectrum_share(G, 2 * trainer.model.head.rank)})
+    mean = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+    return {"run_id": rec["run_id"], "task": config.task, "vocab_size": config.vocab_size, "head": config.head,
+            "rank": trainer.model.head.rank, "batches": batches, "tokens_per_batch": config.diag_tokens, **mean}

@@ -1,0 +1,134 @@
+"""The suite runner: run every configuration not yet recorded, locally or on a Ray cluster, and keep going on failure.
+
+Each finished run's record is written atomically by this (the driver) process as ``OUT/runs/<run_id>.json``, so an
+interrupted sweep (Ctrl-C, a crash, ``kill -9``) loses at most the runs in flight and never leaves a partial or
+duplicate record; rerunning skips what is recorded. A run that raises is recorded with status ``failed`` and its error,
+and is tried again on the next rerun.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime
+import multiprocessing
+import os
+import traceback
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tqdm.auto import tqdm
+
+from . import record
+from .config import RunConfig
+from .errors import SpamLangError
+from .suite import Suite
+
+EXECUTORS = ("local", "ray")
+
+
+def execute(config: dict, suite_info: dict, threads: int | None = None) -> dict:
+    """Train one run and return its record; an exception becomes a ``failed`` record (never raised)."""
+    import torch
+
+    from .train import train
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = RunConfig.from_dict(config)
+    try:
+        rec = train(cfg, progress=False)
+    except Exception as exc:
+        rec = {"schema": record.SCHEMA, "run_id": cfg.run_id, "config": cfg.to_dict(), "task_version": None,
+               "bayes_loss": None, "deterministic": None, "rank": None, "status": "failed",
+               "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8), "history": [],
+               "final": {"status": "failed"}, "env": record.environment("unknown"),
+               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    rec["suite"] = suite_info
+    return rec
+
+
+def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
+    """Runs with no readable ``ok``/``diverged`` record yet; stale temporary files from killed runs are removed."""
+    for tmp in runs_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    todo = []
+    for config in suite.runs:
+        path = runs_dir / f"{config.run_id}.json"
+        try:
+            done = path.is_file() and record.read(path)["status"] != "failed"
+        except SpamLangError:
+            done = False  # an unreadable record is redone and overwritten
+        if not done:
+            todo.append(config)
+    return todo
+
+
+def _assign_devices(device: str, workers: int) -> list[str]:
+    """One device string per worker: CUDA workers are spread over the visible GPUs (and share them beyond that)."""
+    import torch
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    return [device] * workers
+
+
+def _local(configs: list[dict], info: dict, workers: int) -> Iterator[dict]:
+    if workers == 1:
+        for config in configs:
+            yield execute(config, info)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(execute, config, info, threads) for config in configs]
+        try:
+            for future in cf.as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _ray(configs: list[dict], info: dict, workers: int) -> Iterator[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise SpamLangError("--executor ray needs Ray: pip install 'spamlang[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(execute)
+    refs = [remote.remote(config, info, 1) for config in configs]
+    try:
+        while refs:
+            done, refs = ray.wait(refs, num_returns=1)
+            yield ray.get(done[0])
+    except BaseException:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str = "auto",
+              progress: bool = True, on_record: Callable[[dict], None] | None = None) -> dict:
+    """Run what is missing of ``suite`` into ``out/runs``; return counts {total, skipped, ok, diverged, failed}."""
+    if executor not in EXECUTORS:
+        raise SpamLangError(f"unknown executor '{executor}' (executors: {', '.join(EXECUTORS)})")
+    if workers < 1:
+        raise SpamLangError(f"--workers must be >= 1, got {workers}")
+    runs_dir = Path(out) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = pending(suite, runs_dir)
+    devices = _assign_devices(device, workers)
+    configs = [{**c.to_dict(), "device": devices[i % workers]} for i, c in enumerate(todo)]
+    info = {"name": suite.name, "version": suite.version, "source": suite.source, "sweep": list(suite.sweep)}
+    counts = {"total": len(suite.runs), "skipped": len(suite.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
+    run = _local if executor == "local" else _ray
+    with tqdm(total=len(suite.runs), initial=counts["skipped"], unit="run", disable=not progress,
+              desc=f"suite {suite.name}") as bar:
+        for rec in run(configs, info, workers):
+            record.write(rec, runs_dir)
+            counts[rec["status"]] += 1
+            bar.update(1)
+            bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"])
+            if on_record:
+                on_record(rec)
+    return counts

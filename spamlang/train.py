@@ -1,0 +1,224 @@
+"""The training harness: train one model on one task and return its run record.
+
+Data is sampled on the fly, on the training device, from the task's seeded stream; evaluation uses two held-out
+streams, ``val`` (for choosing hyper-parameters) and ``test`` (for reporting), on predictable positions only.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import record
+from .config import RunConfig
+from .diagnostics import gradient_diagnostics
+from .model import LanguageModel, resolve
+from .task import make_task
+from .rng import Rng
+
+#: accuracy at which a deterministic task counts as learned; loss margin above Bayes for the others
+LEARNED_ACCURACY, LEARNED_MARGIN = 0.99, 0.05
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+        raise ConfigError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu" if device.type == "cpu" else device.type
+
+
+def learning_rate(config: RunConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10% (or constant)."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    if config.schedule == "constant":
+        return config.lr
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def is_learned(accuracy: float, loss: float, bayes_loss: float, deterministic: bool) -> bool:
+    return accuracy >= LEARNED_ACCURACY if deterministic else loss <= bayes_loss + LEARNED_MARGIN
+
+
+class Trainer:
+    """Holds the model, optimizer and data streams of one run."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config = resolve(config)
+        self.task = make_task(config.task, config.task_params)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model = LanguageModel(config).to(self.device)
+        self.forward = torch.compile(self.model.hidden) if config.compile else self.model.hidden
+        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=(0.9, 0.95),
+                                           weight_decay=config.weight_decay, **fused)
+        self.mask = self.task.predictable_mask(config.seq_len)[1:].to(self.device)  # (T-1,) over targets
+        self.train_stream = Rng(config.seed, "train")
+        self.eval_batches = {name: self.task.sample(config.eval_sequences, config.seq_len, config.vocab_size,
+                                                    Rng(config.eval_seed, name), self.device) for name in ("val", "test")}
+        self.seen = torch.zeros(config.vocab_size, dtype=torch.bool, device=self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def split(self, tokens: torch.Tensor):
+        """Hidden states and targets of the predictable positions: (M, D), (M,)."""
+        with self.autocast():
+            h = self.forward(tokens[:, :-1])  # (B, T-1, D)
+        return h[:, self.mask].reshape(-1, h.shape[-1]), tokens[:, 1:][:, self.mask].reshape(-1)
+
+    def train_step(self, step: int) -> torch.Tensor:
+        c = self.config
+        tokens = self.task.sample(c.batch_size, c.seq_len, c.vocab_size, self.train_stream, self.device,
+                                  offset=step * c.batch_size)  # (B, T)
+        self.seen[tokens.reshape(-1)] = True
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(c, step)
+        h, y = self.split(tokens)
+        with self.autocast():
+            loss = self.model.head.loss(h, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self, name: str) -> dict:
+        """Loss and accuracy on a held-out stream, with accuracy split by whether the target was seen in training."""
+        tokens = self.eval_batches[name]
+        total, correct, correct_seen, n_seen, count = 0.0, 0, 0, 0, 0
+        rows = max(1, (1 << 22) // (self.config.vocab_size * self.config.seq_len))  # bounds the logits held at once
+        for start in range(0, len(tokens), rows):
+            h, y = self.split(tokens[start:start + rows])
+            with self.autocast():
+                log_probs = self.model.head.log_probs(h).float()  # (M, V)
+            total += -log_probs.gather(1, y[:, None]).sum().item()
+            hit = log_probs.argmax(dim=1) == y
+            seen = self.seen[y]
+            correct += hit.sum().item()
+            correct_seen += (hit & seen).sum().item()
+            n_seen += seen.sum().item()
+            count += len(y)
+        n_unseen = count - n_seen
+        return {"loss": total / count, "accuracy": correct / count,
+                "accuracy_seen": correct_seen / n_seen if n_seen else None,
+                "accuracy_unseen": (correct - correct_seen) / n_unseen if n_unseen else None}
+
+    def diagnostics(self) -> dict:
+        """The gradient diagnostics of SCIENCE.md §2 on the first ``diag_tokens`` val positions."""
+        tokens = self.eval_batches["val"]
+        rows = -(-self.config.diag_tokens // int(self.mask.sum()))
+        with torch.no_grad():
+            h, y = self.split(tokens[:rows])
+        G, Q = self.model.head.logit_gradient(h[:self.config.diag_tokens].float(), y[:self.config.diag_tokens])
+        return gradient_diagnostics(G, Q)
+
+    def eval_point(self, step: int, tokens: int, train_loss: float | None, lr: float) -> dict:
+        self.model.eval()
+        val, test = self.evaluate("val"), self.evaluate("test")
+        self.model.train()
+        point = {"step": step, "tokens": tokens, "lr": lr, "train_loss": train_loss,
+                 "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                 "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+                 "test_accuracy_seen": test["accuracy_seen"], "test_accuracy_unseen": test["accuracy_unseen"],
+                 "coverage": self.seen.float().mean().item()}
+        point.update(self.diagnostics())
+        return point
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Save the model's tensors atomically (loadable with ``torch.load(..., weights_only=True)``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Path | None = None) -> dict:
+    """Train one model as ``config`` says and return its run record (a JSON-ready dict).
+
+    With ``checkpoint``, the trained weights are saved there (``torch.save`` of tensors only).
+    """
+    started = datetime.datetime.now(datetime.timezone.utc)
+    trainer = Trainer(config)
+    task, c = trainer.task, trainer.config
+    bayes = task.bayes_loss(c.vocab_size, c.seq_len)
+    tokens_per_step = c.batch_size * c.seq_len
+    check_every = 1 if trainer.device.type == "cpu" else 16  # each check of the loss waits for the device
+    history = [trainer.eval_point(0, 0, None, learning_rate(c, 0))]
+    status, steps_done, eval_seconds, loss = "ok", 0, 0.0, float("nan")
+    bar = tqdm(total=c.steps, disable=not (sys.stderr.isatty() if progress is None else progress), unit="step",
+               desc=f"{c.task} V={c.vocab_size} {c.head}{c.head_rank or ''}", leave=False)
+    loop_start = time.perf_counter()
+    for step in range(c.steps):
+        loss = trainer.train_step(step)
+        steps_done += 1
+        bar.update(1)
+        evaluate = steps_done % c.eval_every == 0 or steps_done == c.steps
+        if (evaluate or steps_done % check_every == 0) and not math.isfinite(loss.item()):
+            status = "diverged"
+            break
+        if evaluate:
+            _sync(trainer.device)
+            t0 = time.perf_counter()
+            point = trainer.eval_point(steps_done, steps_done * tokens_per_step, loss.item(), learning_rate(c, step))
+            eval_seconds += time.perf_counter() - t0
+            history.append(point)
+            train_seconds = time.perf_counter() - loop_start - eval_seconds
+            bar.set_postfix(loss=f"{point['test_loss']:.3f}", acc=f"{point['test_accuracy']:.3f}",
+                            tok_s=f"{steps_done * tokens_per_step / max(train_seconds, 1e-9):,.0f}")
+    _sync(trainer.device)
+    train_seconds = time.perf_counter() - loop_start - eval_seconds
+    bar.close()
+    if checkpoint is not None:
+        save_weights(trainer.model, checkpoint)
+    last = history[-1]
+    learned_at = next((p["step"] for p in history
+                       if is_learned(p["test_accuracy"], p["test_loss"], bayes, task.deterministic)), None)
+    final = {"loss": last["test_loss"], "accuracy": last["test_accuracy"], "val_loss": last["val_loss"],
+             "val_accuracy": last["val_accuracy"], "accuracy_seen": last["test_accuracy_seen"],
+             "accuracy_unseen": last["test_accuracy_unseen"], "coverage": trainer.seen.float().mean().item(),
+             "steps_to_learn": learned_at if status == "ok" else None,
+             "tokens_per_second": steps_done * tokens_per_step / train_seconds, "status": status,
+             **{k: last[k] for k in ("grad_destroyed", "grad_kept_cos", "grad_baseline")}}
+    return {"schema": record.SCHEMA, "run_id": c.run_id, "config": c.to_dict(), "task_version": task.version,
+            "bayes_loss": bayes, "deterministic": task.deterministic, "rank": trainer.model.head.rank,
+            "status": status, "error": None, "history": history, "final": final,
+            "timing": {"steps": steps_done, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                       "total_seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()},
+            "env": record.environment(device_name(trainer.device)), "created": started.isoformat(timespec="seconds")}

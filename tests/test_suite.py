@@ -1,0 +1,161 @@
+"""Suites (TOML grids checked before any run) and the runner (resume, failures, kill -9, worker processes, Ray)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from spamlang import record
+from spamlang.errors import SpamLangError
+from spamlang.runner import run_suite
+from spamlang.suite import builtin_names, load
+from tests.conftest import assert_user_error
+
+TINY = textwrap.dedent("""
+    [suite]
+    name = "tiny"
+    description = "test suite"
+
+    [defaults]
+    d_model = 8
+    layers = 1
+    n_heads = 2
+    seq_len = 4
+    batch_size = 8
+    steps = {steps}
+    eval_every = {steps}
+    eval_sequences = 8
+    diag_tokens = 8
+    device = "cpu"
+
+    [[grid]]
+    task = "spam"
+    vocab_size = [16, 32]
+    head = ["linear", "lowrank:2"]
+    seed = [0, 1]
+    exclude = [{{ head = "lowrank:2", vocab_size = 16 }}]
+""")
+
+
+def tiny(tmp_path: Path, steps: int = 3, extra: str = "") -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(steps=steps) + extra)
+    return path
+
+
+def test_builtin_suites_load_and_are_valid():
+    assert {"smoke", "paper", "paper-cpu", "heads"} <= set(builtin_names())
+    smoke = load("smoke")
+    assert len({c.seed for c in smoke.runs}) >= 2
+    assert len({c.vocab_size for c in smoke.runs if c.task == "spam"}) >= 3
+    heads = {(c.head, c.head_rank) for c in smoke.runs}
+    assert {"linear", "gradproj"} <= {h for h, _ in heads} and len({r for h, r in heads if h == "lowrank"}) >= 2
+    assert "bag" in {c.task for c in smoke.runs}
+
+
+def test_grid_expansion_and_exclude(tmp_path):
+    suite = load(str(tiny(tmp_path)))
+    combos = sorted((c.vocab_size, c.head, c.head_rank, c.seed) for c in suite.runs)
+    assert len(combos) == 6 and (16, "lowrank", 2, 0) not in combos and (32, "lowrank", 2, 1) in combos
+    assert len({c.run_id for c in suite.runs}) == 6
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ("[bogus]\n", "unknown section 'bogus'"),
+    ("[[grid]]\ntask = 'spam'\nvocab_size = 16\nfrobs = 1\n", "grid[1].frobs"),
+    ("[[grid]]\ntask = 'nope'\nvocab_size = 16\n", "unknown task 'nope'"),
+    ("[[grid]]\ntask = 'spam'\nvocab_size = 16\nhead = 'lowrank:9'\n", "head_rank"),
+    ("[[grid]]\ntask = 'spam'\nvocab_size = 16\nhead = 'wide'\n", "unknown head 'wide'"),
+    ("[[grid]]\ntask = 'bag'\nvocab_size = 16\ntask_params = { k = 99 }\n", "k=99"),
+    ("[[grid]]\ntask = 'spam'\nvocab_size = [16, 'x']\n", "vocab_size"),
+    ("x = [", "not a valid TOML"),
+])
+def test_malformed_suites_are_rejected_before_any_run(run_cli, tmp_path, change, fragment):
+    path = tiny(tmp_path, extra="\n" + change)
+    with pytest.raises(SpamLangError, match="tiny.toml") as err:
+        load(str(path))
+    assert fragment in str(err.value)
+    out = tmp_path / "out"
+    assert_user_error(run_cli("run", path, "--out", out), fragment)
+    assert not out.exists()
+
+
+def test_unknown_suite_name(run_cli):
+    assert_user_error(run_cli("run", "no-such-suite"), "unknown suite 'no-such-suite'")
+
+
+def test_run_resume_and_failures(tmp_path, monkeypatch):
+    suite = load(str(tiny(tmp_path)))
+    out = tmp_path / "out"
+    import spamlang.train as train_module
+    real = train_module.train
+
+    def flaky(config, progress=None, checkpoint=None):
+        if config.vocab_size == 32 and config.head == "linear" and config.seed == 1:
+            raise RuntimeError("simulated crash")
+        return real(config, progress)
+
+    monkeypatch.setattr(train_module, "train", flaky)
+    counts = run_suite(suite, out, progress=False)
+    assert counts == {"total": 6, "skipped": 0, "ok": 5, "diverged": 0, "failed": 1}
+    records = [record.read(p) for p in (out / "runs").glob("*.json")]
+    assert len(records) == 6
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 1 and "simulated crash" in failed[0]["error"]
+    assert all(r["suite"]["name"] == "tiny" for r in records)
+    monkeypatch.setattr(train_module, "train", real)
+    counts = run_suite(suite, out, progress=False)  # only the failed run is redone
+    assert counts == {"total": 6, "skipped": 5, "ok": 1, "diverged": 0, "failed": 0}
+
+
+def test_run_cli_prints_leaderboard_and_writes_files(run_cli, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("run", tiny(tmp_path), "--out", out, "--quiet")
+    assert r.code == 0, r.err
+    assert "verdict" in r.out and "linear" in r.out
+    assert (out / "leaderboard.md").is_file() and (out / "leaderboard.csv").is_file()
+    r2 = run_cli("run", tiny(tmp_path), "--out", out, "--quiet")
+    assert "6 already recorded" in r2.err
+
+
+def test_worker_processes(tmp_path):
+    out = tmp_path / "out"
+    counts = run_suite(load(str(tiny(tmp_path))), out, workers=2, progress=False)
+    assert counts["ok"] == 6 and len(list((out / "runs").glob("*.json"))) == 6
+
+
+def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    path, out = tiny(tmp_path, steps=150), tmp_path / "out"
+    cmd = [sys.executable, "-m", "spamlang.cli", "run", str(path), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "runs").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(list((out / "runs").glob("*.json")))
+    assert 2 <= before < 6
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    files = sorted((out / "runs").iterdir())
+    assert len(files) == 6 and all(f.suffix == ".json" and not f.name.startswith(".") for f in files)
+    ids = {record.read(f)["run_id"] for f in files}
+    assert ids == {c.run_id for c in load(str(path)).runs}
+
+
+def test_ray_executor_on_a_local_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    out = tmp_path / "out"
+    try:
+        counts = run_suite(load(str(tiny(tmp_path))), out, executor="ray", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    assert counts["ok"] == 6
+    recs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert len(recs) == 6 and all(r["status"] == "ok" for r in recs)
