@@ -128,8 +128,9 @@ def design_label(row: Mapping) -> str:
 def chosen_runs(scored: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """The runs behind each row of ``scored`` (those at its chosen swept values), one row per run: ``config`` (the
     row's index in ``scored``), ``design`` (see :func:`design_label`), ``setting`` (the configuration less its head),
-    ``task`` (with its parameters), ``seed``, ``status``, ``history`` and ``learnability`` (of the run, against its
-    configuration's floor; a diverged run counts as 0, a failed one as NaN)."""
+    ``task`` (with its parameters), ``seed``, ``status``, ``history`` and ``learnability`` (of the run, against the
+    task's Bayes loss rather than the head's own floor, so that a head whose floor sits at its starting loss is not
+    ranked up for failing to express the task; a diverged run counts as 0, a failed one as NaN)."""
     columns = list(scored.columns)
     swept = [c[:-len("_tried")] for c in columns if c.endswith("_tried")]
     by = [c for c in columns[:columns.index("n_seeds")] if c not in swept and not c.endswith("_tried")]
@@ -142,9 +143,8 @@ def chosen_runs(scored: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         setting = json.dumps([_key(row[f]) for f in by if f not in HEAD_FIELDS], default=str)
         for i in index.get(tuple(_key(row[f]) for f in fields), []):
             run = runs.loc[i]
-            value = {"ok": None, "diverged": 0.0}.get(run["status"], math.nan)
-            if run["status"] == "ok":
-                value = learnability([p.get("test_loss") for p in run["history"]], row["floor"])
+            value = (learnability([p.get("test_loss") for p in run["history"]], row["bayes_loss"]) if run["status"] == "ok"
+                     else 0.0 if run["status"] == "diverged" else math.nan)
             rows.append({"config": config, "design": design_label(row), "setting": setting,
                          "task": _with_params(row["task"], row["task_params"]), "seed": run["seed"],
                          "status": run["status"], "history": run["history"], "learnability": value})
@@ -160,12 +160,13 @@ def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA)
     and against the next design: ``n_next`` (runs paired on the same configuration and seed), ``p_next`` (one-sided
     Wilcoxon signed-rank test, :func:`wilcoxon_greater`) and ``ahead`` (p_next < ``alpha``).
 
-    A design without a learnability (no expressivity floor for any of its configurations) is left out, with a warning.
+    A design none of whose runs has a learnability (all failed) is left out, with a warning.
     """
     chosen = chosen_runs(scored, runs)
     unscored = sorted(set(chosen["design"]) - set(chosen.dropna(subset=["learnability"])["design"]))
     if unscored:
-        warnings.warn(f"not ranked, no learnability (no expressivity floor): {', '.join(unscored)}", RuntimeWarning)
+        warnings.warn(f"not ranked, no run with a learnability (all failed): "
+                      f"{', '.join(unscored)}", RuntimeWarning)
     chosen = chosen.dropna(subset=["learnability"])
     rows, paired = [], {}
     for design, group in chosen.groupby("design", sort=False):
@@ -212,8 +213,9 @@ def provenance(runs: pd.DataFrame, command: str) -> dict:
 
 # -- output ---------------------------------------------------------------------------------------------------------
 _RANKING_LEGEND = (
-    f"learnability: mean over the design's configurations of its runs' learnability at the chosen lr (a diverged run "
-    f"counts 0); 95% CI: t-interval over seeds of the design's per-seed mean. learned: configurations learned.\n"
+    f"learnability: mean over the design's configurations of its runs' learnability at the chosen lr, measured here "
+    f"against the Bayes loss (not the head's floor), so expressivity failures count too (a diverged run counts 0); "
+    f"95% CI: t-interval over seeds of the design's per-seed mean. learned: configurations learned.\n"
     f"ahead of next: one-sided Wilcoxon signed-rank test (exact up to {EXACT_MAX} pairs, normal approximation above, "
     f"zero differences dropped) of this design's learnability against the next one's, paired by configuration and "
     f"seed, at alpha {ALPHA}; a design not shown behind the one above shares its rank (=k).")
@@ -223,7 +225,7 @@ def _table(rows: Sequence[Mapping[str, str]]) -> str:
     """An aligned Markdown table of string cells; columns whose cells all look numeric are right-aligned."""
     columns = list(rows[0])
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    numeric = {c for c in columns if all(re.fullmatch(r"[=~±\d.\-–/ ]*", r[c]) for r in rows)}
+    numeric = {c for c in columns if all(re.fullmatch(r"[=\d.\-–/ ]*", r[c]) for r in rows)}
 
     def line(cells: Mapping[str, str]) -> str:
         return "| " + " | ".join(cells[c].rjust(width[c]) if c in numeric else cells[c].ljust(width[c])
@@ -261,10 +263,16 @@ def _provenance_items(prov: Mapping) -> list[tuple[str, str]]:
             ("run dates", " to ".join(prov["dates"]) or "-"), ("scored with", prov["scorer"])]
 
 
+_CAPTIONS = {"learnability.png": "Learnability over V and head rank, per head and task",
+             "curves.png": "Learning curves of the spam task, coloured by V/rank",
+             "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)"}
+
+
 def markdown(ranking: pd.DataFrame, scored: pd.DataFrame, prov: Mapping, images: Sequence[str] = ()) -> str:
     """The leaderboard document: title, provenance, head ranking, configuration table and links to ``images``."""
     lines = ["# SpamLang leaderboard", "", "## Provenance", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in _provenance_items(prov)]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
+              for key, value in _provenance_items(prov)]
     lines += ["", "## Head ranking", "", ranking_markdown(ranking), "## Configurations", "", format_table(scored, "md")]
     if images:
         lines += ["## Plots", ""] + [f"![{_CAPTIONS.get(name, name)}]({name})\n" for name in images]
@@ -284,9 +292,7 @@ code{background:#f3f3f3;padding:1px 4px}img{max-width:100%;display:block;margin:
 
 
 def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
 
 
 def _html_table(lines: list[str]) -> str:
@@ -296,6 +302,16 @@ def _html_table(lines: list[str]) -> str:
     body = "".join("<tr>" + "".join(f"<td{' class=num' if r else ''}>{_inline(c)}</td>" for c, r in zip(row, right))
                    + "</tr>" for row in cells[2:])
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_heading(line: str) -> str:
+    level = len(line) - len(line.lstrip("#"))
+    return f"<h{level}>{_inline(line[level:].strip())}</h{level}>"
+
+
+def _html_image(line: str, images: Mapping[str, bytes]) -> str:
+    alt, name = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip()).groups()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
 
 def to_html(text: str, images: Mapping[str, bytes]) -> str:
@@ -313,22 +329,13 @@ def to_html(text: str, images: Mapping[str, bytes]) -> str:
         elif k == "item":
             parts.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in group) + "</ul>")
         elif k == "text":
-            parts.append("<p>" + "<br>".join(_inline(line) for line in group) + "</p>")
-        for line in group if k in ("heading", "image") else []:
-            if k == "heading":
-                level = len(line) - len(line.lstrip("#"))
-                parts.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-            else:
-                alt, name = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip()).groups()
-                data = base64.b64encode(images[name]).decode("ascii")
-                parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+            parts.append("<p>" + "<br>".join(map(_inline, group)) + "</p>")
+        elif k == "heading":
+            parts += map(_html_heading, group)
+        elif k == "image":
+            parts += [_html_image(line, images) for line in group]
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SpamLang leaderboard</title>"
             f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
-
-
-_CAPTIONS = {"learnability.png": "Learnability over V and head rank, per head and task",
-             "curves.png": "Learning curves of the spam task, coloured by V/rank",
-             "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)"}
 
 
 def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS, command: str = "") -> \

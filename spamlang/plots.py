@@ -6,8 +6,6 @@ draw). Figures are built without pyplot, so they render with the Agg canvas and 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
+from . import atomic
 from .score import _with_params
 
 #: colours of lines by V/rank: plasma without its palest yellow, which vanishes on white
@@ -49,36 +48,39 @@ def _power_of_two_ticks(axis, values) -> None:
 
 
 def learnability_heatmap(scored: pd.DataFrame) -> Figure | None:
-    """Learnability (colour and value) over V (columns) and effective head rank (rows): one panel per task (rows of
-    panels) and head (columns of panels); cells of configurations differing in other settings are averaged."""
+    """Learnability (colour and value) over V (columns) and effective head rank (rows): one row of panels per task,
+    one panel per head; cells of configurations that differ in other settings are averaged."""
     data = _table(scored)
     if data.empty:
         return None
-    tasks, heads = sorted(data["task"].unique()), sorted(data["head"].unique())
-    widths = [data.loc[data["head"] == h, "V"].nunique() for h in heads]
+    tasks = sorted(data["task"].unique())
+    heads = {t: sorted(data.loc[data["task"] == t, "head"].unique()) for t in tasks}
+    widths = {t: [data[(data["task"] == t) & (data["head"] == h)]["V"].nunique() for h in heads[t]] for t in tasks}
     heights = [data.loc[data["task"] == t, "rank"].nunique() for t in tasks]
-    fig = Figure(figsize=(1.6 + sum(1.1 + 0.75 * w for w in widths), 0.5 + sum(1.3 + 0.45 * h for h in heights)),
-                 layout="constrained")
-    axes = fig.subplots(len(tasks), len(heads), squeeze=False,
-                        gridspec_kw={"width_ratios": widths, "height_ratios": heights})
+    total = max(sum(1.5 + 0.75 * w for w in widths[t]) for t in tasks)
+    fig = Figure(figsize=(total + 1.2, 0.4 + sum(1.4 + 0.45 * h for h in heights)), layout="constrained")
     cmap, norm = matplotlib.colormaps["viridis"], Normalize(0, 1)
-    for (i, task), (j, head) in [(t, h) for t in enumerate(tasks) for h in enumerate(heads)]:
-        ax, cells = axes[i][j], data[(data["task"] == task) & (data["head"] == head)]
-        if cells.empty:
-            ax.set_axis_off()
-            continue
-        grid = cells.pivot_table(index="rank", columns="V", values="learnability", aggfunc="mean", dropna=False)
-        values = grid.to_numpy(dtype=float)
-        ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, origin="lower", aspect="auto")
-        for (r, c), value in np.ndenumerate(values):
-            ax.text(c, r, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if np.isnan(value) or value < 0.6 else "black")
-        ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns], fontsize=8)
-        ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index], fontsize=8)
-        ax.set_xlabel("V", fontsize=9)
-        ax.set_ylabel("rank", fontsize=9)
-        ax.set_title(f"{head} · {task}", fontsize=9)
-    fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label="learnability", shrink=0.9, aspect=30)
+    for subfig, task in zip(fig.subfigures(len(tasks), 1, height_ratios=heights, squeeze=False)[:, 0], tasks):
+        used = sum(1.5 + 0.75 * w for w in widths[task])
+        ratios = [1.5 + 0.75 * w for w in widths[task]] + [total - used + 1.2]  # the last: colour bar and padding
+        axes = subfig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios}, squeeze=False)[0]
+        for ax, head in zip(axes, heads[task]):
+            cells = data[(data["task"] == task) & (data["head"] == head)]
+            grid = cells.pivot_table(index="rank", columns="V", values="learnability", aggfunc="mean", dropna=False)
+            values = grid.to_numpy(dtype=float)
+            ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, origin="lower", aspect="auto")
+            for (r, c), value in np.ndenumerate(values):
+                ax.text(c, r, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if np.isnan(value) or value < 0.6 else "black")
+            ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns], fontsize=8)
+            ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index], fontsize=8)
+            ax.set_xlabel("V", fontsize=9)
+            ax.set_ylabel("rank", fontsize=9)
+            ax.set_title(head, fontsize=9)
+        axes[-1].set_axis_off()
+        subfig.colorbar(ScalarMappable(norm, cmap), ax=axes[-1], location="left", fraction=0.25, aspect=15,
+                        label="learnability")
+        subfig.suptitle(f"task {task}", fontsize=10, x=0.02, ha="left")
     fig.suptitle("Learnability by vocabulary size V and effective head rank")
     return fig
 
@@ -123,7 +125,7 @@ def kept_cosine(scored: pd.DataFrame) -> Figure | None:
     data = data[data["kept_cos"] > 0]
     if data.empty:
         return None
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    fig = Figure(figsize=(8.5, 5), layout="constrained")
     ax = fig.subplots()
     colours = dict(zip(sorted(data["head"].unique()), matplotlib.colormaps["tab10"].colors))
     markers = dict(zip(sorted(data["task"].unique()), MARKERS * 4))
@@ -137,7 +139,9 @@ def kept_cosine(scored: pd.DataFrame) -> Figure | None:
     _power_of_two_ticks(ax.xaxis, [low, high])
     ax.set_xlim(low, high)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(FixedLocator([m * 10.0 ** e for e in range(-4, 1) for m in (1, 2, 3, 5)]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(FixedLocator([]))
     ax.set_xlabel("V / rank")
     ax.set_ylabel("kept gradient cosine at the end")
     ax.grid(alpha=0.3, which="both")
@@ -145,7 +149,7 @@ def kept_cosine(scored: pd.DataFrame) -> Figure | None:
     handles += [Line2D([], [], color=c, marker="o", linestyle="", label=h) for h, c in colours.items()]
     if len(markers) > 1:
         handles += [Line2D([], [], color="0.4", marker=m, linestyle="", label=t) for t, m in markers.items()]
-    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("How much of the logit gradient reaches the backbone")
     return fig
 
@@ -158,16 +162,7 @@ def png(fig: Figure) -> bytes:
 
 
 def save(fig: Figure, path: str | Path) -> bytes:
-    """Write ``fig`` as a PNG at ``path`` atomically (a temporary file, then a rename); return the bytes written."""
-    path = Path(path)
+    """Write ``fig`` as a PNG at ``path`` atomically; return the bytes written."""
     data = png(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, data)
     return data
