@@ -1,10 +1,25 @@
 """SpamLang: how much does the LM head's gradient bottleneck stop a model from learning?"""
 __version__ = "0.1.0"
 
+from .config import RunConfig
 from .errors import ConfigError, SpamLangError
 from .params import param
 from .rng import Rng
 from .task import TASKS, Targets, Task, make_task, register_task
 
-__all__ = ["ConfigError", "SpamLangError", "param", "Rng", "TASKS", "Targets", "Task", "make_task", "register_task",
-           "__version__"]
+#: the Python API that lives downstream of the tasks, imported on first use so that importing a task or the scorer
+#: never loads the trainer (data flows one way)
+_LAZY = {"train": ("harness", "train"), "load_runs": ("scorer", "load_runs"), "score": ("scorer", "score"),
+         "format_table": ("scorer", "format_table")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'spamlang' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "SpamLangError", "RunConfig", "param", "Rng", "TASKS", "Targets", "Task", "make_task",
+           "register_task", "train", "load_runs", "score", "format_table", "__version__"]

@@ -1,7 +1,6 @@
 """The ``spamlang`` command line: thin wrappers that parse input, call the library and print results."""
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
@@ -17,11 +16,17 @@ def _fail(message: str, code: int = 2):
 
 
 def _load_plugins(ctx, param, value):
-    """Callback of --tasks-dir/--heads-dir: import the user's files from each folder."""
+    """Callback of --tasks-dir/--heads-dir: import the user's files from each folder, and add the folders to the
+    registry's environment variable so that worker processes (local or Ray) find them too."""
     if value:
+        import os
+
         from .heads.base import HEADS
         from .task import TASKS
-        (TASKS if param.name == "tasks_dir" else HEADS).load_folders(value)
+        registry = TASKS if param.name == "tasks_dir" else HEADS
+        registry.load_folders(value)
+        folders = [os.path.abspath(v) for v in value]
+        os.environ[registry.path_env] = os.pathsep.join(filter(None, [os.environ.get(registry.path_env), *folders]))
     return value
 
 
@@ -33,7 +38,8 @@ def plugin_options(fn):
 
 
 def _print_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    from .record import to_json
+    click.echo(to_json(obj, indent=2))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -155,6 +161,7 @@ _TRAIN_OPTIONS = [  # (flag, RunConfig field, type, help)
     ("--eval-sequences", "eval_sequences", int, "Sequences in each held-out stream (val, test)."),
     ("--seed", "seed", int, "Training seed (init and data)."),
     ("--eval-seed", "eval_seed", int, "Seed of the held-out streams."),
+    ("--diag-tokens", "diag_tokens", int, "Predictable positions used for the gradient diagnostics."),
     ("--device", "device", str, "auto, cpu, cuda[:N] or mps."),
 ]
 
@@ -189,7 +196,7 @@ def train(params, head_param, compile_, out, save_checkpoint, as_json, quiet, **
     from .config import RunConfig
     from .model import resolve
     from .params import parse_assignments
-    from .train import train as run
+    from .harness import train as run
     config = resolve(RunConfig(**{k: v for k, v in settings.items() if v is not None}, compile=compile_,
                                task_params=parse_assignments(params), head_params=parse_assignments(head_param)))
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
@@ -230,7 +237,7 @@ def probe(checkpoint_or_run, batches, as_json):
 @plugin_options
 def score(folder, fmt, by, tolerance):
     """Learnability table of the run records under FOLDER: floors, gaps, verdicts, diagnostics."""
-    from .score import format_table, load_runs, score as run
+    from .scorer import format_table, load_runs, score as run
     fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
     click.echo(format_table(run(load_runs(folder), by=fields, tolerance=tolerance), fmt), nl=False)
 
@@ -262,7 +269,7 @@ def suites(as_json):
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Runs in parallel (local: worker processes).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: each run's own, from the suite).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @plugin_options
 def run(suite, out, executor, workers, device, quiet):
@@ -272,8 +279,10 @@ def run(suite, out, executor, workers, device, quiet):
     from .config import RunConfig
     from .runner import run_suite
     from .suite import load
+    from .harness import resolve_device
     spec = load(suite)
-    RunConfig(task="spam", vocab_size=2, device=device)  # validates --device before any run
+    for name in ({device} if device else {c.device for c in spec.runs}) if executor == "local" else ():
+        resolve_device(RunConfig(task="spam", vocab_size=2, device=name).device)  # refuse it before any run
     out = Path(out or Path("results") / spec.name)
     counts = run_suite(spec, out, executor, workers, device, progress=not quiet and sys.stderr.isatty())
     click.echo(f"suite {spec.name}: {counts['total']} runs, {counts['skipped']} already recorded, {counts['ok']} ok, "
@@ -331,6 +340,8 @@ def main(argv=None) -> None:
         _fail("interrupted", code=130)
     except SpamLangError as exc:
         _fail(str(exc))
+    except OSError as exc:  # an unwritable or missing path, a full disk
+        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
 

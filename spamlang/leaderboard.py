@@ -33,7 +33,7 @@ import pandas as pd
 from . import __version__, atomic, plots, record
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
-from .score import _key, _with_params, format_table, learnability, load_runs, mean_ci, score
+from .scorer import _key, _with_params, format_table, learnability, load_runs, mean_ci, score
 
 FORMATS = ("md", "csv", "html")
 #: significance level of the paired test that puts one head design ahead of the next
@@ -45,7 +45,7 @@ HEAD_FIELDS = ("head", "head_rank", "head_params")
 
 # -- loading --------------------------------------------------------------------------------------------------------
 def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
-    """The run records of every folder (see :func:`spamlang.score.load_runs`) merged, with ``folder``, ``env``,
+    """The run records of every folder (see :func:`spamlang.scorer.load_runs`) merged, with ``folder``, ``env``,
     ``created`` and ``suite`` (name, version, source, sweep; or None) added for the provenance.
 
     A folder without records, or a task recorded in different versions, raises SpamLangError; a run id already read
@@ -154,8 +154,8 @@ def chosen_runs(scored: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """One row per head design, best first: ``rank`` (``"2"``, or ``"=1"`` when the paired test does not put the
-    design above it ahead of this one), ``head``, ``learnability`` (mean over the design's configurations of its
-    per-run learnability at the chosen swept values), ``ci`` (half-width of the 95% t-interval over seeds of the
+    design above it ahead of this one), ``head``, ``learnability`` (mean across tasks of the mean over the design's
+    configurations of each task of its per-run learnability at the chosen swept values), ``ci`` (half-width of the 95% t-interval over seeds of the
     design's per-seed mean), ``tasks``, ``configs``, ``seeds``, ``learned`` (configurations with verdict learned),
     and against the next design: ``n_next`` (runs paired on the same configuration and seed), ``p_next`` (one-sided
     Wilcoxon signed-rank test, :func:`wilcoxon_greater`) and ``ahead`` (p_next < ``alpha``).
@@ -171,7 +171,8 @@ def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA)
     rows, paired = [], {}
     for design, group in chosen.groupby("design", sort=False):
         per_config = group.groupby("config")["learnability"].mean()
-        rows.append({"head": design, "learnability": per_config.mean(),
+        per_task = group.groupby(["task", "config"])["learnability"].mean().groupby(level="task").mean()
+        rows.append({"head": design, "learnability": per_task.mean(),
                      "ci": mean_ci(group.groupby("seed")["learnability"].mean())[1],
                      "tasks": group["task"].nunique(), "configs": len(per_config), "seeds": group["seed"].nunique(),
                      "learned": int((scored.loc[per_config.index, "verdict"] == "learned").sum())})
@@ -213,7 +214,8 @@ def provenance(runs: pd.DataFrame, command: str) -> dict:
 
 # -- output ---------------------------------------------------------------------------------------------------------
 _RANKING_LEGEND = (
-    f"learnability: mean over the design's configurations of its runs' learnability at the chosen lr, measured here "
+    f"learnability: mean over tasks of the mean over the design's configurations of that task of its runs' "
+    f"learnability at the chosen lr, measured here "
     f"against the Bayes loss (not the head's floor), so expressivity failures count too (a diverged run counts 0); "
     f"95% CI: t-interval over seeds of the design's per-seed mean. learned: configurations learned.\n"
     f"ahead of next: one-sided Wilcoxon signed-rank test (exact up to {EXACT_MAX} pairs, normal approximation above, "

@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from . import atomic
-from .score import _with_params
+from .scorer import _with_params
 
 #: colours of lines by V/rank: plasma without its palest yellow, which vanishes on white
 RATIO_CMAP = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.88, 256)))

@@ -10,7 +10,7 @@ from .config import RunConfig
 from .diagnostics import gradient_diagnostics, spectrum_share
 from .errors import SpamLangError
 from .rng import Rng
-from .train import Trainer
+from .harness import Trainer
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:
@@ -25,7 +25,8 @@ def locate(path: str | Path) -> tuple[Path, Path]:
 
 
 def probe(path: str | Path, batches: int = 4) -> dict:
-    """Diagnostics of the trained model over ``batches`` val batches of ``diag_tokens`` predictable positions."""
+    """Diagnostics of the trained model over ``batches`` batches of ``diag_tokens`` predictable positions, drawn from
+    a ``probe`` stream of the task (seeded by the run's eval seed, apart from its val and test streams)."""
     rec_path, ckpt = locate(path)
     rec = record.read(rec_path)
     config = RunConfig.from_dict({**rec["config"], "device": "cpu", "compile": False})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
@@ -16,6 +17,9 @@ from . import __version__, atomic
 from .errors import SpamLangError
 
 SCHEMA = "spamlang.run/1"
+#: when a run counts as learned: test accuracy at least this on a deterministic task, else a loss within this many
+#: nats of the Bayes loss (shared by the harness's ``steps_to_learn`` and the scorer)
+LEARNED_ACCURACY, LEARNED_MARGIN = 0.99, 0.05
 STATUSES = ("ok", "diverged", "failed")
 REQUIRED = ("schema", "run_id", "config", "task_version", "bayes_loss", "deterministic", "status", "history", "final",
             "env")
@@ -42,10 +46,26 @@ def environment(device_name: str) -> dict[str, Any]:
             "spamlang": __version__, "git_commit": git_commit(), "platform": platform.platform()}
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (strict JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int = 1) -> str:
+    """Strict JSON (non-finite numbers as null)."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False, default=str)
+
+
 def write(record: dict, folder: str | Path) -> Path:
     """Store ``record`` as ``folder/<run_id>.json``, atomically."""
     path = Path(folder) / f"{record['run_id']}.json"
-    atomic.write_text(path, json.dumps(record, indent=1, allow_nan=True) + "\n")
+    atomic.write_text(path, to_json(record) + "\n")
     return path
 
 
@@ -61,6 +81,10 @@ def check(record: Any, source: str) -> dict:
         raise SpamLangError(f"{source}: run record lacks {', '.join(missing)}")
     if record["status"] not in STATUSES:
         raise SpamLangError(f"{source}: unknown status {record['status']!r}")
+    if not isinstance(record["config"], dict) or not isinstance(record["final"], dict) \
+            or not isinstance(record["history"], list) or not all(isinstance(p, dict) for p in record["history"]):
+        raise SpamLangError(f"{source}: malformed run record (config and final must be objects, history a list of "
+                            f"objects)")
     return record
 
 

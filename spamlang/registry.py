@@ -31,7 +31,6 @@ class Registry(Generic[T]):
         self._origins: dict[str, str] = {}
         self._folders_loaded: set[Path] = set()
         self._loaded = False
-        self.load_errors: list[str] = []
 
     # -- registration -------------------------------------------------------------------------------------------
     def register(self, cls: type) -> type:
@@ -94,9 +93,8 @@ class Registry(Generic[T]):
             self._report(str(file), exc)
 
     def _report(self, where: str, exc: BaseException) -> None:
-        message = f"could not load {self.kind} from {where}: {type(exc).__name__}: {exc}"
-        self.load_errors.append(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        warnings.warn(f"could not load {self.kind} from {where}: {type(exc).__name__}: {exc}", RuntimeWarning,
+                      stacklevel=3)
 
     # -- lookup -------------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -111,7 +109,3 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, self._classes, n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise SpamLangError(f"unknown {self.kind} '{name}' (known: {', '.join(self.names())}){hint}") from None
-
-    def origin(self, name: str) -> str:
-        self.get(name)
-        return self._origins[name]

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import traceback
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -21,6 +21,7 @@ from . import record
 from .config import RunConfig
 from .errors import SpamLangError
 from .suite import Suite
+from .task import TASKS
 
 EXECUTORS = ("local", "ray")
 
@@ -29,7 +30,7 @@ def execute(config: dict, suite_info: dict, threads: int | None = None) -> dict:
     """Train one run and return its record; an exception becomes a ``failed`` record (never raised)."""
     import torch
 
-    from .train import train
+    from .harness import train
     if threads:
         torch.set_num_threads(threads)
     cfg = RunConfig.from_dict(config)
@@ -46,14 +47,17 @@ def execute(config: dict, suite_info: dict, threads: int | None = None) -> dict:
 
 
 def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
-    """Runs with no readable ``ok``/``diverged`` record yet; stale temporary files from killed runs are removed."""
+    """Runs with no readable ``ok``/``diverged`` record of the task's current version yet; stale temporary files from
+    killed runs are removed."""
     for tmp in runs_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     todo = []
     for config in suite.runs:
         path = runs_dir / f"{config.run_id}.json"
         try:
-            done = path.is_file() and record.read(path)["status"] != "failed"
+            rec = record.read(path) if path.is_file() else None
+            done = rec is not None and rec["status"] != "failed" and \
+                rec["task_version"] == TASKS.get(config.task).version
         except SpamLangError:
             done = False  # an unreadable record is redone and overwritten
         if not done:
@@ -61,12 +65,14 @@ def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
     return todo
 
 
-def _assign_devices(device: str, workers: int) -> list[str]:
-    """One device string per worker: CUDA workers are spread over the visible GPUs (and share them beyond that)."""
+def _device(config: RunConfig, override: str | None, slot: int, executor: str) -> str:
+    """The run's device: ``override`` (``--device``) or the suite's. Local CUDA workers are spread over the visible
+    GPUs (and share them beyond that); a Ray task sees only the GPU Ray gave it, so it keeps the name as it is."""
     import torch
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
-    return [device] * workers
+    device = override or config.device
+    if executor == "local" and device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        return f"cuda:{slot % torch.cuda.device_count()}"
+    return device
 
 
 def _local(configs: list[dict], info: dict, workers: int) -> Iterator[dict]:
@@ -107,8 +113,8 @@ def _ray(configs: list[dict], info: dict, workers: int) -> Iterator[dict]:
         raise
 
 
-def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str = "auto",
-              progress: bool = True, on_record: Callable[[dict], None] | None = None) -> dict:
+def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str | None = None,
+              progress: bool = True) -> dict:
     """Run what is missing of ``suite`` into ``out/runs``; return counts {total, skipped, ok, diverged, failed}."""
     if executor not in EXECUTORS:
         raise SpamLangError(f"unknown executor '{executor}' (executors: {', '.join(EXECUTORS)})")
@@ -117,8 +123,7 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     runs_dir = Path(out) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = pending(suite, runs_dir)
-    devices = _assign_devices(device, workers)
-    configs = [{**c.to_dict(), "device": devices[i % workers]} for i, c in enumerate(todo)]
+    configs = [{**c.to_dict(), "device": _device(c, device, i % workers, executor)} for i, c in enumerate(todo)]
     info = {"name": suite.name, "version": suite.version, "source": suite.source, "sweep": list(suite.sweep)}
     counts = {"total": len(suite.runs), "skipped": len(suite.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
     run = _local if executor == "local" else _ray
@@ -129,6 +134,4 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
             counts[rec["status"]] += 1
             bar.update(1)
             bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"])
-            if on_record:
-                on_record(rec)
     return counts

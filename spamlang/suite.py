@@ -123,10 +123,18 @@ def load(name_or_file: str) -> Suite:
     if unknown:
         raise SpamLangError(f"{where}: unknown section '{unknown[0]}' (sections: suite, defaults, grid)")
     meta, defaults, grids = data.get("suite", {}), data.get("defaults", {}), data.get("grid", [])
+    if not isinstance(meta, dict) or not isinstance(defaults, dict):
+        raise SpamLangError(f"{where}: [suite] and [defaults] must be tables")
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise SpamLangError(f"{where}: grid must be an array of tables ([[grid]])")
+    for key, kind in (("name", str), ("description", str), ("version", int), ("sweep", list)):
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise SpamLangError(f"{where}: suite.{key} must be {'an' if kind is int else 'a'} {kind.__name__}, "
+                                f"got {meta[key]!r}")
     bad = sorted(set(meta) - SUITE_KEYS)
     if bad:
         raise SpamLangError(f"{where}: unknown key 'suite.{bad[0]}' (allowed: {', '.join(sorted(SUITE_KEYS))})")
-    if not isinstance(grids, list) or not grids:
+    if not grids:
         raise SpamLangError(f"{where}: a suite needs at least one [[grid]] table")
     for section, table in [("defaults", defaults)] + [(f"grid[{i}]", g) for i, g in enumerate(grids)]:
         bad = sorted(set(table) - CONFIG_KEYS - ({"exclude"} if section != "defaults" else set()))
@@ -155,5 +163,7 @@ def load(name_or_file: str) -> Suite:
             if config.run_id not in seen:
                 seen.add(config.run_id)
                 runs.append(config)
+    if not runs:
+        raise SpamLangError(f"{where}: the grids expand to no runs (an empty list, or everything excluded)")
     return Suite(name=meta.get("name", path.stem), description=meta.get("description", ""),
-                 version=int(meta.get("version", 1)), sweep=sweep, runs=tuple(runs), source=where)
+                 version=meta.get("version", 1), sweep=sweep, runs=tuple(runs), source=where)

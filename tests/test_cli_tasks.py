@@ -66,6 +66,12 @@ def test_bad_input_exits_2(run_cli, tmp_path, args, fragment):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
+def test_unwritable_output_is_a_user_error(run_cli, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert_user_error(run_cli(*GEN, "--out", blocker / "sub"))
+
+
 def test_existing_output_needs_force(run_cli, tmp_path):
     out = tmp_path / "c"
     assert run_cli(*GEN, "--out", out).code == 0

@@ -124,5 +124,5 @@ def test_a_corrupt_cache_file_is_reported_and_ignored(tmp_path):
 
 
 def test_the_scorer_side_never_imports_the_trainer():
-    code = "import sys, spamlang.floors, spamlang.score; sys.exit('spamlang.train' in sys.modules)"
+    code = "import sys, spamlang.floors, spamlang.scorer; sys.exit('spamlang.harness' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -193,7 +193,7 @@ def test_mos_loss_is_chunked(monkeypatch):
     ("gradproj", 100, 16, None, 16, "needs a rank"),
     ("gradproj", 100, 16, 0, 16, "head_rank"),
     ("gradproj", 100, 16, 17, 16, "head_rank"),
-    ("lowrank", 10, 16, 4, 16, "exceeds vocab_size"),
+    ("lowrank", 10, 16, 11, 16, r"min\(d_model, vocab_size\)=10"),
 ])
 def test_check_rejects_impossible_combinations(name, vocab, d, rank, embed_dim, match):
     with pytest.raises(ConfigError, match=match):
@@ -204,3 +204,7 @@ def test_check_rejects_impossible_combinations(name, vocab, d, rank, embed_dim, 
                                                   ("lowrank", 1, 16), ("lowrank", 16, 16), ("gradproj", 16, 8)])
 def test_check_accepts_valid_combinations(name, rank, embed_dim):
     HEADS.get(name).check(100, 16, rank, embed_dim)
+
+
+def test_rank_may_exceed_nothing_but_min_of_width_and_vocab():
+    HEADS.get("lowrank").check(10, 64, 3, 64)  # D > V is fine as long as r <= V

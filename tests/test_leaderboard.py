@@ -12,7 +12,7 @@ from spamlang import leaderboard, record
 from spamlang.config import RunConfig
 from spamlang.floors import FloorCache
 from spamlang.leaderboard import chosen_runs, head_ranking, load_folders, provenance, wilcoxon_greater
-from spamlang.score import score
+from spamlang.scorer import score
 from spamlang.task import make_task
 from tests.conftest import assert_user_error
 

@@ -12,7 +12,7 @@ from spamlang import record
 from spamlang.config import RunConfig
 from spamlang.errors import ConfigError, SpamLangError
 from spamlang.floors import CACHE_NAME, FloorCache, expressivity_floor
-from spamlang.score import format_table, learnability, load_runs, mean_ci, score, t_quantile
+from spamlang.scorer import format_table, learnability, load_runs, mean_ci, score, t_quantile
 from spamlang.task import make_task
 
 #: one in-memory floor cache for the whole file: each estimated floor is fitted once
@@ -317,7 +317,7 @@ def one_thread():
 
 
 def test_tiny_trained_runs_get_the_right_verdicts(tmp_path, one_thread):
-    from spamlang.train import train
+    from spamlang.harness import train
     tiny = dict(d_model=16, layers=1, batch_size=32, eval_sequences=64, diag_tokens=64, device="cpu")
     spam = dict(task="spam", seq_len=8, steps=60, eval_every=20, **tiny)
     bag = dict(task="bag", task_params={"k": 8}, vocab_size=32, head="lowrank", head_rank=1, seq_len=16, steps=150,
@@ -325,6 +325,7 @@ def test_tiny_trained_runs_get_the_right_verdicts(tmp_path, one_thread):
     configs = [*(RunConfig(vocab_size=32, lr=1e-2, seed=s, **spam) for s in (0, 1)),
                *(RunConfig(vocab_size=1024, head="lowrank", head_rank=2, lr=lr, seed=s, **spam)
                  for s in (0, 1) for lr in (3e-3, 1e-2)),
+               *(RunConfig(vocab_size=1024, head="gradproj", head_rank=2, lr=1e-2, seed=s, **spam) for s in (0, 1)),
                *(RunConfig(seed=s, **bag) for s in (0, 1))]
     for config in configs:
         record.write(train(config), tmp_path)
@@ -334,6 +335,9 @@ def test_tiny_trained_runs_get_the_right_verdicts(tmp_path, one_thread):
     assert learned["verdict"] == "learned" and learned["floor_method"] == "analytic"
     assert limited["verdict"] == "optimization-limited" and limited["optimization_gap"] > 1.0
     assert limited["lr_tried"] == [3e-3, 1e-2] and limited["n_seeds"] == 2
+    gradproj = got["spam", 1024, "gradproj"]  # full-rank forward, rank-2 gradient: limited like lowrank rank 2
+    assert gradproj["verdict"] == "optimization-limited" and gradproj["floor"] == learned["floor"] == 0
+    assert abs(gradproj["optimization_gap"] - limited["optimization_gap"]) < 0.25 * limited["optimization_gap"]
     assert bag_row["verdict"] == "expressivity-limited" and bag_row["floor_method"] == "estimated"
     assert bag_row["expressivity_gap"] > 0.3 and abs(bag_row["optimization_gap"]) <= 0.05
     for row in (learned, limited, bag_row):

@@ -94,7 +94,7 @@ def test_unknown_suite_name(run_cli):
 def test_run_resume_and_failures(tmp_path, monkeypatch):
     suite = load(str(tiny(tmp_path)))
     out = tmp_path / "out"
-    import spamlang.train as train_module
+    import spamlang.harness as train_module
     real = train_module.train
 
     def flaky(config, progress=None, checkpoint=None):
@@ -159,3 +159,36 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     assert counts["ok"] == 6
     recs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
     assert len(recs) == 6 and all(r["status"] == "ok" for r in recs)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ('[suite]\nversion = "abc"\n[[grid]]\ntask = "spam"\nvocab_size = 16\n', "suite.version must be an int"),
+    ('[suite]\nname = 5\n[[grid]]\ntask = "spam"\nvocab_size = 16\n', "suite.name must be a str"),
+    ('defaults = 3\n[[grid]]\ntask = "spam"\nvocab_size = 16\n', "must be tables"),
+    ('[[grid]]\ntask = "spam"\nvocab_size = []\n', "no runs"),
+    ('grid = 3\n', "array of tables"),
+])
+def test_malformed_suite_shapes(run_cli, tmp_path, text, fragment):
+    path = tmp_path / "shape.toml"
+    path.write_text(text)
+    assert_user_error(run_cli("run", path, "--out", tmp_path / "out"), fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unavailable_device_is_refused_before_any_run(run_cli, tmp_path):
+    assert_user_error(run_cli("run", tiny(tmp_path), "--device", "cuda:99", "--out", tmp_path / "out"),
+                      "not available")
+    assert not (tmp_path / "out").exists()
+
+
+def test_external_task_reaches_worker_processes(run_cli, tmp_path):
+    from tests.test_cli_tasks import TASK_FILE
+    folder = tmp_path / "mytasks"
+    folder.mkdir()
+    (folder / "alternate.py").write_text(TASK_FILE.replace("{tag}", "workers"))
+    path = tmp_path / "alt.toml"
+    path.write_text(TINY.format(steps=2).replace('task = "spam"', 'task = "alternate-workers"'))
+    r = run_cli("run", path, "--tasks-dir", folder, "--workers", 2, "--out", tmp_path / "out", "--quiet")
+    assert r.code == 0, r.err
+    recs = [record.read(p) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert len(recs) == 6 and {r["status"] for r in recs} == {"ok"}

@@ -8,7 +8,7 @@ import pytest
 from spamlang import record
 from spamlang.config import RunConfig
 from spamlang.model import resolve
-from spamlang.train import train
+from spamlang.harness import train
 from tests.conftest import assert_user_error
 
 
@@ -57,11 +57,14 @@ def test_same_seed_same_record_on_cpu():
     assert c["history"][-1]["test_loss"] != a["history"][-1]["test_loss"]
 
 
-def test_huge_learning_rate_diverges():
+def test_huge_learning_rate_diverges(tmp_path):
     rec = train(RunConfig(task="spam", vocab_size=64, d_model=16, steps=50, lr=1e9, grad_clip=0, warmup=0,
                           device="cpu"))
     assert rec["status"] == "diverged" and rec["final"]["status"] == "diverged"
     assert rec["final"]["steps_to_learn"] is None
+    text = (record.write(rec, tmp_path)).read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: non-finite numbers become null
+    assert record.read(tmp_path / f"{rec['run_id']}.json")["status"] == "diverged"
 
 
 def test_gru_backbone_and_other_heads_train():
@@ -111,6 +114,7 @@ def test_probe_round_trip(run_cli, tmp_path):
     (["--lr", -1], "lr"),
     (["--device", "tpu"], "device"),
     (["--backbone", "lstm"], "unknown backbone"),
+    (["--device", "cuda:99"], "not available"),
 ])
 def test_train_bad_input(run_cli, tmp_path, args, fragment):
     base = {"--task": "spam", "--vocab-size": 64, "--d-model": 16, "--steps": 2}

@@ -43,10 +43,9 @@ class Head(nn.Module):
             raise ConfigError(f"head '{cls.name}' takes no rank (got head_rank={rank}); leave --head-rank unset")
         if cls.uses_rank and rank is None:
             raise ConfigError(f"head '{cls.name}' needs a rank (--head-rank)")
-        if rank is not None and not 1 <= rank <= d_model:
-            raise ConfigError(f"head '{cls.name}': head_rank must be in [1, d_model={d_model}], got {rank}")
-        if d_model > vocab_size and cls.uses_rank:
-            raise ConfigError(f"head '{cls.name}': d_model={d_model} exceeds vocab_size={vocab_size}")
+        if rank is not None and not 1 <= rank <= min(d_model, vocab_size):
+            raise ConfigError(f"head '{cls.name}': head_rank must be in [1, min(d_model, vocab_size)="
+                              f"{min(d_model, vocab_size)}], got {rank}")
 
     @property
     def rank(self) -> int:

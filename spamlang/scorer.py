@@ -18,16 +18,15 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from . import record
+from .record import LEARNED_ACCURACY, LEARNED_MARGIN
 from .config import EXECUTION_FIELDS, RunConfig
 from .errors import ConfigError, SpamLangError
 from .floors import CACHE_NAME, FloorCache, expressivity_floor
 from .task import TASKS, make_task
 
 #: nats: the margin within which a loss counts as reaching the Bayes loss (learned, non-deterministic tasks) and
-#: within which a gap (floor - Bayes, loss - floor) counts as immaterial
-TOLERANCE = 0.05
-#: test accuracy at which a deterministic task counts as learned
-LEARNED_ACCURACY = 0.99
+#: within which a gap (floor - Bayes, loss - floor) counts as immaterial; the harness's own margin by default
+TOLERANCE = LEARNED_MARGIN
 #: accuracy on symbols seen in training above which, with the overall accuracy below it, a run is data-limited
 SEEN_ACCURACY = 0.9
 VERDICTS = ("learned", "optimization-limited", "expressivity-limited", "mixed", "diverged", "failed", "undetermined")
@@ -55,6 +54,9 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
             row = _row(record.read(path), path)
         except SpamLangError as exc:
             problems.append(str(exc))
+            continue
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # well-formed JSON, ill-formed fields
+            problems.append(f"{path}: malformed run record ({type(exc).__name__}: {exc})")
             continue
         if row["run_id"] in seen:
             problems.append(f"{path}: a second record of run {row['run_id']} (first: {seen[row['run_id']]})")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import record
+from . import atomic, record
+from .record import LEARNED_ACCURACY, LEARNED_MARGIN
 from .config import RunConfig
 from .diagnostics import gradient_diagnostics
+from .errors import ConfigError
 from .model import LanguageModel, resolve
 from .task import make_task
 from .rng import Rng
 
-#: accuracy at which a deterministic task counts as learned; loss margin above Bayes for the others
-LEARNED_ACCURACY, LEARNED_MARGIN = 0.99, 0.05
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,9 +36,11 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
-        raise ConfigError(f"device '{name}' requested but CUDA is not available")
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+                 "mps": bool(mps and mps.is_available())}
+    if not available.get(device.type, False):
+        raise ConfigError(f"device '{name}' was requested but is not available on this machine")
     return device
 
 
@@ -157,11 +159,9 @@ class Trainer:
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Save the model's tensors atomically (loadable with ``torch.load(..., weights_only=True)``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def _sync(device: torch.device) -> None:
@@ -199,6 +199,9 @@ def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Pat
             point = trainer.eval_point(steps_done, steps_done * tokens_per_step, loss.item(), learning_rate(c, step))
             eval_seconds += time.perf_counter() - t0
             history.append(point)
+            if not all(math.isfinite(point[k]) for k in ("val_loss", "test_loss")):
+                status = "diverged"
+                break
             train_seconds = time.perf_counter() - loop_start - eval_seconds
             bar.set_postfix(loss=f"{point['test_loss']:.3f}", acc=f"{point['test_accuracy']:.3f}",
                             tok_s=f"{steps_done * tokens_per_step / max(train_seconds, 1e-9):,.0f}")
