@@ -4,7 +4,8 @@ Run:  /tmp/venv/bin/pytest benchmarks/ --benchmark-only     (plain ``pytest`` co
 
 What it measures, in a head-dominated setting (V = 32,768, D = 64, 2-layer transformer, batch 64 x 16 tokens):
 - ``test_train_step``: one full training step (forward, backward, AdamW step) of (a) a plain loop, nn.Linear head +
-  F.cross_entropy + AdamW defaults, and (b) SpamLang's, ``linear`` head + chunked fused loss + fused AdamW.
+  F.cross_entropy + AdamW defaults, and (b) SpamLang's harness itself (``Trainer.train_step``: data sampled on the
+  device, ``linear`` head with the chunked fused loss, gradient clipping, schedule, fused AdamW).
   extra_info holds tokens/s and, once both have run, the ratio SpamLang / plain (target >= 2).
 - ``test_peak_memory``: one loss + backward at V = 262,144, D = 64, 1,024 tokens, plain (x @ Wᵀ then
   F.cross_entropy) vs ``linear_cross_entropy``: peak memory above the inputs (CPU: each in a fresh subprocess, from
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spamlang.backbones.base import BACKBONES
-from spamlang.heads.base import HEADS
+from spamlang.config import RunConfig
+from spamlang.harness import Trainer
 from spamlang.loss import linear_cross_entropy
 
 V, D, LAYERS, N_HEADS, T, BATCH = 32_768, 64, 2, 4, 16, 64
@@ -50,24 +52,25 @@ def _record_ratio(benchmark, key: tuple, value: float, numerator: tuple, denomin
 
 
 def train_step(loop: str, device: str):
-    """A closure running one training step of the plain or the SpamLang loop on a fixed batch."""
+    """A closure running one training step of the plain loop (a fixed batch) or of SpamLang's harness itself
+    (``Trainer.train_step``: sampling on the device, masking, the fused loss, clipping, the schedule, fused AdamW)."""
     torch.manual_seed(0)
+    if loop == "spamlang":
+        # seq_len T + 1: the harness predicts tokens 1..T of each row, the same B x T positions as the plain loop
+        trainer = Trainer(RunConfig(task="spam", vocab_size=V, d_model=D, layers=LAYERS, n_heads=N_HEADS,
+                                    seq_len=T + 1, batch_size=BATCH, eval_sequences=8, device=device))
+        steps = iter(range(10**9))
+        return lambda: (trainer.train_step(next(steps)), _sync(device))
     backbone = BACKBONES.get("transformer")(V, D, D, LAYERS, N_HEADS, T)
-    if loop == "plain":
-        head = nn.Linear(D, V, bias=False)
-        optimizer_kwargs = {}
-
-        def loss_fn(h, y):
-            return F.cross_entropy(head(h), y)
-    else:
-        head = HEADS.get("linear")(V, D, None, backbone.embedding)
-        loss_fn, optimizer_kwargs = head.loss, {"fused": True}
+    head = nn.Linear(D, V, bias=False)
     model = nn.ModuleList([backbone, head]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), **optimizer_kwargs)
+    optimizer = torch.optim.AdamW(model.parameters())
     x, y = torch.randint(0, V, (2, BATCH, T), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")  # as the harness on CUDA
 
     def step():
-        loss = loss_fn(backbone(x).flatten(0, 1), y.flatten())  # (B T, D) -> scalar
+        with autocast:
+            loss = F.cross_entropy(head(backbone(x)).flatten(0, 1), y.flatten())  # (B T, V) logits -> scalar
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
