@@ -58,7 +58,7 @@ def tasks(ctx, as_json):
     if ctx.invoked_subcommand is not None:
         return
     from .task import TASKS
-    rows = [{"name": n, "description": TASKS.get(n).description(), "version": TASKS.get(n).version,
+    rows = [{"name": n, "description": TASKS.description(n), "version": TASKS.get(n).version,
              "params": TASKS.get(n).describe_params()} for n in TASKS.names()]
     if as_json:
         return _print_json(rows)
@@ -126,7 +126,7 @@ def heads(as_json):
     """List the registered LM heads and backbones."""
     from .backbones.base import BACKBONES
     from .heads.base import HEADS, describe_params
-    rows = [{"name": n, "description": HEADS.get(n).description(), "uses_rank": HEADS.get(n).uses_rank,
+    rows = [{"name": n, "description": HEADS.description(n), "uses_rank": HEADS.get(n).uses_rank,
              "params": describe_params(HEADS.get(n))} for n in HEADS.names()]
     if as_json:
         return _print_json(rows)
@@ -135,7 +135,7 @@ def heads(as_json):
         click.echo(f"{row['name']:<10} {row['description']}{rank}")
         for p in row["params"]:
             click.echo(f"{'':12}{p['name'] + '=' + repr(p['default']):<14} {p['help']} (allowed {p['allowed']})")
-    click.echo("\nbackbones: " + ", ".join(f"{n} ({BACKBONES.get(n).description()})" for n in BACKBONES.names()))
+    click.echo("\nbackbones: " + ", ".join(f"{n} ({BACKBONES.description(n)})" for n in BACKBONES.names()))
 
 
 # -- train --------------------------------------------------------------------------------------------------------

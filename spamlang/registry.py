@@ -9,6 +9,7 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import pkgutil
 import sys
@@ -100,6 +101,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         self._ensure_loaded()
         return sorted(self._classes)
+
+    def description(self, name: str) -> str:
+        """The first line of the class's docstring."""
+        doc = (inspect.getdoc(self.get(name)) or "").strip()
+        return doc.splitlines()[0] if doc else ""
 
     def get(self, name: str) -> type:
         self._ensure_loaded()

@@ -6,7 +6,6 @@ registered with :func:`register_task`. See ``tasks/spam.py`` for the smallest co
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -46,11 +45,6 @@ class Task:
         P.validate_fields(self, f"task '{self.name}'")
 
     # -- description ----------------------------------------------------------------------------------------------
-    @classmethod
-    def description(cls) -> str:
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
-
     @classmethod
     def describe_params(cls) -> list[dict]:
         return P.describe(cls)

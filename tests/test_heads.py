@@ -50,7 +50,7 @@ def last_logits(head, h):
 
 def test_registry_lists_the_heads():
     assert set(ALL) <= set(HEADS.names())
-    assert all(HEADS.get(n).description() for n in ALL)
+    assert all(HEADS.description(n) for n in ALL)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -132,7 +132,7 @@ def test_worker_processes(tmp_path):
 
 
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
-    path, out = tiny(tmp_path, steps=150), tmp_path / "out"
+    path, out = tiny(tmp_path, steps=400), tmp_path / "out"  # runs long enough to kill mid-sweep
     cmd = [sys.executable, "-m", "spamlang.cli", "run", str(path), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120

@@ -1,7 +1,6 @@
 """The backbone API: tokens (B, T) to hidden states (B, T, D), with an input embedding the ``tied`` head can share."""
 from __future__ import annotations
 
-import inspect
 from typing import ClassVar
 
 import torch
@@ -19,11 +18,6 @@ class Backbone(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.d_model, self.embed_dim = d_model, embed_dim
-
-    @classmethod
-    def description(cls) -> str:
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
 
     @classmethod
     def check(cls, d_model: int, embed_dim: int, layers: int, n_heads: int, seq_len: int) -> None:

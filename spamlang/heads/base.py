@@ -7,7 +7,6 @@ the backbone (``logit_gradient``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -30,11 +29,6 @@ class Head(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, rank: int | None, embedding: nn.Embedding, params=None):
         super().__init__()
         self.vocab_size, self.d_model, self.params = vocab_size, d_model, params
-
-    @classmethod
-    def description(cls) -> str:
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
 
     @classmethod
     def check(cls, vocab_size: int, d_model: int, rank: int | None, embed_dim: int) -> None:
