@@ -265,7 +265,7 @@ def suites(as_json):
 @cli.command()
 @click.argument("suite")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Results folder (default: results/<suite name>).")
+              help="Results folder (default: out/<suite name>; the published ones live in results/).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Runs in parallel (local: worker processes).")
@@ -283,7 +283,7 @@ def run(suite, out, executor, workers, device, quiet):
     spec = load(suite)
     for name in ({device} if device else {c.device for c in spec.runs}) if executor == "local" else ():
         resolve_device(RunConfig(task="spam", vocab_size=2, device=name).device)  # refuse it before any run
-    out = Path(out or Path("results") / spec.name)
+    out = Path(out or Path("out") / spec.name)
     counts = run_suite(spec, out, executor, workers, device, progress=not quiet and sys.stderr.isatty())
     click.echo(f"suite {spec.name}: {counts['total']} runs, {counts['skipped']} already recorded, {counts['ok']} ok, "
                f"{counts['diverged']} diverged, {counts['failed']} failed -> {out / 'runs'}", err=True)

@@ -45,8 +45,7 @@ HEAD_FIELDS = ("head", "head_rank", "head_params")
 
 # -- loading --------------------------------------------------------------------------------------------------------
 def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
-    """The run records of every folder (see :func:`spamlang.scorer.load_runs`) merged, with ``folder``, ``env``,
-    ``created`` and ``suite`` (name, version, source, sweep; or None) added for the provenance.
+    """The run records of every folder (see :func:`spamlang.scorer.load_runs`) merged, with ``folder`` added.
 
     A folder without records, or a task recorded in different versions, raises SpamLangError; a run id already read
     from an earlier folder is skipped with a warning.
@@ -67,10 +66,6 @@ def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
                       f"(e.g. {example['path']} repeats {first[example['run_id']]})", RuntimeWarning, stacklevel=2)
         runs = runs[~repeated].reset_index(drop=True)
     check_versions(runs)
-    records = [record.read(path) for path in runs["path"]]
-    runs["env"] = [rec.get("env") if isinstance(rec.get("env"), dict) else {} for rec in records]
-    runs["created"] = [rec.get("created") for rec in records]
-    runs["suite"] = [rec.get("suite") if isinstance(rec.get("suite"), dict) else None for rec in records]
     runs.attrs = {"folders": [str(f) for f in dict.fromkeys(runs["folder"])]}
     return runs
 

@@ -38,8 +38,8 @@ DIAGNOSTICS = ("grad_destroyed", "grad_kept_cos", "grad_baseline")
 # -- loading --------------------------------------------------------------------------------------------------------
 def load_runs(folder: str | Path) -> pd.DataFrame:
     """One row per run record found under ``folder`` (recursively): its config fields, plus ``run_id``, ``path``,
-    ``task_version``, ``bayes_loss``, ``deterministic``, ``rank``, ``status``, ``error``, ``history``, ``final`` and
-    ``sweep`` (the fields its suite swept, or None).
+    ``task_version``, ``bayes_loss``, ``deterministic``, ``rank``, ``status``, ``error``, ``history``, ``final``,
+    ``sweep`` (the fields its suite swept, or None), and for provenance ``suite``, ``env`` and ``created``.
 
     A file that is not a readable record of this schema is reported (warnings.warn, naming it) and skipped, as is a
     second record of a run already read; no record at all raises SpamLangError.
@@ -91,7 +91,8 @@ def _row(rec: dict, path: Path) -> dict:
     return {**config, "run_id": rec["run_id"], "path": str(path), "task_version": version,
             "bayes_loss": rec["bayes_loss"], "deterministic": rec["deterministic"], "rank": rec.get("rank"),
             "status": rec["status"], "error": rec.get("error"), "history": rec["history"] or [],
-            "final": rec["final"] or {}, "sweep": suite.get("sweep")}
+            "final": rec["final"] or {}, "sweep": suite.get("sweep"), "suite": suite or None,
+            "env": rec["env"] if isinstance(rec["env"], dict) else {}, "created": rec.get("created")}
 
 
 # -- statistics -----------------------------------------------------------------------------------------------------
