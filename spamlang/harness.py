@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import atomic, record
-from .record import LEARNED_ACCURACY, LEARNED_MARGIN
+from .record import is_learned
 from .config import RunConfig
 from .diagnostics import gradient_diagnostics
 from .errors import ConfigError
@@ -58,10 +58,6 @@ def learning_rate(config: RunConfig, step: int) -> float:
         return config.lr
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def is_learned(accuracy: float, loss: float, bayes_loss: float, deterministic: bool) -> bool:
-    return accuracy >= LEARNED_ACCURACY if deterministic else loss <= bayes_loss + LEARNED_MARGIN
 
 
 class Trainer:
@@ -135,14 +131,20 @@ class Trainer:
                 "accuracy_seen": correct_seen / n_seen if n_seen else None,
                 "accuracy_unseen": (correct - correct_seen) / n_unseen if n_unseen else None}
 
+    @property
+    def diag_rows(self) -> int:
+        """Sequences that hold ``diag_tokens`` predictable positions."""
+        return -(-self.config.diag_tokens // int(self.mask.sum()))
+
+    def logit_gradient(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's (G, Q) on the first ``diag_tokens`` predictable positions of ``tokens``."""
+        with torch.no_grad():
+            h, y = self.split(tokens[:self.diag_rows])
+        return self.model.head.logit_gradient(h[:self.config.diag_tokens].float(), y[:self.config.diag_tokens])
+
     def diagnostics(self) -> dict:
         """The gradient diagnostics of SCIENCE.md §2 on the first ``diag_tokens`` val positions."""
-        tokens = self.eval_batches["val"]
-        rows = -(-self.config.diag_tokens // int(self.mask.sum()))
-        with torch.no_grad():
-            h, y = self.split(tokens[:rows])
-        G, Q = self.model.head.logit_gradient(h[:self.config.diag_tokens].float(), y[:self.config.diag_tokens])
-        return gradient_diagnostics(G, Q)
+        return gradient_diagnostics(*self.logit_gradient(self.eval_batches["val"]))
 
     def eval_point(self, step: int, tokens: int, train_loss: float | None, lr: float) -> dict:
         self.model.eval()

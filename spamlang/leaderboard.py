@@ -33,7 +33,7 @@ import pandas as pd
 from . import __version__, atomic, plots, record
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
-from .scorer import _key, _with_params, format_table, learnability, load_runs, mean_ci, score
+from .scorer import _key, _with_params, format_table, learnability, load_runs, markdown_table, mean_ci, score
 
 FORMATS = ("md", "csv", "html")
 #: significance level of the paired test that puts one head design ahead of the next
@@ -218,20 +218,6 @@ _RANKING_LEGEND = (
     f"seed, at alpha {ALPHA}; a design not shown behind the one above shares its rank (=k).")
 
 
-def _table(rows: Sequence[Mapping[str, str]]) -> str:
-    """An aligned Markdown table of string cells; columns whose cells all look numeric are right-aligned."""
-    columns = list(rows[0])
-    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    numeric = {c for c in columns if all(re.fullmatch(r"[=\d.\-–/ ]*", r[c]) for r in rows)}
-
-    def line(cells: Mapping[str, str]) -> str:
-        return "| " + " | ".join(cells[c].rjust(width[c]) if c in numeric else cells[c].ljust(width[c])
-                                 for c in columns) + " |"
-
-    rule = "|" + "|".join("-" * (width[c] + 1) + ":" if c in numeric else "-" * (width[c] + 2) for c in columns) + "|"
-    return "\n".join([line({c: c for c in columns}), rule, *map(line, rows)]) + "\n"
-
-
 def ranking_markdown(ranking: pd.DataFrame) -> str:
     """The head ranking as a Markdown table with its legend."""
     if ranking.empty:
@@ -246,7 +232,8 @@ def ranking_markdown(ranking: pd.DataFrame) -> str:
                      "learned": f"{row['learned']}/{row['configs']}",
                      "ahead of next": "" if last else "- (no shared runs)" if row["n_next"] == 0 else
                      f"{'yes' if row['ahead'] else 'no'} (p={row['p_next']:.2g}, n={row['n_next']})"})
-    return _table(rows) + "\n" + _RANKING_LEGEND + "\n"
+    numeric = re.compile(r"[=\d.\-–/ ]*").fullmatch
+    return markdown_table(rows, lambda cell: numeric(cell) is not None) + "\n" + _RANKING_LEGEND + "\n"
 
 
 def _provenance_items(prov: Mapping) -> list[tuple[str, str]]:

@@ -37,14 +37,11 @@ def probe(path: str | Path, batches: int = 4) -> dict:
     except Exception as exc:  # a foreign or truncated file: say which
         raise SpamLangError(f"{ckpt}: not a checkpoint of this run ({type(exc).__name__}: {exc})") from None
     trainer.model.eval()
-    per_row = int(trainer.mask.sum())
-    rows = -(-config.diag_tokens // per_row)
+    rows = trainer.diag_rows
     tokens = trainer.task.sample(rows * batches, config.seq_len, config.vocab_size, Rng(config.eval_seed, "probe"))
     results = []
     for b in range(batches):
-        with torch.no_grad():
-            h, y = trainer.split(tokens[b * rows:(b + 1) * rows])
-        G, Q = trainer.model.head.logit_gradient(h[:config.diag_tokens].float(), y[:config.diag_tokens])
+        G, Q = trainer.logit_gradient(tokens[b * rows:(b + 1) * rows])
         results.append({**gradient_diagnostics(G, Q), "spectrum_top_2r": spectrum_share(G, 2 * trainer.model.head.rank)})
     mean = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
     return {"run_id": rec["run_id"], "task": config.task, "vocab_size": config.vocab_size, "head": config.head,

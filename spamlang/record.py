@@ -20,6 +20,14 @@ SCHEMA = "spamlang.run/1"
 #: when a run counts as learned: test accuracy at least this on a deterministic task, else a loss within this many
 #: nats of the Bayes loss (shared by the harness's ``steps_to_learn`` and the scorer)
 LEARNED_ACCURACY, LEARNED_MARGIN = 0.99, 0.05
+
+
+def is_learned(accuracy: float | None, loss: float | None, bayes_loss: float, deterministic: bool,
+               learned_accuracy: float = LEARNED_ACCURACY, margin: float = LEARNED_MARGIN) -> bool:
+    """Whether one evaluation meets the learned criterion (missing numbers never do)."""
+    if deterministic:
+        return accuracy is not None and accuracy >= learned_accuracy
+    return loss is not None and loss <= bayes_loss + margin
 STATUSES = ("ok", "diverged", "failed")
 REQUIRED = ("schema", "run_id", "config", "task_version", "bayes_loss", "deterministic", "status", "history", "final",
             "env")

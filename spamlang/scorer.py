@@ -13,12 +13,12 @@ import math
 import statistics
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
 from . import record
-from .record import LEARNED_ACCURACY, LEARNED_MARGIN
+from .record import LEARNED_ACCURACY, LEARNED_MARGIN, is_learned
 from .config import EXECUTION_FIELDS, RunConfig
 from .errors import ConfigError, SpamLangError
 from .floors import CACHE_NAME, FloorCache, expressivity_floor
@@ -163,20 +163,13 @@ def _order(value: Any) -> tuple:
     return (0, value) if number else (1, str(value))
 
 
-def _is_learned(final: Mapping, bayes: float, deterministic: bool, tolerance: float, learned_accuracy: float) -> bool:
-    accuracy, loss = final.get("accuracy"), final.get("loss")
-    if deterministic:
-        return accuracy is not None and accuracy >= learned_accuracy
-    return loss is not None and loss <= bayes + tolerance
-
-
 def _steps_to_learn(run: Mapping, tolerance: float, learned_accuracy: float) -> float:
     """The first evaluation step at which the test stream meets the learned criterion (inf if none, or not ok)."""
     if run["status"] != "ok":
         return math.inf
     for point in run["history"]:
-        final = {"accuracy": point.get("test_accuracy"), "loss": point.get("test_loss")}
-        if _is_learned(final, run["bayes_loss"], run["deterministic"], tolerance, learned_accuracy):
+        if is_learned(point.get("test_accuracy"), point.get("test_loss"), run["bayes_loss"], run["deterministic"],
+                      learned_accuracy, tolerance):
             return point["step"]
     return math.inf
 
@@ -392,17 +385,21 @@ def _markdown(df: pd.DataFrame) -> str:
     fields = [c for c in df.columns[:start] if c not in swept and not c.endswith("_tried") and c not in _FOLDED]
     shown = [f for f in fields if df[f].map(_key).nunique(dropna=False) > 1]
     rows = [_markdown_row(row, shown, swept) for _, row in df.iterrows()]
+    return markdown_table(rows, lambda cell: cell[:1] in "-~0123456789") + "\n" + _LEGEND + "\n"
+
+
+def markdown_table(rows: list[Mapping[str, str]], numeric: Callable[[str], bool]) -> str:
+    """An aligned Markdown table of string cells; a column all of whose cells are ``numeric`` is right-aligned."""
     columns = list(rows[0])
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    numeric = {c for c in columns if all(r[c][:1] in "-~0123456789" for r in rows)}
+    right = {c for c in columns if all(numeric(r[c]) for r in rows)}
 
-    def line(cells: dict) -> str:
-        return "| " + " | ".join(cells[c].rjust(width[c]) if c in numeric else cells[c].ljust(width[c])
+    def line(cells: Mapping[str, str]) -> str:
+        return "| " + " | ".join(cells[c].rjust(width[c]) if c in right else cells[c].ljust(width[c])
                                  for c in columns) + " |"
 
-    rule = "|" + "|".join(("-" * (width[c] + 1) + ":") if c in numeric else "-" * (width[c] + 2)
-                          for c in columns) + "|"
-    return "\n".join([line({c: c for c in columns}), rule, *map(line, rows), "", _LEGEND]) + "\n"
+    rule = "|" + "|".join("-" * (width[c] + 1) + ":" if c in right else "-" * (width[c] + 2) for c in columns) + "|"
+    return "\n".join([line({c: c for c in columns}), rule, *map(line, rows)]) + "\n"
 
 
 def format_table(df: pd.DataFrame, fmt: str = "md") -> str:

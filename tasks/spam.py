@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from spamlang.task import Task, register_task
 
 from ._sampling import first_symbols, log_prob_of_rule, uniform_one_hot_targets
