@@ -118,6 +118,37 @@ def generate(task, vocab_size, seq_len, num_sequences, seed, out, force, quiet, 
                f"(sha256 {meta['sha256'][:12]}…, Bayes loss {meta['bayes_loss']:.4f} nats)")
 
 
+@cli.command("prepare-text")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(), help="Output folder (documents.jsonl, meta.json).")
+@click.option("--txt-documents", type=click.Choice(["paragraph", "line", "file"]), default="paragraph",
+              show_default=True, help="What one document is in a plain-text file.")
+@click.option("--vocab-size", "-V", "vocab_sizes", multiple=True, type=int,
+              help="Also train the BPE tokenizer at this V and tokenize the splits into the cache (repeatable).")
+@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--holdout", default=0.05, show_default=True, type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+              help="Share of documents in each of val and test.")
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def prepare_text(sources, out, txt_documents, vocab_sizes, split_seed, holdout, force, quiet):
+    """Read text SOURCES (files or folders of .txt/.md, .jsonl with a 'text' field, .parquet with a 'text' column;
+    or one built-in corpus name) into a corpus folder for the 'text' task (task parameter corpus=OUT)."""
+    from pathlib import Path
+
+    from .textcorpus import prepare
+    from .tokenizer import check_tokenizer, load
+    progress = not quiet and sys.stderr.isatty()
+    for v in vocab_sizes:
+        check_tokenizer("bpe", v)  # refuse an impossible V before reading anything
+    meta = prepare(list(sources), out, txt_documents=txt_documents, force=force, progress=progress)
+    click.echo(f"wrote {meta['documents']} documents ({meta['characters']:,} characters) to {out} "
+               f"(sha256 {meta['sha256'][:12]}…)")
+    for v in vocab_sizes:
+        arrays = load(Path(out), "bpe", v, split_seed, holdout, progress=progress)
+        tokens = ", ".join(f"{s} {n:,}" for s, n in arrays.meta["tokens"].items())
+        click.echo(f"V={v}: tokens {tokens} -> {arrays.folder}")
+
+
 # -- heads --------------------------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, description, uses_rank, params}.")
@@ -240,6 +271,29 @@ def score(folder, fmt, by, tolerance):
     from .scorer import format_table, load_runs, score as run
     fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
     click.echo(format_table(run(load_runs(folder), by=fields, tolerance=tolerance), fmt), nl=False)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@click.option("--reference", default="linear", show_default=True, metavar="HEAD[:RANK]",
+              help="The head the others are compared with.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also write the loss-vs-tokens PNG here.")
+@plugin_options
+def speedup(folder, reference, fmt, plot):
+    """Tokens to target of the run records under FOLDER: how many fewer training tokens the reference head needs
+    to reach each head's final val loss, with a seed-bootstrap interval, and the loss gap at equal tokens."""
+    from . import plots
+    from .scorer import load_runs
+    from .speedup import format_speedup, speedup_table
+    runs = load_runs(folder)
+    table = speedup_table(runs, reference)
+    click.echo(format_speedup(table, fmt), nl=False)
+    if plot:
+        figure = plots.loss_vs_tokens(table, runs)
+        if figure is None:
+            raise SpamLangError("nothing to plot: no configuration has both the reference head and another head")
+        plots.save(figure, plot)
 
 
 # -- suites and run -----------------------------------------------------------------------------------------------

@@ -223,6 +223,7 @@ def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Pat
              **{k: last[k] for k in ("grad_destroyed", "grad_kept_cos", "grad_baseline")}}
     return {"schema": record.SCHEMA, "run_id": c.run_id, "config": c.to_dict(), "task_version": task.version,
             "bayes_loss": bayes, "deterministic": task.deterministic, "rank": trainer.model.head.rank,
+            "data": task.provenance(c.vocab_size),
             "status": status, "error": None, "history": history, "final": final,
             "timing": {"steps": steps_done, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                        "total_seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()},

@@ -34,6 +34,7 @@ from . import __version__, atomic, plots, record
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
 from .scorer import _key, _with_params, format_table, learnability, load_runs, markdown_table, mean_ci, score
+from .speedup import format_speedup, speedup_table
 
 FORMATS = ("md", "csv", "html")
 #: significance level of the paired test that puts one head design ahead of the next
@@ -249,15 +250,20 @@ def _provenance_items(prov: Mapping) -> list[tuple[str, str]]:
 
 _CAPTIONS = {"learnability.png": "Learnability over V and head rank, per head and task",
              "curves.png": "Learning curves of the spam task, coloured by V/rank",
-             "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)"}
+             "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)",
+             "tokens.png": "Val loss against training tokens by head rank, with seed bands (tasks without a Bayes loss)"}
 
 
-def markdown(ranking: pd.DataFrame, scored: pd.DataFrame, prov: Mapping, images: Sequence[str] = ()) -> str:
-    """The leaderboard document: title, provenance, head ranking, configuration table and links to ``images``."""
+def markdown(ranking: pd.DataFrame, scored: pd.DataFrame, prov: Mapping, images: Sequence[str] = (),
+             speedup: str = "") -> str:
+    """The leaderboard document: title, provenance, head ranking, configuration table, the tokens-to-target table
+    ``speedup`` (when given) and links to ``images``."""
     lines = ["# SpamLang leaderboard", "", "## Provenance", ""]
     lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
               for key, value in _provenance_items(prov)]
     lines += ["", "## Head ranking", "", ranking_markdown(ranking), "## Configurations", "", format_table(scored, "md")]
+    if speedup:
+        lines += ["## Tokens to target", "", speedup]
     if images:
         lines += ["## Plots", ""] + [f"![{_CAPTIONS.get(name, name)}]({name})\n" for name in images]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -335,15 +341,18 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     chosen = chosen_runs(scored, runs)
     ranking = head_ranking(scored, runs)
     prov = provenance(runs, command)
+    speedup = speedup_table(runs[runs["bayes_loss"].map(lambda b: b is None or not math.isfinite(b))])
     figures = {"learnability.png": plots.learnability_heatmap(scored),
                "curves.png": plots.learning_curves(scored, chosen),
-               "kept_cos.png": plots.kept_cosine(scored)}
+               "kept_cos.png": plots.kept_cosine(scored),
+               "tokens.png": plots.loss_vs_tokens(speedup, runs)}
     images = {name: plots.save(fig, out / name) for name, fig in figures.items() if fig is not None}
     written = [out / name for name in images]
-    text = markdown(ranking, scored, prov, list(images))
+    text = markdown(ranking, scored, prov, list(images), format_speedup(speedup) if len(speedup) else "")
     files = {"md": {"leaderboard.md": text},
              "csv": {"leaderboard.csv": csv(ranking.to_csv(index=False), prov),
-                     "configurations.csv": csv(format_table(scored, "csv"), prov)},
+                     "configurations.csv": csv(format_table(scored, "csv"), prov),
+                     **({"speedup.csv": csv(format_speedup(speedup, "csv"), prov)} if len(speedup) else {})},
              "html": {"leaderboard.html": to_html(text, images)}}
     for fmt in formats:
         for name, content in files[fmt].items():

@@ -166,3 +166,40 @@ def save(fig: Figure, path: str | Path) -> bytes:
     data = png(fig)
     atomic.write_bytes(path, data)
     return data
+
+
+def loss_vs_tokens(table: pd.DataFrame, runs: pd.DataFrame) -> Figure | None:
+    """Val loss against training tokens (log x) for each head of the speedup ``table`` (its runs at the chosen lr,
+    from ``runs``): the mean over seeds with a band from the lowest to the highest seed, coloured by rank, one line
+    style per head, one panel per configuration (e.g. per V)."""
+    if table.empty:
+        return None
+    by_id = runs.set_index("run_id")
+    fields = [c for c in table.columns[:list(table.columns).index("head")] if table[c].map(str).nunique() > 1]
+    panels = table.groupby(fields or (lambda i: 0), sort=False)
+    ranks = pd.to_numeric(table["rank"])
+    norm = LogNorm(ranks.min(), ranks.max() * 1.0001)
+    styles = dict(zip(sorted(table["head"].unique()), LINESTYLES * 4))
+    fig = Figure(figsize=(5.5 * panels.ngroups + 1.5, 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, panels.ngroups))
+    for ax, (key, panel) in zip(axes, panels):
+        for _, row in panel.iterrows():
+            points = pd.DataFrame([{"tokens": p["tokens"], "loss": p["val_loss"], "run": i}
+                                   for i in row["run_ids"] for p in by_id.at[i, "history"] if p["tokens"] > 0])
+            stats = points.groupby("tokens")["loss"].agg(["mean", "min", "max"])
+            colour = RATIO_CMAP(norm(row["rank"]))
+            ax.plot(stats.index, stats["mean"], color=colour, linestyle=styles[row["head"]], linewidth=1.4)
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("val loss (nats)")
+        ax.grid(alpha=0.3, which="both")
+        if panels.ngroups > 1:
+            ax.set_title(", ".join(f"{f}={v}" for f, v in zip(fields, key if isinstance(key, tuple) else (key,))),
+                         fontsize=10)
+    axes[0].legend([Line2D([], [], color="0.3", linestyle=s) for s in styles.values()], list(styles), title="head",
+                   fontsize=8, loc="upper right")
+    bar = fig.colorbar(ScalarMappable(norm, RATIO_CMAP), ax=axes, label="head rank")
+    _power_of_two_ticks(bar.ax.yaxis, [norm.vmin, norm.vmax])
+    fig.suptitle("Val loss against training tokens (mean over seeds; band: seed range)")
+    return fig

@@ -22,12 +22,12 @@ SCHEMA = "spamlang.run/1"
 LEARNED_ACCURACY, LEARNED_MARGIN = 0.99, 0.05
 
 
-def is_learned(accuracy: float | None, loss: float | None, bayes_loss: float, deterministic: bool,
+def is_learned(accuracy: float | None, loss: float | None, bayes_loss: float | None, deterministic: bool,
                learned_accuracy: float = LEARNED_ACCURACY, margin: float = LEARNED_MARGIN) -> bool:
     """Whether one evaluation meets the learned criterion (missing numbers never do)."""
     if deterministic:
         return accuracy is not None and accuracy >= learned_accuracy
-    return loss is not None and loss <= bayes_loss + margin
+    return loss is not None and bayes_loss is not None and loss <= bayes_loss + margin
 STATUSES = ("ok", "diverged", "failed")
 REQUIRED = ("schema", "run_id", "config", "task_version", "bayes_loss", "deterministic", "status", "history", "final",
             "env")

@@ -29,7 +29,8 @@ from .task import TASKS, make_task
 TOLERANCE = LEARNED_MARGIN
 #: accuracy on symbols seen in training above which, with the overall accuracy below it, a run is data-limited
 SEEN_ACCURACY = 0.9
-VERDICTS = ("learned", "optimization-limited", "expressivity-limited", "mixed", "diverged", "failed", "undetermined")
+VERDICTS = ("learned", "optimization-limited", "expressivity-limited", "mixed", "diverged", "failed", "undetermined",
+            "n/a")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 FORMATS = ("md", "csv", "json")
 DIAGNOSTICS = ("grad_destroyed", "grad_kept_cos", "grad_baseline")
@@ -250,7 +251,7 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     ``undetermined`` without a floor; ``optimization-limited`` when the floor is within ``tolerance`` of the Bayes
     loss; ``expressivity-limited`` when it is not but the loss is within ``tolerance`` of the floor; else ``mixed``.
     ``data_limited``: not learned, some symbols never seen in training, accuracy on the seen ones >=
-    ``seen_accuracy`` and overall below it.
+    ``seen_accuracy`` and overall below it. ``n/a`` replaces ``undetermined`` when no Bayes loss is known (text).
     """
     if df.empty:
         raise SpamLangError("no runs to score")
@@ -298,6 +299,8 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
     expressivity_gap, optimization_gap = floor_value - bayes, loss - floor_value
     n_diverged = sum(r["status"] == "diverged" for r in runs)
     verdict = _verdict(len(runs), len(ok), n_diverged, n_learned, expressivity_gap, optimization_gap, tolerance)
+    if verdict == "undetermined" and not math.isfinite(bayes):  # no Bayes loss is known (text): nothing to judge
+        verdict = "n/a"
     seen, coverage = _mean(ok, "accuracy_seen"), _mean(ok, "coverage")
     row.update({
         "n_seeds": len(runs), "n_ok": len(ok), "n_diverged": n_diverged,

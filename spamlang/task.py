@@ -90,6 +90,11 @@ class Task:
         """The task's next-token distributions (for the expressivity floor), or None if it cannot give them."""
         return None
 
+    def provenance(self, vocab_size: int) -> dict | None:
+        """What the tokens come from beyond the parameters (a text task: corpus sha256, tokenizer), for the run
+        record; None for a generated task."""
+        return None
+
     # -- helpers for subclasses ----------------------------------------------------------------------------------
     @staticmethod
     def _row_streams(generator: Rng, num_sequences: int, width: int, device, offset: int, label: str) -> torch.Tensor:
