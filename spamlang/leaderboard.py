@@ -13,7 +13,9 @@ Every record is checked against the schema (a file that is not a readable record
 with none is an error); a task whose records come in different versions is refused, since their scores are not
 comparable; a run present in several folders (same run id) is kept once, with a warning. The output folder gets
 ``leaderboard.md``, ``leaderboard.csv`` (head ranking), ``configurations.csv`` (one row per configuration), a
-self-contained ``leaderboard.html`` and the plots as PNG files, each table with the provenance of its runs.
+self-contained ``leaderboard.html`` and the plots as PNG files, each table with the provenance of its runs. Runs of
+tasks without a Bayes loss (text) also get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.speedup`)
+and its loss-vs-tokens plot.
 """
 from __future__ import annotations
 

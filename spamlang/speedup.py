@@ -99,9 +99,8 @@ def _finite(value: Any) -> float:
 
 def _best_lr(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs at the learning rate with the lowest mean final val loss."""
-    by_lr = runs.groupby(runs["lr"].map(_key), sort=False)
-    best = min(by_lr.groups, key=lambda lr: np.mean([_finite(f.get("val_loss")) for f in by_lr.get_group(lr)["final"]]))
-    return by_lr.get_group(best)
+    parts = [part for _, part in runs.groupby(runs["lr"].map(_key), sort=True)]
+    return min(parts, key=lambda part: np.mean([_finite(f.get("val_loss")) for f in part["final"]]))
 
 
 def speedup_table(runs: pd.DataFrame, reference: str = "linear", n_boot: int = BOOTSTRAP, seed: int = 0) \
