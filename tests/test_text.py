@@ -205,3 +205,10 @@ def test_leaderboard_of_text_runs_has_tokens_to_target(run_cli, corpus, tmp_path
     assert result.code == 0, result.err
     assert "## Tokens to target" in result.out and "lowrank:2" in result.out and "| n/a" in result.out
     assert (tmp_path / "board" / "speedup.csv").is_file() and (tmp_path / "board" / "tokens.png").is_file()
+
+
+def test_text_task_passes_the_task_checks(corpus):
+    from spamlang.validate import validate
+    results = validate(text_task(corpus), 300, 12, 64)
+    assert all(r.ok for r in results), [(r.name, r.detail) for r in results if not r.ok]
+    assert "none known" in next(r.detail for r in results if r.name == "bayes loss")
