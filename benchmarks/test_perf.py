@@ -61,7 +61,9 @@ def train_step(loop: str, device: str):
                                     seq_len=T + 1, batch_size=BATCH, eval_sequences=8, device=device))
         steps = iter(range(10**9))
         return lambda: (trainer.train_step(next(steps)), _sync(device))
-    backbone = BACKBONES.get("transformer")(V, D, D, LAYERS, N_HEADS, T)
+    transformer = BACKBONES.get("transformer")
+    backbone = transformer(transformer.Config(vocab_size=V, d_model=D, embed_dim=D, layers=LAYERS, seq_len=T,
+                                              n_heads=N_HEADS))
     head = nn.Linear(D, V, bias=False)
     model = nn.ModuleList([backbone, head]).to(device)
     optimizer = torch.optim.AdamW(model.parameters())

@@ -9,8 +9,8 @@ from .task import TASKS, Targets, Task, make_task, register_task
 
 #: the Python API that lives downstream of the tasks, imported on first use so that importing a task or the scorer
 #: never loads the trainer (data flows one way)
-_LAZY = {"train": ("harness", "train"), "load_runs": ("scorer", "load_runs"), "score": ("scorer", "score"),
-         "format_table": ("scorer", "format_table")}
+_LAZY = {"train": ("harness", "train"), "RunRecord": ("record", "RunRecord"), "load_runs": ("frames", "load_runs"),
+         "score": ("scorer", "score"), "format_table": ("tables", "format_table")}
 
 
 def __getattr__(name: str):
@@ -22,4 +22,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["ConfigError", "SpamLangError", "RunConfig", "param", "Rng", "TASKS", "Targets", "Task", "make_task",
-           "register_task", "train", "load_runs", "score", "format_table", "__version__"]
+           "register_task", "train", "RunRecord", "load_runs", "score", "format_table", "__version__"]

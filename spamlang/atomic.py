@@ -9,22 +9,23 @@ from pathlib import Path
 
 from .errors import SpamLangError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+#: permissions of what is published: readable by all, writable by the owner
+FILE_MODE, FOLDER_MODE = 0o644, 0o755
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    write_bytes(path, text.encode())
+def write_text(path: str | os.PathLike, text: str, mode: int = FILE_MODE) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, with permissions ``mode``."""
+    write_bytes(path, text.encode(), mode)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def write_bytes(path: str | os.PathLike, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename; the file gets
+    permissions ``mode`` (mkstemp makes it private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; a published file is not
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -47,7 +48,7 @@ def output_folder(out: str | os.PathLike, force: bool):
         raise SpamLangError(f"output folder {out} exists and is not empty (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    os.chmod(tmp, FOLDER_MODE)
     try:
         yield tmp
         if out.exists():

@@ -38,8 +38,8 @@ def plugin_options(fn):
 
 
 def _print_json(obj) -> None:
-    from .record import to_json
-    click.echo(to_json(obj, indent=2))
+    from .record import strict_json
+    click.echo(strict_json(obj, indent=2))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -170,41 +170,21 @@ def heads(as_json):
 
 
 # -- train --------------------------------------------------------------------------------------------------------
-_TRAIN_OPTIONS = [  # (flag, RunConfig field, type, help)
-    ("--task", "task", str, "Task name (see 'spamlang tasks')."),
-    ("--vocab-size", "vocab_size", int, "Vocabulary size V."),
-    ("--d-model", "d_model", int, "Hidden width D."),
-    ("--layers", "layers", int, "Backbone layers."),
-    ("--n-heads", "n_heads", int, "Attention heads (transformer)."),
-    ("--embed-dim", "embed_dim", int, "Input embedding width (default: D)."),
-    ("--backbone", "backbone", str, "Backbone name (transformer, gru, ...)."),
-    ("--head", "head", str, "Head name (see 'spamlang heads')."),
-    ("--head-rank", "head_rank", int, "Rank r for heads that take one (lowrank, gradproj)."),
-    ("--steps", "steps", int, "Training steps."),
-    ("--batch-size", "batch_size", int, "Sequences per step."),
-    ("--seq-len", "seq_len", int, "Tokens per sequence."),
-    ("--lr", "lr", float, "Peak learning rate (AdamW)."),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay."),
-    ("--warmup", "warmup", int, "Linear warm-up steps."),
-    ("--schedule", "schedule", click.Choice(["cosine", "constant"]), "Learning-rate schedule after warm-up."),
-    ("--grad-clip", "grad_clip", float, "Gradient-norm clip (0: none)."),
-    ("--eval-every", "eval_every", int, "Steps between evaluations."),
-    ("--eval-sequences", "eval_sequences", int, "Sequences in each held-out stream (val, test)."),
-    ("--seed", "seed", int, "Training seed (init and data)."),
-    ("--eval-seed", "eval_seed", int, "Seed of the held-out streams."),
-    ("--diag-tokens", "diag_tokens", int, "Predictable positions used for the gradient diagnostics."),
-    ("--device", "device", str, "auto, cpu, cuda[:N] or mps."),
-]
-
-
 def train_options(fn):
+    """One option per run setting, generated from RunConfig's declarations (name, type, default, range, help)."""
     from .config import RunConfig
-    defaults = RunConfig(task="spam", vocab_size=2)
-    for flag, field, kind, help_text in reversed(_TRAIN_OPTIONS):
-        required = field in ("task", "vocab_size")
-        default = None if required or getattr(defaults, field) is None else getattr(defaults, field)
-        fn = click.option(flag, field, type=kind, default=default, required=required, help=help_text,
-                          show_default=default is not None)(fn)
+    from .params import REQUIRED, allowed, scalar_fields, type_of
+    for field in reversed(scalar_fields(RunConfig)):
+        flag, kind, meta = "--" + field.name.replace("_", "-"), type_of(field), field.metadata
+        if kind is bool:
+            fn = click.option(flag, field.name, is_flag=True, help=meta["help"])(fn)
+            continue
+        required = field.default is REQUIRED
+        ranged = meta.get("low") is not None or meta.get("high") is not None
+        fn = click.option(flag, field.name, type=click.Choice(meta["choices"]) if meta.get("choices") else kind,
+                          default=None if required else field.default, required=required,
+                          help=meta["help"] + (f" Allowed: {allowed(field)}." if ranged else ""),
+                          show_default=not required and field.default is not None)(fn)
     return fn
 
 
@@ -212,33 +192,31 @@ def train_options(fn):
 @train_options
 @param_option
 @click.option("--head-param", "head_param", multiple=True, metavar="KEY=VALUE", help="A head parameter (repeatable).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Folder for the record <run_id>.json.")
 @click.option("--save-checkpoint", is_flag=True, help="Also save the weights as <run_id>.pt (for 'spamlang probe').")
 @click.option("--json", "as_json", is_flag=True, help="Print the record on stdout and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @plugin_options
-def train(params, head_param, compile_, out, save_checkpoint, as_json, quiet, **settings):
+def train(params, head_param, out, save_checkpoint, as_json, quiet, **settings):
     """Train one model on one task and write its run record."""
     from pathlib import Path
 
     from . import record
     from .config import RunConfig
-    from .model import resolve
     from .params import parse_assignments
     from .harness import train as run
-    config = resolve(RunConfig(**{k: v for k, v in settings.items() if v is not None}, compile=compile_,
-                               task_params=parse_assignments(params), head_params=parse_assignments(head_param)))
+    config = RunConfig(**{k: v for k, v in settings.items() if v is not None}, task_params=parse_assignments(params),
+                       head_params=parse_assignments(head_param)).resolve()
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
     rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint)
     path = record.write(rec, out)
     if as_json:
-        return _print_json(rec)
-    f = rec["final"]
-    click.echo(f"{rec['status']}: test loss {f['loss']:.4f} (Bayes {rec['bayes_loss']:.4f}), accuracy "
-               f"{f['accuracy']:.4f}, steps to learn {f['steps_to_learn']}, {f['tokens_per_second']:,.0f} tokens/s, "
-               f"grad kept cos {f['grad_kept_cos']:.3f} -> {path}")
+        return click.echo(rec.to_json(indent=2))
+    f = rec.final
+    click.echo(f"{rec.status}: test loss {f.loss:.4f} (Bayes {rec.bayes_loss:.4f}), accuracy "
+               f"{f.accuracy:.4f}, steps to learn {f.steps_to_learn}, {f.tokens_per_second:,.0f} tokens/s, "
+               f"grad kept cos {f.grad_kept_cos:.3f} -> {path}")
 
 
 # -- probe --------------------------------------------------------------------------------------------------------
@@ -268,9 +246,15 @@ def probe(checkpoint_or_run, batches, as_json):
 @plugin_options
 def score(folder, fmt, by, tolerance):
     """Learnability table of the run records under FOLDER: floors, gaps, verdicts, diagnostics."""
-    from .scorer import format_table, load_runs, score as run
+    from pathlib import Path
+
+    from .floors import CACHE_NAME, FloorCache
+    from .frames import load_runs
+    from .scorer import score as run
+    from .tables import format_table
     fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
-    click.echo(format_table(run(load_runs(folder), by=fields, tolerance=tolerance), fmt), nl=False)
+    scored = run(load_runs(folder), by=fields, tolerance=tolerance, cache=FloorCache(Path(folder) / CACHE_NAME))
+    click.echo(format_table(scored, fmt), nl=False)
 
 
 @cli.command()
@@ -330,13 +314,15 @@ def run(suite, out, executor, workers, device, quiet):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     from pathlib import Path
 
-    from .config import RunConfig
+    from .config import check_device
     from .runner import run_suite
     from .suite import load
     from .harness import resolve_device
     spec = load(suite)
+    if device:
+        check_device(device)
     for name in ({device} if device else {c.device for c in spec.runs}) if executor == "local" else ():
-        resolve_device(RunConfig(task="spam", vocab_size=2, device=name).device)  # refuse it before any run
+        resolve_device(name)  # refuse it before any run
     out = Path(out or Path("out") / spec.name)
     counts = run_suite(spec, out, executor, workers, device, progress=not quiet and sys.stderr.isatty())
     click.echo(f"suite {spec.name}: {counts['total']} runs, {counts['skipped']} already recorded, {counts['ok']} ok, "

@@ -1,75 +1,73 @@
-"""The configuration of one training run: a frozen, validated dataclass with a stable content hash (the run id)."""
+"""The configuration of one training run: a frozen, validated dataclass with a stable content hash (the run id).
+
+Every setting is declared once, with :func:`spamlang.params.param` (default, meaning, allowed range); the command
+line's ``train`` options are generated from these declarations. :meth:`RunConfig.resolve` checks a configuration
+against its task, backbone and head and returns a :class:`ResolvedConfig`: the type says that it has been resolved.
+"""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+from . import params as P
+from .backbones.base import BACKBONES
 from .errors import ConfigError
+from .heads.base import HEADS, head_params
+from .params import REQUIRED, mapping, param
+from .task import make_task
 
 #: fields that say how a run executes, not what it computes; they are left out of the run id.
 EXECUTION_FIELDS = ("device", "compile")
 SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device(name: str) -> None:
+    """Raise ConfigError unless ``name`` names a kind of device (whether this machine has it is checked on use)."""
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES or (index and not (kind != "auto" and index.isdigit())):
+        raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps, got {name!r}")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run's result. Build with ``RunConfig(...)`` or :meth:`from_dict`."""
 
-    task: str
-    vocab_size: int
-    d_model: int = 32
-    task_params: Mapping[str, Any] = field(default_factory=dict)
-    backbone: str = "transformer"
-    layers: int = 2
-    n_heads: int = 4
-    embed_dim: int | None = None
-    head: str = "linear"
-    head_rank: int | None = None
-    head_params: Mapping[str, Any] = field(default_factory=dict)
-    seq_len: int = 16
-    batch_size: int = 64
-    steps: int = 300
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    warmup: int = 20
-    schedule: str = "cosine"
-    grad_clip: float = 1.0
-    eval_every: int = 50
-    eval_sequences: int = 256
-    diag_tokens: int = 256
-    seed: int = 0
-    eval_seed: int = 0
-    device: str = "auto"
-    compile: bool = False
+    task: str = param(REQUIRED, "Task name (see 'spamlang tasks').")
+    vocab_size: int = param(REQUIRED, "Vocabulary size V.", low=2)
+    d_model: int = param(32, "Hidden width D.", low=1)
+    task_params: Mapping[str, Any] = mapping("The task's parameters (see 'spamlang tasks').")
+    backbone: str = param("transformer", "Backbone name (transformer, gru, ...).")
+    layers: int = param(2, "Backbone layers.", low=1)
+    n_heads: int = param(4, "Attention heads (transformer).", low=1)
+    embed_dim: int | None = param(None, "Input embedding width (default: D).", low=1)
+    head: str = param("linear", "Head name (see 'spamlang heads').")
+    head_rank: int | None = param(None, "Rank r for heads that take one (lowrank, gradproj).", low=1)
+    head_params: Mapping[str, Any] = mapping("The head's parameters (see 'spamlang heads').")
+    seq_len: int = param(16, "Tokens per sequence.", low=2)
+    batch_size: int = param(64, "Sequences per step.", low=1)
+    steps: int = param(300, "Training steps.", low=1)
+    lr: float = param(3e-3, "Peak learning rate (AdamW).", low=0, low_open=True)
+    weight_decay: float = param(0.0, "AdamW weight decay.", low=0)
+    warmup: int = param(20, "Linear warm-up steps.", low=0)
+    schedule: str = param("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULES)
+    grad_clip: float = param(1.0, "Gradient-norm clip (0: none).", low=0)
+    eval_every: int = param(50, "Steps between evaluations.", low=1)
+    eval_sequences: int = param(256, "Sequences in each held-out stream (val, test).", low=1)
+    diag_tokens: int = param(256, "Predictable positions used for the gradient diagnostics.", low=1)
+    seed: int = param(0, "Training seed (init and data).", low=0, high=2**32, high_open=True)
+    eval_seed: int = param(0, "Seed of the held-out streams.", low=0, high=2**32, high_open=True)
+    device: str = param("auto", "auto, cpu, cuda[:N] or mps.")
+    compile: bool = param(False, "torch.compile the backbone (CUDA).")
 
     def __post_init__(self):
         object.__setattr__(self, "task_params", dict(self.task_params))
         object.__setattr__(self, "head_params", dict(self.head_params))
-        for name, low in (("vocab_size", 2), ("d_model", 1), ("layers", 1), ("n_heads", 1), ("seq_len", 2),
-                          ("batch_size", 1), ("steps", 1), ("warmup", 0), ("eval_every", 1), ("eval_sequences", 1),
-                          ("diag_tokens", 1), ("seed", 0), ("eval_seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name in ("seed", "eval_seed"):
-            if getattr(self, name) >= 2**32:
-                raise ConfigError(f"{name} must be < 2**32, got {getattr(self, name)}")
-        for name, value in (("embed_dim", self.embed_dim), ("head_rank", self.head_rank)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr", "weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lr == 0:
-            raise ConfigError("lr must be > 0")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
-            raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        P.validate_fields(self, "run config")
+        check_device(self.device)
 
     @property
     def width(self) -> int:
@@ -81,11 +79,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"unknown run setting '{unknown[0]}' (settings: {', '.join(sorted(known))})")
-        missing = [k for k in ("task", "vocab_size") if k not in values]
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is REQUIRED and f.default_factory is REQUIRED
+                   and f.name not in values]
         if missing:
             raise ConfigError(f"run setting '{missing[0]}' is required")
         return cls(**values)
@@ -95,3 +94,32 @@ class RunConfig:
         """A stable hash of everything that determines the result (execution fields excluded)."""
         content = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def resolve(self) -> "ResolvedConfig":
+        """This configuration checked against its task, backbone and head (ConfigError for an impossible
+        combination), with every task and head parameter typed and filled in with its default."""
+        return ResolvedConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
+class ResolvedConfig(RunConfig):
+    """A :class:`RunConfig` whose task and head parameters are typed (strings from the command line parsed) and
+    complete (defaults filled in), so equal runs hash equal, and whose task, backbone and head accept it.
+
+    Resolution happens on construction, so every instance (``dataclasses.replace`` included) is resolved.
+    """
+
+    def __post_init__(self):
+        super().__post_init__()
+        task = make_task(self.task, self.task_params, from_strings=True)
+        task.check(self.vocab_size, self.seq_len)
+        backbone = BACKBONES.get(self.backbone)
+        backbone.check(backbone.config_of(self))
+        head = HEADS.get(self.head)
+        head.check(self.vocab_size, self.d_model, self.head_rank, self.width)
+        extra = head_params(head, self.head_params, from_strings=True)
+        object.__setattr__(self, "task_params", task.params)
+        object.__setattr__(self, "head_params", dataclasses.asdict(extra) if extra is not None else {})
+
+    def resolve(self) -> "ResolvedConfig":
+        return self

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import atomic
-from .heads.base import HEADS, Head, head_params as build_head_params
+from .heads.base import HEADS, Head
 from .rng import Rng
 from .task import Targets, Task
 
@@ -25,24 +25,13 @@ CACHE_NAME = "floors.cache.json"
 CONTEXTS = 512
 #: contexts asked for first, and fitted all at once when the task says they are all its distinct contexts
 EXHAUSTIVE_CONTEXTS = 2048
-#: built-in heads whose logits can be any matrix H Wᵀ of rank <= forward_rank(d_model, rank), for free H and
-#: weights: the forward map decides the floor, so gradproj has the linear head's (its backward is what is rank r)
-FORWARD_RANK = {
-    "linear": lambda d_model, rank: d_model,
-    "tied": lambda d_model, rank: d_model,
-    "gradproj": lambda d_model, rank: d_model,
-    "mos": lambda d_model, rank: d_model,  # identical components: softmax(W tanh(P h)), W scaled without bound
-    "lowrank": lambda d_model, rank: rank,
-}
 
 
 def build_head(head_name: str, vocab_size: int, d_model: int, rank: int | None,
                head_params: Mapping[str, Any] | None = None, embed_dim: int | None = None) -> Head:
     """A fresh instance of a registered head, with a fresh input embedding (V, embed_dim or d_model) of its own."""
-    cls = HEADS.get(head_name)
-    width = embed_dim or d_model
-    cls.check(vocab_size, d_model, rank, width)
-    return cls(vocab_size, d_model, rank, nn.Embedding(vocab_size, width), build_head_params(cls, head_params))
+    return HEADS.get(head_name).build(vocab_size, d_model, rank, nn.Embedding(vocab_size, embed_dim or d_model),
+                                      head_params)
 
 
 def entropy(targets: Targets) -> float:
@@ -117,7 +106,8 @@ def nearest(queries: Targets, keys: Targets) -> torch.Tensor:
 
 def analytic_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int,
                    rank: int | None) -> float | None:
-    """The floor where theory gives it, else None. Both cases give the Bayes loss, for heads of ``FORWARD_RANK``.
+    """The floor where theory gives it, else None. Both cases give the Bayes loss, for heads whose logits can be any
+    matrix H Wᵀ of rank <= their declared ``forward_rank`` (free H and weights): the forward map decides the floor.
 
     * forward rank >= V - 1: logits H Wᵀ with W's rows the vertices of a simplex reach every logit vector up to a
       constant shift, which softmax ignores, so the head can output any distribution, the Bayes predictor included.
@@ -126,10 +116,9 @@ def analytic_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
       a margin of at least s (1 - cos 2π/V), so the loss is at most log(1 + (V - 1) exp(-s (1 - cos 2π/V))),
       which goes to 0, the Bayes loss, as s grows (the floor is an infimum; no finite head attains it).
     """
-    forward = FORWARD_RANK.get(head_name)
-    if forward is None:
+    forward_rank = HEADS.get(head_name).forward_rank(d_model, rank)
+    if forward_rank is None:
         return None
-    forward_rank = forward(d_model, rank)
     if forward_rank >= vocab_size - 1 or (task.deterministic and forward_rank >= 2):
         return task.bayes_loss(vocab_size, seq_len)
     return None

@@ -16,15 +16,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic, record
-from .record import is_learned
+from . import atomic
 from .config import RunConfig
 from .diagnostics import gradient_diagnostics
 from .errors import ConfigError
-from .model import LanguageModel, resolve
+from .model import LanguageModel
+from .record import EvalPoint, Final, RunRecord, Timing, environment, is_learned
 from .task import make_task
 from .rng import Rng
-
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,15 +59,30 @@ def learning_rate(config: RunConfig, step: int) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@contextlib.contextmanager
+def precision(device: torch.device):
+    """On CUDA, let float32 matmuls and convolutions use TF32 inside the block (restored after it)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 class Trainer:
     """Holds the model, optimizer and data streams of one run."""
 
     def __init__(self, config: RunConfig):
-        self.config = config = resolve(config)
+        self.config = config = config.resolve()
         self.task = make_task(config.task, config.task_params)
         self.device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
-        self.model = LanguageModel(config).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the initialisation is seeded without touching the caller's RNG
+            torch.manual_seed(config.seed)
+            self.model = LanguageModel(config).to(self.device)
         self.forward = torch.compile(self.model.hidden) if config.compile else self.model.hidden
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=(0.9, 0.95),
@@ -78,8 +92,6 @@ class Trainer:
         self.eval_batches = {name: self.task.sample(config.eval_sequences, config.seq_len, config.vocab_size,
                                                     Rng(config.eval_seed, name), self.device) for name in ("val", "test")}
         self.seen = torch.zeros(config.vocab_size, dtype=torch.bool, device=self.device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -143,20 +155,18 @@ class Trainer:
         return self.model.head.logit_gradient(h[:self.config.diag_tokens].float(), y[:self.config.diag_tokens])
 
     def diagnostics(self) -> dict:
-        """The gradient diagnostics of SCIENCE.md §2 on the first ``diag_tokens`` val positions."""
+        """The gradient diagnostics (docs/science.md) on the first ``diag_tokens`` val positions."""
         return gradient_diagnostics(*self.logit_gradient(self.eval_batches["val"]))
 
-    def eval_point(self, step: int, tokens: int, train_loss: float | None, lr: float) -> dict:
+    def eval_point(self, step: int, tokens: int, train_loss: float | None, lr: float) -> EvalPoint:
         self.model.eval()
         val, test = self.evaluate("val"), self.evaluate("test")
         self.model.train()
-        point = {"step": step, "tokens": tokens, "lr": lr, "train_loss": train_loss,
-                 "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                 "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-                 "test_accuracy_seen": test["accuracy_seen"], "test_accuracy_unseen": test["accuracy_unseen"],
-                 "coverage": self.seen.float().mean().item()}
-        point.update(self.diagnostics())
-        return point
+        return EvalPoint(step=step, tokens=tokens, lr=lr, train_loss=train_loss,
+                         val_loss=val["loss"], val_accuracy=val["accuracy"],
+                         test_loss=test["loss"], test_accuracy=test["accuracy"],
+                         test_accuracy_seen=test["accuracy_seen"], test_accuracy_unseen=test["accuracy_unseen"],
+                         coverage=self.seen.float().mean().item(), **self.diagnostics())
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -171,13 +181,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Path | None = None) -> dict:
-    """Train one model as ``config`` says and return its run record (a JSON-ready dict).
+def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Path | None = None) -> RunRecord:
+    """Train one model as ``config`` says and return its run record.
 
     With ``checkpoint``, the trained weights are saved there (``torch.save`` of tensors only).
     """
     started = datetime.datetime.now(datetime.timezone.utc)
     trainer = Trainer(config)
+    with precision(trainer.device):
+        return _train(trainer, started, progress, checkpoint)
+
+
+def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None,
+           checkpoint: str | Path | None) -> RunRecord:
     task, c = trainer.task, trainer.config
     bayes = task.bayes_loss(c.vocab_size, c.seq_len)
     tokens_per_step = c.batch_size * c.seq_len
@@ -201,11 +217,11 @@ def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Pat
             point = trainer.eval_point(steps_done, steps_done * tokens_per_step, loss.item(), learning_rate(c, step))
             eval_seconds += time.perf_counter() - t0
             history.append(point)
-            if not all(math.isfinite(point[k]) for k in ("val_loss", "test_loss")):
+            if not all(math.isfinite(loss) for loss in (point.val_loss, point.test_loss)):
                 status = "diverged"
                 break
             train_seconds = time.perf_counter() - loop_start - eval_seconds
-            bar.set_postfix(loss=f"{point['test_loss']:.3f}", acc=f"{point['test_accuracy']:.3f}",
+            bar.set_postfix(loss=f"{point.test_loss:.3f}", acc=f"{point.test_accuracy:.3f}",
                             tok_s=f"{steps_done * tokens_per_step / max(train_seconds, 1e-9):,.0f}")
     _sync(trainer.device)
     train_seconds = time.perf_counter() - loop_start - eval_seconds
@@ -213,18 +229,19 @@ def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Pat
     if checkpoint is not None:
         save_weights(trainer.model, checkpoint)
     last = history[-1]
-    learned_at = next((p["step"] for p in history
-                       if is_learned(p["test_accuracy"], p["test_loss"], bayes, task.deterministic)), None)
-    final = {"loss": last["test_loss"], "accuracy": last["test_accuracy"], "val_loss": last["val_loss"],
-             "val_accuracy": last["val_accuracy"], "accuracy_seen": last["test_accuracy_seen"],
-             "accuracy_unseen": last["test_accuracy_unseen"], "coverage": trainer.seen.float().mean().item(),
-             "steps_to_learn": learned_at if status == "ok" else None,
-             "tokens_per_second": steps_done * tokens_per_step / train_seconds, "status": status,
-             **{k: last[k] for k in ("grad_destroyed", "grad_kept_cos", "grad_baseline")}}
-    return {"schema": record.SCHEMA, "run_id": c.run_id, "config": c.to_dict(), "task_version": task.version,
-            "bayes_loss": bayes, "deterministic": task.deterministic, "rank": trainer.model.head.rank,
-            "data": task.provenance(c.vocab_size),
-            "status": status, "error": None, "history": history, "final": final,
-            "timing": {"steps": steps_done, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                       "total_seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()},
-            "env": record.environment(device_name(trainer.device)), "created": started.isoformat(timespec="seconds")}
+    learned_at = next((p.step for p in history
+                       if is_learned(p.test_accuracy, p.test_loss, bayes, task.deterministic)), None)
+    final = Final(loss=last.test_loss, accuracy=last.test_accuracy, val_loss=last.val_loss,
+                  val_accuracy=last.val_accuracy, accuracy_seen=last.test_accuracy_seen,
+                  accuracy_unseen=last.test_accuracy_unseen, coverage=trainer.seen.float().mean().item(),
+                  steps_to_learn=learned_at if status == "ok" else None,
+                  tokens_per_second=steps_done * tokens_per_step / train_seconds, grad_destroyed=last.grad_destroyed,
+                  grad_kept_cos=last.grad_kept_cos, grad_baseline=last.grad_baseline)
+    return RunRecord(run_id=c.run_id, config=c, task_version=task.version, bayes_loss=bayes,
+                     deterministic=task.deterministic, rank=trainer.model.head.rank,
+                     data=task.provenance(c.vocab_size), status=status,
+                     history=tuple(history), final=final,
+                     timing=Timing(steps=steps_done, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                                   total_seconds=(datetime.datetime.now(datetime.timezone.utc) - started)
+                                   .total_seconds()),
+                     env=environment(device_name(trainer.device)), created=started.isoformat(timespec="seconds"))

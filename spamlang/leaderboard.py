@@ -2,7 +2,7 @@
 
 Publishing results
 ------------------
-A results folder is any folder holding run records: the ``*.json`` files of schema ``spamlang.run/1`` that
+A results folder is any folder holding run records: the ``*.json`` run records (schema ``spamlang.run/2``, or the older ``/1``, read as 2) that
 ``spamlang train`` and ``spamlang run`` write (``spamlang run SUITE --out DIR`` puts them in ``DIR/runs``). To publish
 yours, zip the folder or commit it; nothing else is needed, since every record carries its configuration, task version,
 history, device, library versions and git commit. Anyone can then rank your runs together with theirs::
@@ -29,26 +29,26 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from . import __version__, atomic, plots, record
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
-from .scorer import _key, _with_params, format_table, learnability, load_runs, markdown_table, mean_ci, score
+from .frames import config_key, load_runs
+from .scorer import learnability, score
+from .stats import EXACT_MAX, mean_ci, wilcoxon_greater
+from .tables import format_table, markdown_table, with_params
 from .speedup import format_speedup, speedup_table
 
 FORMATS = ("md", "csv", "html")
 #: significance level of the paired test that puts one head design ahead of the next
 ALPHA = 0.05
-#: up to this many non-zero differences the Wilcoxon p-value is exact; above it, the normal approximation
-EXACT_MAX = 50
 HEAD_FIELDS = ("head", "head_rank", "head_params")
 
 
 # -- loading --------------------------------------------------------------------------------------------------------
 def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
-    """The run records of every folder (see :func:`spamlang.scorer.load_runs`) merged, with ``folder`` added.
+    """The run records of every folder (see :func:`spamlang.frames.load_runs`) merged, with ``folder`` added.
 
     A folder without records, or a task recorded in different versions, raises SpamLangError; a run id already read
     from an earlier folder is skipped with a warning.
@@ -84,43 +84,11 @@ def check_versions(runs: pd.DataFrame) -> None:
                                 f"compare: {versions}; rank each version separately")
 
 
-# -- the paired test ------------------------------------------------------------------------------------------------
-def wilcoxon_greater(differences: Iterable[float]) -> float:
-    """One-sided p-value of the Wilcoxon signed-rank test that paired ``differences`` tend to be above 0.
-
-    Zero and non-finite differences are dropped (none left: p = 1); tied magnitudes get their average rank. Exact
-    (the null distribution of the positive rank sum over all 2^n sign patterns) for up to EXACT_MAX differences,
-    normal approximation with tie and continuity corrections above.
-    """
-    d = np.array([x for x in differences if x is not None and math.isfinite(x) and x != 0], dtype=float)
-    n = len(d)
-    if n == 0:
-        return 1.0
-    magnitude = np.abs(d)
-    ranks = np.empty(n)
-    ranks[np.argsort(magnitude, kind="stable")] = np.arange(1, n + 1)
-    values, sizes = np.unique(magnitude, return_counts=True)
-    for value in values[sizes > 1]:
-        ranks[magnitude == value] = ranks[magnitude == value].mean()
-    doubled = np.rint(2 * ranks).astype(np.int64)  # average ranks are multiples of 1/2
-    observed = int(doubled[d > 0].sum())
-    if n <= EXACT_MAX:
-        counts = np.zeros(int(doubled.sum()) + 1, dtype=np.int64)  # counts[s]: sign patterns with doubled sum s
-        counts[0] = 1
-        for r in doubled:
-            counts[r:] = counts[r:] + counts[:-r]
-        return float(counts[observed:].sum() / 2.0 ** n)
-    mean = n * (n + 1) / 4
-    var = n * (n + 1) * (2 * n + 1) / 24 - float((sizes ** 3 - sizes).sum()) / 48
-    z = (observed / 2 - mean - 0.5) / math.sqrt(var)
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
 # -- ranking --------------------------------------------------------------------------------------------------------
 def design_label(row: Mapping) -> str:
     """A head design as the tables show it: ``linear``, ``lowrank:2``, ``mos(components=4)``."""
     head = row["head"] if pd.isna(row["head_rank"]) else f"{row['head']}:{row['head_rank']}"
-    return _with_params(head, row["head_params"])
+    return with_params(head, row["head_params"])
 
 
 def chosen_runs(scored: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -135,16 +103,16 @@ def chosen_runs(scored: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     fields = by + swept
     index: dict[tuple, list] = {}
     for i, run in runs.iterrows():
-        index.setdefault(tuple(_key(run[f]) for f in fields), []).append(i)
+        index.setdefault(tuple(config_key(run[f]) for f in fields), []).append(i)
     rows = []
     for config, row in scored.iterrows():
-        setting = json.dumps([_key(row[f]) for f in by if f not in HEAD_FIELDS], default=str)
-        for i in index.get(tuple(_key(row[f]) for f in fields), []):
+        setting = json.dumps([config_key(row[f]) for f in by if f not in HEAD_FIELDS], default=str)
+        for i in index.get(tuple(config_key(row[f]) for f in fields), []):
             run = runs.loc[i]
-            value = (learnability([p.get("test_loss") for p in run["history"]], row["bayes_loss"]) if run["status"] == "ok"
+            value = (learnability([p.test_loss for p in run["history"]], row["bayes_loss"]) if run["status"] == "ok"
                      else 0.0 if run["status"] == "diverged" else math.nan)
             rows.append({"config": config, "design": design_label(row), "setting": setting,
-                         "task": _with_params(row["task"], row["task_params"]), "seed": run["seed"],
+                         "task": with_params(row["task"], row["task_params"]), "seed": run["seed"],
                          "status": run["status"], "history": run["history"], "learnability": value})
     return pd.DataFrame(rows, columns=["config", "design", "setting", "task", "seed", "status", "history",
                                        "learnability"])

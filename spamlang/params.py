@@ -1,4 +1,4 @@
-"""Declared, validated parameters for tasks and heads (frozen dataclass fields with a help text and a range)."""
+"""Declared, validated parameters for runs, tasks and heads (frozen dataclass fields with a help text and a range)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,20 +8,42 @@ from typing import Any, Mapping
 from .errors import ConfigError
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+#: the default of a parameter that must be given
+REQUIRED = dataclasses.MISSING
 
 
 def param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
           low_open: bool = False, high_open: bool = False, choices: tuple | None = None):
-    """A dataclass field for a parameter: its default, a one-line meaning and the allowed range or choices."""
+    """A dataclass field for a parameter: its default (``REQUIRED``: none), a one-line meaning and the allowed range
+    or choices. Annotate it ``int``, ``float``, ``bool`` or ``str``, optionally ``| None``."""
     meta = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open, "choices": choices}
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _type_of(field: dataclasses.Field) -> type:
-    t = field.type if isinstance(field.type, type) else _TYPES.get(str(field.type), None)
-    if t is None:
-        raise TypeError(f"parameter '{field.name}' must be annotated int, float, bool or str, not {field.type!r}")
-    return t
+def mapping(help: str):
+    """A dataclass field holding a mapping of further named parameters (annotated ``Mapping[str, Any]``)."""
+    return dataclasses.field(default_factory=dict, metadata={"help": help, "mapping": True})
+
+
+def _parts(field: dataclasses.Field) -> tuple[type, bool]:
+    """(the field's scalar type, whether it may be None)."""
+    text = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    name, _, none = text.partition(" | ")
+    t = _TYPES.get(name)
+    if t is None or none not in ("", "None"):
+        raise TypeError(f"parameter '{field.name}' must be annotated int, float, bool or str (optionally | None), "
+                        f"not {field.type!r}")
+    return t, none == "None"
+
+
+def type_of(field: dataclasses.Field) -> type:
+    """The scalar type of a parameter field (int, float, bool or str)."""
+    return _parts(field)[0]
+
+
+def scalar_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that hold one value (not a mapping)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("mapping")]
 
 
 def allowed(field: dataclasses.Field) -> str:
@@ -36,7 +58,14 @@ def allowed(field: dataclasses.Field) -> str:
 
 def check_field(owner: str, field: dataclasses.Field, value: Any) -> None:
     """Raise ConfigError unless ``value`` has the field's type and lies in its range."""
-    t, m = _type_of(field), field.metadata
+    m = field.metadata
+    if m.get("mapping"):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{owner}: parameter '{field.name}' must be a table of parameters, got {value!r}")
+        return
+    t, optional = _parts(field)
+    if value is None and optional:
+        return
     ok_type = isinstance(value, t) and not (t is not bool and isinstance(value, bool))
     if t is float and isinstance(value, int) and not isinstance(value, bool):
         ok_type = True
@@ -55,7 +84,7 @@ def check_field(owner: str, field: dataclasses.Field, value: Any) -> None:
 
 def parse_value(owner: str, field: dataclasses.Field, text: str) -> Any:
     """Convert a command-line string to the field's type, with an error naming the parameter."""
-    t = _type_of(field)
+    t = type_of(field)
     try:
         if t is bool:
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -85,8 +114,8 @@ def validate_fields(obj: Any, owner: str) -> None:
 
 def describe(cls: type) -> list[dict]:
     """The parameters of a dataclass as JSON-ready dicts: name, type, default, meaning, allowed values."""
-    return [{"name": f.name, "type": _type_of(f).__name__, "default": f.default, "help": f.metadata.get("help", ""),
-             "allowed": allowed(f)} for f in dataclasses.fields(cls)]
+    return [{"name": f.name, "type": type_of(f).__name__, "default": f.default, "help": f.metadata.get("help", ""),
+             "allowed": allowed(f)} for f in scalar_fields(cls)]
 
 
 def parse_assignments(items: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -5,6 +5,7 @@ draw). Figures are built without pyplot, so they render with the Agg canvas and 
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from . import atomic
-from .scorer import _with_params
+from .tables import with_params
 
 #: colours of lines by V/rank: plasma without its palest yellow, which vanishes on white
 RATIO_CMAP = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.88, 256)))
@@ -29,8 +30,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 def _table(scored: pd.DataFrame) -> pd.DataFrame:
     """The columns the plots use: task and head labels, V, effective rank, V/rank, learnability, kept cosine."""
     data = pd.DataFrame({
-        "task": [_with_params(t, p) for t, p in zip(scored["task"], scored["task_params"])],
-        "head": [_with_params(h, p) for h, p in zip(scored["head"], scored["head_params"])],
+        "task": [with_params(t, p) for t, p in zip(scored["task"], scored["task_params"])],
+        "head": [with_params(h, p) for h, p in zip(scored["head"], scored["head_params"])],
         "V": pd.to_numeric(scored["vocab_size"]), "rank": pd.to_numeric(scored["rank"]),
         "learnability": pd.to_numeric(scored["learnability"]),
         "kept_cos": pd.to_numeric(scored["grad_kept_cos_end"])}, index=scored.index)
@@ -98,7 +99,7 @@ def learning_curves(scored: pd.DataFrame, chosen: pd.DataFrame, task: str = "spa
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     for config, group in runs.groupby("config"):
-        history = pd.DataFrame([p for h in group["history"] for p in h]).groupby("step")
+        history = pd.DataFrame([dataclasses.asdict(p) for h in group["history"] for p in h]).groupby("step")
         curve = history[["test_accuracy", "test_loss"]].mean()
         style = {"color": RATIO_CMAP(norm(data.at[config, "ratio"])), "linestyle": styles[data.at[config, "head"]],
                  "linewidth": 1.4, "alpha": 0.9}
@@ -184,8 +185,8 @@ def loss_vs_tokens(table: pd.DataFrame, runs: pd.DataFrame) -> Figure | None:
     axes = np.atleast_1d(fig.subplots(1, panels.ngroups))
     for ax, (key, panel) in zip(axes, panels):
         for _, row in panel.iterrows():
-            points = pd.DataFrame([{"tokens": p["tokens"], "loss": p["val_loss"], "run": i}
-                                   for i in row["run_ids"] for p in by_id.at[i, "history"] if p["tokens"] > 0])
+            points = pd.DataFrame([{"tokens": p.tokens, "loss": p.val_loss, "run": i}
+                                   for i in row["run_ids"] for p in by_id.at[i, "history"] if p.tokens > 0])
             stats = points.groupby("tokens")["loss"].agg(["mean", "min", "max"])
             colour = RATIO_CMAP(norm(row["rank"]))
             ax.plot(stats.index, stats["mean"], color=colour, linestyle=styles[row["head"]], linewidth=1.4)

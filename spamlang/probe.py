@@ -1,12 +1,12 @@
 """Gradient diagnostics of a trained model: how much of the logit gradient its head lets through, and the spectrum."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from . import record
-from .config import RunConfig
 from .diagnostics import gradient_diagnostics, spectrum_share
 from .errors import SpamLangError
 from .rng import Rng
@@ -29,7 +29,7 @@ def probe(path: str | Path, batches: int = 4) -> dict:
     a ``probe`` stream of the task (seeded by the run's eval seed, apart from its val and test streams)."""
     rec_path, ckpt = locate(path)
     rec = record.read(rec_path)
-    config = RunConfig.from_dict({**rec["config"], "device": "cpu", "compile": False})
+    config = dataclasses.replace(rec.config, device="cpu", compile=False)
     trainer = Trainer(config)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -44,5 +44,5 @@ def probe(path: str | Path, batches: int = 4) -> dict:
         G, Q = trainer.logit_gradient(tokens[b * rows:(b + 1) * rows])
         results.append({**gradient_diagnostics(G, Q), "spectrum_top_2r": spectrum_share(G, 2 * trainer.model.head.rank)})
     mean = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
-    return {"run_id": rec["run_id"], "task": config.task, "vocab_size": config.vocab_size, "head": config.head,
+    return {"run_id": rec.run_id, "task": config.task, "vocab_size": config.vocab_size, "head": config.head,
             "rank": trainer.model.head.rank, "batches": batches, "tokens_per_batch": config.diag_tokens, **mean}

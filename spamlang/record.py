@@ -1,22 +1,41 @@
 """The run record: the one interface between training and everything after it (scorer, leaderboards).
 
-A record is a JSON object with a versioned ``schema``; :func:`write` stores it atomically as ``<run_id>.json`` and
-:func:`read` refuses files that are not records of a schema this version understands.
+A record is a :class:`RunRecord` (its evaluations :class:`EvalPoint`, its end :class:`Final`), stored as JSON with a
+versioned ``schema``. :meth:`RunRecord.to_json` and :meth:`RunRecord.from_json` are the only ways in and out, and
+every record read is validated against the JSON Schema published with the package (``spamlang/schema/run-2.json``,
+generated from these types by ``python -m spamlang.record``); records of the previous schema are migrated on read.
+
+Adding a metric: add a field (``metric("meaning")``, None by default) to :class:`EvalPoint` or :class:`Final`,
+regenerate the schema file, and fill it in the harness. Older records read as None.
 """
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import datetime
 import functools
 import json
 import math
 import platform
 import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import jsonschema
 
 from . import __version__, atomic
+from .config import RunConfig
 from .errors import SpamLangError
 
-SCHEMA = "spamlang.run/1"
+SCHEMA = "spamlang.run/2"
+#: the schema file of SCHEMA inside the package
+SCHEMA_FILE = "schema/run-2.json"
+STATUSES = ("ok", "diverged", "failed")
 #: when a run counts as learned: test accuracy at least this on a deterministic task, else a loss within this many
 #: nats of the Bayes loss (shared by the harness's ``steps_to_learn`` and the scorer)
 LEARNED_ACCURACY, LEARNED_MARGIN = 0.99, 0.05
@@ -28,9 +47,278 @@ def is_learned(accuracy: float | None, loss: float | None, bayes_loss: float | N
     if deterministic:
         return accuracy is not None and accuracy >= learned_accuracy
     return loss is not None and bayes_loss is not None and loss <= bayes_loss + margin
-STATUSES = ("ok", "diverged", "failed")
-REQUIRED = ("schema", "run_id", "config", "task_version", "bayes_loss", "deterministic", "status", "history", "final",
-            "env")
+
+
+def metric(help: str, *, required: bool = False):
+    """A record field with its meaning; an optional one (the default) is None when a record does not have it."""
+    if required:
+        return field(metadata={"help": help})
+    return field(default=None, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalPoint:
+    """One evaluation during training; losses in nats per predictable position, None where not finite."""
+
+    step: int = metric("training steps done", required=True)
+    tokens: int = metric("training tokens seen", required=True)
+    lr: float = metric("learning rate of the last step", required=True)
+    train_loss: float | None = metric("loss of the last training batch (None at step 0)", required=True)
+    val_loss: float | None = metric("loss on the val stream", required=True)
+    val_accuracy: float | None = metric("accuracy on the val stream", required=True)
+    test_loss: float | None = metric("loss on the test stream", required=True)
+    test_accuracy: float | None = metric("accuracy on the test stream", required=True)
+    test_accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
+    test_accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
+    coverage: float | None = metric("share of the vocabulary seen in training", required=True)
+    grad_destroyed: float | None = metric("destroyed-gradient ratio ||G - G Q Qᵀ||² / ||G||²", required=True)
+    grad_kept_cos: float | None = metric("cosine between G and its kept part G Q Qᵀ", required=True)
+    grad_baseline: float | None = metric("destroyed ratio of an isotropic gradient, 1 - rank/V", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Final:
+    """A run's result: the last evaluation's test metrics (``val_*`` on the val stream) and the run's totals."""
+
+    loss: float | None = metric("test loss", required=True)
+    accuracy: float | None = metric("test accuracy", required=True)
+    val_loss: float | None = metric("val loss", required=True)
+    val_accuracy: float | None = metric("val accuracy", required=True)
+    accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
+    accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
+    coverage: float | None = metric("share of the vocabulary seen in training", required=True)
+    steps_to_learn: int | None = metric("first evaluation step that met the learned criterion", required=True)
+    tokens_per_second: float | None = metric("training throughput, evaluations excluded", required=True)
+    grad_destroyed: float | None = metric("destroyed-gradient ratio at the last evaluation", required=True)
+    grad_kept_cos: float | None = metric("kept cosine at the last evaluation", required=True)
+    grad_baseline: float | None = metric("isotropic destroyed ratio", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    steps: int = metric("training steps done", required=True)
+    train_seconds: float = metric("wall time of the training steps", required=True)
+    eval_seconds: float = metric("wall time of the evaluations after step 0", required=True)
+    total_seconds: float = metric("wall time of the whole run", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Env:
+    device: str = metric("device name", required=True)
+    torch: str = metric("torch version", required=True)
+    python: str = metric("Python version", required=True)
+    spamlang: str = metric("spamlang version", required=True)
+    git_commit: str | None = metric("commit of the spamlang source, '-dirty' if changed", required=True)
+    platform: str = metric("operating system", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteInfo:
+    name: str = metric("suite name", required=True)
+    version: int = metric("suite version", required=True)
+    source: str = metric("suite file", required=True)
+    sweep: tuple[str, ...] = metric("run settings the suite sweeps (chosen on val)", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """Everything one run produced. A run that raised is ``failed`` (see :meth:`failed`): no history, no final."""
+
+    run_id: str = metric("hash of the configuration (RunConfig.run_id)", required=True)
+    config: RunConfig = metric("the run's configuration", required=True)
+    task_version: int | None = metric("version of the task's generator (None: failed before it was built)",
+                                      required=True)
+    bayes_loss: float | None = metric("the task's Bayes loss, nats per predictable position", required=True)
+    deterministic: bool | None = metric("whether every target is a function of its context", required=True)
+    rank: int | None = metric("rank of the head's gradient map")
+    data: Mapping[str, Any] | None = metric("where the tokens come from beyond the task's parameters (a text task: "
+                                            "corpus sha256, tokenizer); None for a generated task")
+    status: str = metric("ok, diverged or failed", required=True)
+    error: str | None = metric("the exception of a failed run")
+    traceback: str | None = metric("its traceback")
+    history: tuple[EvalPoint, ...] = metric("evaluations, from step 0", required=True)
+    final: Final | None = metric("the result (None for a failed run)", required=True)
+    timing: Timing | None = metric("wall times")
+    env: Env = metric("where it ran", required=True)
+    created: str | None = metric("start time, ISO 8601")
+    suite: SuiteInfo | None = metric("the suite it was run for")
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
+        if self.status != "failed" and (not self.history or self.final is None):
+            raise ValueError(f"a run with status {self.status!r} needs a history and final metrics")
+
+    @classmethod
+    def failed(cls, config: RunConfig, error: str, traceback: str | None = None) -> "RunRecord":
+        """The record of a run that raised ``error`` before it could finish."""
+        return cls(run_id=config.run_id, config=config, task_version=None, bayes_loss=None, deterministic=None,
+                   status="failed", error=error, traceback=traceback, history=(), final=None,
+                   env=environment("unknown"), created=now())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data (``schema`` first; non-finite numbers as None)."""
+        return {"schema": SCHEMA, **_plain(self)}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        """The record as strict JSON."""
+        return strict_json(self.to_dict(), indent)
+
+    @classmethod
+    def from_json(cls, data: str | Mapping[str, Any], source: str = "record") -> "RunRecord":
+        """A record from its JSON text (or parsed data), migrated from an older schema if need be and validated; any
+        problem raises SpamLangError naming ``source`` and, for a malformed field, its JSON path."""
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise SpamLangError(f"{source}: not readable as JSON ({exc})") from None
+        if not isinstance(data, Mapping) or "schema" not in data:
+            raise SpamLangError(f"{source}: not a SpamLang run record (no 'schema' key)")
+        if data["schema"] in MIGRATIONS:
+            data = MIGRATIONS[data["schema"]](data)
+        if data["schema"] != SCHEMA:
+            raise SpamLangError(f"{source}: record schema {data['schema']!r} is not supported (this version reads "
+                                f"{', '.join([*MIGRATIONS, SCHEMA])})")
+        error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+        if error is not None:
+            raise SpamLangError(f"{source}: malformed run record: {error.json_path}: {error.message}")
+        try:
+            return _build(cls, {k: v for k, v in data.items() if k != "schema"})
+        except (SpamLangError, ValueError) as exc:
+            where = "$.config" if isinstance(exc, SpamLangError) else "$"
+            raise SpamLangError(f"{source}: malformed run record: {where}: {exc}") from None
+
+
+def _migrate_1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``spamlang.run/1`` -> 2: the status is no longer repeated in ``final``, and a failed run's final is None."""
+    data = {**data, "schema": SCHEMA}
+    final = data.get("final")
+    if data.get("status") == "failed":
+        data["final"] = None
+    elif isinstance(final, Mapping):
+        data["final"] = {k: v for k, v in final.items() if k != "status"}
+    return data
+
+
+#: the older schemas this version reads, each with its migration to the next
+MIGRATIONS = {"spamlang.run/1": _migrate_1}
+
+
+# -- JSON (de)serialisation -----------------------------------------------------------------------------------------
+def strict_json(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON of ``obj`` (dataclasses as objects, non-finite numbers as null)."""
+    return json.dumps(_plain(obj), indent=indent, allow_nan=False, default=str)
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON-ready data: dataclasses as dicts, tuples as lists, non-finite floats as None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """``value`` (schema-valid JSON data) as the type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        return _build(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        return tuple(_build(args[0], v) for v in value)
+    if tp is RunConfig:
+        return RunConfig.from_dict(value)
+    if dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        return tp(**{name: _build(hints[name], v) for name, v in value.items()})
+    if tp is float:
+        return float(value)
+    return value
+
+
+# -- the JSON Schema ------------------------------------------------------------------------------------------------
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _type_schema(tp: Any) -> dict[str, Any]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = _type_schema(next(a for a in args if a is not type(None)))
+        if set(inner) == {"type"}:
+            return {"type": [inner["type"], "null"]}
+        return {"anyOf": [inner, {"type": "null"}]}
+    if origin is tuple:
+        return {"type": "array", "items": _type_schema(args[0])}
+    if dataclasses.is_dataclass(tp):
+        return {"$ref": f"#/$defs/{tp.__name__}"}
+    if origin in (collections.abc.Mapping, dict):
+        return {"type": "object"}
+    return {"type": _JSON_TYPES[tp]}
+
+
+def _object_schema(cls: type) -> dict[str, Any]:
+    hints, properties, required = _hints(cls), {}, []
+    for f in dataclasses.fields(cls):
+        prop = _type_schema(hints[f.name])
+        m = f.metadata
+        if m.get("low") is not None:
+            prop["exclusiveMinimum" if m.get("low_open") else "minimum"] = m["low"]
+        if m.get("high") is not None:
+            prop["exclusiveMaximum" if m.get("high_open") else "maximum"] = m["high"]
+        if m.get("choices"):
+            prop["enum"] = list(m["choices"])
+        properties[f.name] = {"description": m.get("help", ""), **prop}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    return {"type": "object", "description": (cls.__doc__ or "").strip().split("\n")[0], "properties": properties,
+            "required": required, "additionalProperties": False}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a record of SCHEMA, derived from the record types (and the run settings' declarations)."""
+    top = _object_schema(RunRecord)
+    top["properties"] = {"schema": {"const": SCHEMA}, **top["properties"]}
+    top["properties"]["status"]["enum"] = list(STATUSES)
+    top["required"] = ["schema", *top["required"]]
+    top["if"] = {"properties": {"status": {"enum": ["ok", "diverged"]}}}
+    top["then"] = {"properties": {"history": {"minItems": 1}, "final": {"type": "object"}}}
+    defs = {cls.__name__: _object_schema(cls) for cls in (RunConfig, EvalPoint, Final, Timing, Env, SuiteInfo)}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": f"SpamLang run record ({SCHEMA})",
+            **top, "$defs": defs}
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(resources.files("spamlang").joinpath(SCHEMA_FILE).read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+# -- files and provenance -------------------------------------------------------------------------------------------
+def write(record: RunRecord, folder: str | Path) -> Path:
+    """Store ``record`` as ``folder/<run_id>.json``, atomically."""
+    path = Path(folder) / f"{record.run_id}.json"
+    atomic.write_text(path, record.to_json() + "\n")
+    return path
+
+
+def read(path: str | Path) -> RunRecord:
+    """Load and validate one record file (SpamLangError naming the file otherwise)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpamLangError(f"{path}: not readable as JSON ({exc})") from None
+    return RunRecord.from_json(text, str(path))
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,58 +336,16 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device_name: str) -> dict[str, Any]:
+def environment(device_name: str) -> Env:
     import torch
-    return {"device": device_name, "torch": torch.__version__, "python": platform.python_version(),
-            "spamlang": __version__, "git_commit": git_commit(), "platform": platform.platform()}
+    return Env(device=device_name, torch=torch.__version__, python=platform.python_version(), spamlang=__version__,
+               git_commit=git_commit(), platform=platform.platform())
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (strict JSON has no NaN or Infinity)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def to_json(obj: Any, indent: int = 1) -> str:
-    """Strict JSON (non-finite numbers as null)."""
-    return json.dumps(_finite(obj), indent=indent, allow_nan=False, default=str)
-
-
-def write(record: dict, folder: str | Path) -> Path:
-    """Store ``record`` as ``folder/<run_id>.json``, atomically."""
-    path = Path(folder) / f"{record['run_id']}.json"
-    atomic.write_text(path, to_json(record) + "\n")
-    return path
-
-
-def check(record: Any, source: str) -> dict:
-    """Return ``record`` if it is a run record of this schema, else raise SpamLangError naming ``source``."""
-    if not isinstance(record, dict) or "schema" not in record:
-        raise SpamLangError(f"{source}: not a SpamLang run record (no 'schema' key)")
-    if record["schema"] != SCHEMA:
-        raise SpamLangError(f"{source}: record schema {record['schema']!r} is not supported (this version reads "
-                            f"{SCHEMA!r})")
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        raise SpamLangError(f"{source}: run record lacks {', '.join(missing)}")
-    if record["status"] not in STATUSES:
-        raise SpamLangError(f"{source}: unknown status {record['status']!r}")
-    if not isinstance(record["config"], dict) or not isinstance(record["final"], dict) \
-            or not isinstance(record["history"], list) or not all(isinstance(p, dict) for p in record["history"]):
-        raise SpamLangError(f"{source}: malformed run record (config and final must be objects, history a list of "
-                            f"objects)")
-    return record
-
-
-def read(path: str | Path) -> dict:
-    """Load and check one record file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpamLangError(f"{path}: not readable as JSON ({exc})") from None
-    return check(data, str(path))
+if __name__ == "__main__":  # regenerate the published schema file from the types
+    atomic.write_text(Path(__file__).parent / SCHEMA_FILE, json.dumps(json_schema(), indent=1) + "\n")

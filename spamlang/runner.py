@@ -8,7 +8,7 @@ and is tried again on the next rerun.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime
+import dataclasses
 import multiprocessing
 import os
 import traceback
@@ -26,7 +26,7 @@ from .task import TASKS
 EXECUTORS = ("local", "ray")
 
 
-def execute(config: dict, suite_info: dict, threads: int | None = None) -> dict:
+def execute(config: dict, suite_info: record.SuiteInfo, threads: int | None = None) -> record.RunRecord:
     """Train one run and return its record; an exception becomes a ``failed`` record (never raised)."""
     import torch
 
@@ -37,13 +37,8 @@ def execute(config: dict, suite_info: dict, threads: int | None = None) -> dict:
     try:
         rec = train(cfg, progress=False)
     except Exception as exc:
-        rec = {"schema": record.SCHEMA, "run_id": cfg.run_id, "config": cfg.to_dict(), "task_version": None,
-               "bayes_loss": None, "deterministic": None, "rank": None, "status": "failed",
-               "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8), "history": [],
-               "final": {"status": "failed"}, "env": record.environment("unknown"),
-               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    rec["suite"] = suite_info
-    return rec
+        rec = record.RunRecord.failed(cfg, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
+    return dataclasses.replace(rec, suite=suite_info)
 
 
 def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
@@ -56,8 +51,7 @@ def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
         path = runs_dir / f"{config.run_id}.json"
         try:
             rec = record.read(path) if path.is_file() else None
-            done = rec is not None and rec["status"] != "failed" and \
-                rec["task_version"] == TASKS.get(config.task).version
+            done = rec is not None and rec.status != "failed" and rec.task_version == TASKS.get(config.task).version
         except SpamLangError:
             done = False  # an unreadable record is redone and overwritten
         if not done:
@@ -75,7 +69,7 @@ def _device(config: RunConfig, override: str | None, slot: int, executor: str) -
     return device
 
 
-def _local(configs: list[dict], info: dict, workers: int) -> Iterator[dict]:
+def _local(configs: list[dict], info: record.SuiteInfo, workers: int) -> Iterator[record.RunRecord]:
     if workers == 1:
         for config in configs:
             yield execute(config, info)
@@ -93,7 +87,7 @@ def _local(configs: list[dict], info: dict, workers: int) -> Iterator[dict]:
             raise
 
 
-def _ray(configs: list[dict], info: dict, workers: int) -> Iterator[dict]:
+def _ray(configs: list[dict], info: record.SuiteInfo, workers: int) -> Iterator[record.RunRecord]:
     try:
         import ray
     except ImportError:
@@ -124,14 +118,14 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = pending(suite, runs_dir)
     configs = [{**c.to_dict(), "device": _device(c, device, i % workers, executor)} for i, c in enumerate(todo)]
-    info = {"name": suite.name, "version": suite.version, "source": suite.source, "sweep": list(suite.sweep)}
+    info = record.SuiteInfo(name=suite.name, version=suite.version, source=suite.source, sweep=tuple(suite.sweep))
     counts = {"total": len(suite.runs), "skipped": len(suite.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
     run = _local if executor == "local" else _ray
     with tqdm(total=len(suite.runs), initial=counts["skipped"], unit="run", disable=not progress,
               desc=f"suite {suite.name}") as bar:
         for rec in run(configs, info, workers):
             record.write(rec, runs_dir)
-            counts[rec["status"]] += 1
+            counts[rec.status] += 1
             bar.update(1)
             bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"])
     return counts

@@ -11,7 +11,7 @@ For a head H and a reference head R (full-rank ``linear`` by default) trained wi
   independently;
 - loss at equal tokens: R's val loss at H's final token count (``ref_loss``) and ``loss_gap`` = target - ref_loss.
 
-Pure functions of the run records as :func:`spamlang.scorer.load_runs` returns them (ok runs only). Where a
+Pure functions of the run records as :func:`spamlang.frames.load_runs` returns them (ok runs only). Where a
 learning rate was swept, each head uses the one with the lowest mean final val loss over its seeds.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpamLangError
-from .scorer import CONFIG_FIELDS, _key, _order, _with_params, markdown_table
+from .frames import CONFIG_FIELDS, config_key, value_order
+from .tables import markdown_table, with_params
 
 #: the fields that tell the compared heads apart, or are chosen per head (lr), or vary within one cell (seed)
 HEAD_FIELDS = ("head", "head_rank", "head_params")
@@ -58,7 +59,7 @@ def loss_at(tokens: Sequence[float], losses: Sequence[float], at: float) -> floa
 
 def curves(runs: pd.DataFrame, field: str = "val_loss") -> tuple[np.ndarray, np.ndarray]:
     """Token counts (E,) evaluated by every run, and each run's ``field`` there: (runs, E)."""
-    tables = [{p["tokens"]: p.get(field) for p in h if p.get("tokens") is not None} for h in runs["history"]]
+    tables = [{p.tokens: getattr(p, field) for p in h} for h in runs["history"]]
     common = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
     values = [[np.nan if t[x] is None else t[x] for x in common] for t in tables]
     return np.array(common, dtype=float), np.array(values, dtype=float).reshape(len(tables), len(common))
@@ -100,7 +101,7 @@ def _finite(value: Any) -> float:
 def _best_lr(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs at the learning rate with the lowest mean final val loss."""
     parts = [part for _, part in runs.groupby(runs["lr"].map(_key), sort=True)]
-    return min(parts, key=lambda part: np.mean([_finite(f.get("val_loss")) for f in part["final"]]))
+    return min(parts, key=lambda part: np.mean([_finite(f.val_loss) for f in part["final"]]))
 
 
 def speedup_table(runs: pd.DataFrame, reference: str = "linear", n_boot: int = BOOTSTRAP, seed: int = 0) \
@@ -125,8 +126,8 @@ def speedup_table(runs: pd.DataFrame, reference: str = "linear", n_boot: int = B
         heads = keys.loc[group.index].groupby(list(HEAD_FIELDS), sort=False, dropna=False)
         for _, head_keys in heads:
             head = _best_lr(cell.loc[head_keys.index])
-            final = np.array([f["val_loss"] for f in head["final"]], dtype=float)
-            tokens = float(head["history"].iloc[0][-1]["tokens"])
+            final = np.array([f.val_loss for f in head["final"]], dtype=float)
+            tokens = float(head["history"].iloc[0][-1].tokens)
             first = head.iloc[0]
             row = {f: first[f] for f in group_fields}
             row.update({f: first[f] for f in HEAD_FIELDS})
@@ -137,7 +138,7 @@ def speedup_table(runs: pd.DataFrame, reference: str = "linear", n_boot: int = B
     table = pd.DataFrame(rows, dtype=object)
     if table.empty:
         return table
-    order = sorted(table.index, key=lambda i: tuple(_order(table.at[i, f]) for f in [*group_fields, "rank", "head"]))
+    order = sorted(table.index, key=lambda i: tuple(value_order(table.at[i, f]) for f in [*group_fields, "rank", "head"]))
     return table.loc[order].reset_index(drop=True)
 
 
@@ -169,10 +170,10 @@ def format_speedup(table: pd.DataFrame, fmt: str = "md") -> str:
               if table[c].map(_key).nunique(dropna=False) > 1]
     rows = []
     for _, row in table.iterrows():
-        cells = {"task": _with_params(row["task"], row.get("task_params"))} if "task" in table else {}
+        cells = {"task": with_params(row["task"], row.get("task_params"))} if "task" in table else {}
         cells.update({f: str(row[f]) for f in fields if f not in ("task", "task_params")})
         rank = row["head_rank"]
-        cells["head"] = _with_params(row["head"] if rank is None else f"{row['head']}:{rank}", row["head_params"])
+        cells["head"] = with_params(row["head"] if rank is None else f"{row['head']}:{rank}", row["head_params"])
         cells.update({"seeds": str(row["n_seeds"]), "val loss": f"{row['target']:.3f}", "tokens": _tokens(row["tokens"]),
                       "ref tokens to it": _tokens(row["ref_tokens"]), "speedup [95% CI]": _ratio(row),
                       "ref loss at tokens": "-" if not math.isfinite(row["ref_loss"]) else f"{row['ref_loss']:.3f}",

@@ -24,9 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .config import RunConfig
+from .config import ResolvedConfig, RunConfig
 from .errors import SpamLangError
-from .model import resolve
 
 SUITE_KEYS = {"name", "description", "version", "sweep"}
 NESTED = ("task_params", "head_params")
@@ -41,7 +40,7 @@ class Suite:
     description: str
     version: int
     sweep: tuple[str, ...]
-    runs: tuple[RunConfig, ...]
+    runs: tuple[ResolvedConfig, ...]
     source: str
 
     def estimated_flops(self) -> float:
@@ -154,7 +153,7 @@ def load(name_or_file: str) -> Suite:
             if any(_matches(raw, rule) for rule in excludes):
                 continue
             try:
-                config = resolve(RunConfig.from_dict(_split_head(raw)))
+                config = RunConfig.from_dict(_split_head(raw)).resolve()
             except SpamLangError as exc:
                 shown = {k: v for k, v in raw.items() if v or k not in NESTED}
                 raise SpamLangError(f"{where}: grid[{i}] run {shown}: {exc}") from None

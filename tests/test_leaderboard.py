@@ -1,6 +1,7 @@
 """The leaderboard: the paired test, ranking and ties, merging folders, version checks, provenance and the files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -11,29 +12,25 @@ import pytest
 from spamlang import leaderboard, record
 from spamlang.config import RunConfig
 from spamlang.floors import FloorCache
-from spamlang.leaderboard import chosen_runs, head_ranking, load_folders, provenance, wilcoxon_greater
+from spamlang.leaderboard import chosen_runs, head_ranking, load_folders, provenance
+from spamlang.record import RunRecord
 from spamlang.scorer import score
+from spamlang.stats import wilcoxon_greater
 from spamlang.task import make_task
+from tests.records import make_record as build_record
 from tests.conftest import assert_user_error
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def make_record(vocab_size=16, head="linear", head_rank=None, seed=0, losses=(4.0, 1.0, 0.5), status="ok",
-                task_version=None) -> dict:
+                task_version=None) -> RunRecord:
     """A SpamLang run record whose test loss follows ``losses`` (the floor is 0, so learnability is easy to check)."""
-    c = RunConfig(task="spam", vocab_size=vocab_size, head=head, head_rank=head_rank, d_model=8, seed=seed)
-    task = make_task("spam", {})
-    history = [{"step": 100 * i, "test_loss": loss, "test_accuracy": 1.0 - loss / 4, "val_loss": loss,
-                "grad_destroyed": 0.9, "grad_kept_cos": 0.3, "grad_baseline": 0.9} for i, loss in enumerate(losses)]
-    final = {"loss": losses[-1], "accuracy": 1.0 - losses[-1] / 4, "val_loss": losses[-1], "accuracy_seen": 1.0,
-             "accuracy_unseen": 0.0, "coverage": 1.0, "grad_destroyed": 0.9, "grad_kept_cos": 0.3,
-             "grad_baseline": 0.9, "tokens_per_second": 1e5}
-    return {"schema": record.SCHEMA, "run_id": c.run_id, "config": c.to_dict(),
-            "task_version": task_version or task.version, "bayes_loss": 0.0, "deterministic": True,
-            "rank": head_rank or 8, "status": status, "error": None, "history": history, "final": final,
-            "env": record.environment("cpu"), "created": f"2026-01-0{seed + 1}T00:00:00+00:00",
-            "suite": {"name": "hand", "version": 3, "source": "test", "sweep": ["lr"]}}
+    return build_record(task="spam", vocab_size=vocab_size, head=head, head_rank=head_rank, d_model=8,
+                               seed=seed, losses=losses, status=status, task_version=task_version, bayes_loss=0.0,
+                               deterministic=True, rank=head_rank or 8, destroyed=(0.9, 0.9), kept_cos=0.3,
+                               baseline=0.9, created=f"2026-01-0{seed + 1}T00:00:00+00:00",
+                               suite={"name": "hand", "version": 3, "source": "test", "sweep": ["lr"]})
 
 
 def grid(heads=(("linear", None), ("lowrank", 2)), seeds=3, vocab=(16, 32, 64)) -> list[dict]:
@@ -82,8 +79,8 @@ def scored_runs(folder, records):
 
 def test_ranking_order_ties_and_diverged_runs(tmp_path):
     records = grid(heads=(("linear", None), ("lowrank", 2), ("lowrank", 4)))
-    diverged = next(r for r in records if r["config"]["head_rank"] == 4 and r["config"]["vocab_size"] == 64)
-    diverged["status"] = "diverged"  # the same curve, but a diverged run counts as no learning
+    i = next(i for i, r in enumerate(records) if r.config.head_rank == 4 and r.config.vocab_size == 64)
+    records[i] = dataclasses.replace(records[i], status="diverged")  # the same curve, but a diverged run counts 0
     scored, runs = scored_runs(tmp_path, records)
     runs_of = chosen_runs(scored, runs)
     assert len(runs_of) == 27
@@ -129,9 +126,9 @@ def test_provenance_names_command_commits_devices_versions_and_dates(tmp_path):
     prov = provenance(runs, "spamlang leaderboard x --out y")
     env = record.environment("cpu")
     assert prov["command"] == "spamlang leaderboard x --out y" and prov["runs"] == 4
-    assert prov["commits"] == [str(env["git_commit"])] and prov["devices"] == ["cpu"]
-    assert prov["torch"] == [env["torch"]] and prov["python"] == [env["python"]]
-    assert prov["spamlang"] == [env["spamlang"]] and prov["suites"] == ["hand v3"]
+    assert prov["commits"] == [str(env.git_commit)] and prov["devices"] == ["cpu"]
+    assert prov["torch"] == [env.torch] and prov["python"] == [env.python]
+    assert prov["spamlang"] == [env.spamlang] and prov["suites"] == ["hand v3"]
     assert prov["tasks"] == [f"spam v{make_task('spam', {}).version}"]
     assert prov["dates"] == ["2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"]
 
@@ -175,7 +172,7 @@ def test_mixed_task_versions_are_refused(run_cli, tmp_path):
     newer = make_record(32, task_version=version + 1)
     write_all(tmp_path / "b", [newer])
     r = run_cli("leaderboard", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "board")
-    assert_user_error(r, "task 'spam'", f"v{version} (", f"v{version + 1} (", f"{newer['run_id']}.json")
+    assert_user_error(r, "task 'spam'", f"v{version} (", f"v{version + 1} (", f"{newer.run_id}.json")
     assert not (tmp_path / "board" / "leaderboard.md").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,44 +13,25 @@ from spamlang import record
 from spamlang.config import RunConfig
 from spamlang.errors import ConfigError, SpamLangError
 from spamlang.floors import CACHE_NAME, FloorCache, expressivity_floor
-from spamlang.scorer import format_table, learnability, load_runs, mean_ci, score, t_quantile
+from spamlang.frames import load_runs
+from spamlang.record import RunRecord
+from spamlang.scorer import learnability, score
+from spamlang.stats import mean_ci, t_quantile
+from spamlang.tables import format_table
 from spamlang.task import make_task
+from tests.records import make_record as build_record
 
 #: one in-memory floor cache for the whole file: each estimated floor is fitted once
 CACHE = FloorCache()
 
 
 def make_record(task="spam", task_params=None, vocab_size=64, head="linear", head_rank=None, d_model=32, lr=1e-3,
-                seed=0, status="ok", losses=(4.0, 1.0, 0.01), accuracies=(0.0, 0.5, 1.0), val_losses=None,
-                coverage=1.0, accuracy_seen=None, destroyed=(0.9, 0.8), suite=None, **config) -> dict:
-    """A run record with a test-loss curve ``losses`` (evaluations every 100 steps from step 0)."""
-    c = RunConfig(task=task, task_params=task_params or {}, vocab_size=vocab_size, head=head, head_rank=head_rank,
-                  d_model=d_model, lr=lr, seed=seed, **config)
-    t = make_task(task, task_params)
-    val_losses = val_losses or losses
-    history = [{"step": 100 * i, "tokens": 100 * i * c.batch_size * c.seq_len, "lr": lr, "train_loss": loss,
-                "val_loss": val, "val_accuracy": acc, "test_loss": loss, "test_accuracy": acc,
-                "test_accuracy_seen": acc if accuracy_seen is None else accuracy_seen, "test_accuracy_unseen": 0.0,
-                "coverage": coverage, "grad_destroyed": destroyed[min(i, 1)],
-                "grad_kept_cos": math.sqrt(1 - destroyed[min(i, 1)] ** 2), "grad_baseline": 0.7}
-               for i, (loss, val, acc) in enumerate(zip(losses, val_losses, accuracies))]
-    last = history[-1]
-    final = {"loss": last["test_loss"], "accuracy": last["test_accuracy"], "val_loss": last["val_loss"],
-             "val_accuracy": last["val_accuracy"], "accuracy_seen": last["test_accuracy_seen"],
-             "accuracy_unseen": 0.0, "coverage": coverage, "steps_to_learn": None, "tokens_per_second": 1e5,
-             "status": status, "grad_destroyed": last["grad_destroyed"], "grad_kept_cos": last["grad_kept_cos"],
-             "grad_baseline": 0.7}
-    rec = {"schema": record.SCHEMA, "run_id": c.run_id, "config": c.to_dict(), "task_version": t.version,
-           "bayes_loss": t.bayes_loss(vocab_size, c.seq_len), "deterministic": t.deterministic,
-           "rank": head_rank or d_model,
-           "status": status, "error": None, "history": history, "final": final, "timing": {},
-           "env": record.environment("cpu"), "created": "2026-01-01T00:00:00+00:00"}
-    if status == "failed":
-        rec.update(error="RuntimeError: out of memory", history=[], final={"status": "failed"}, task_version=None,
-                   bayes_loss=None, deterministic=None, rank=None)
-    if suite:
-        rec["suite"] = suite
-    return rec
+                seed=0, accuracies=(0.0, 0.5, 1.0), **kwargs) -> RunRecord:
+    """A run record with a test-loss curve ``losses`` (evaluations every 100 steps from step 0); see
+    :func:`tests.records.make_record`."""
+    return build_record(task=task, task_params=task_params or {}, vocab_size=vocab_size, head=head,
+                               head_rank=head_rank, d_model=d_model, lr=lr, seed=seed, accuracies=accuracies,
+                               **kwargs)
 
 
 def runs(tmp_path, *records) -> pd.DataFrame:
@@ -242,7 +224,7 @@ def test_load_runs_errors(tmp_path):
     ("broken.json", "{\"schema\": ", "not readable as JSON"),
     ("foreign.json", json.dumps({"hello": 1}), "not a SpamLang run record"),
     ("future.json", json.dumps({"schema": "spamlang.run/99"}), "not supported"),
-    ("partial.json", json.dumps({"schema": record.SCHEMA, "run_id": "x"}), "lacks"),
+    ("partial.json", json.dumps({"schema": record.SCHEMA, "run_id": "x"}), "malformed run record: \\$: 'config'"),
 ])
 def test_one_bad_file_among_good_ones_is_named_and_skipped(tmp_path, name, content, message):
     record.write(make_record(seed=0), tmp_path)
@@ -261,9 +243,45 @@ def test_a_second_copy_of_a_run_is_reported_and_skipped(tmp_path):
         assert len(load_runs(tmp_path)) == 1
 
 
-def test_the_floor_cache_is_written_beside_the_records(tmp_path):
+def test_a_malformed_nested_field_is_named_with_its_file(tmp_path):
+    data = make_record().to_dict()
+    data["history"][1]["test_loss"] = "low"
+    (tmp_path / "nested.json").write_text(json.dumps(data))
+    with pytest.raises(SpamLangError, match=r"nested\.json: malformed run record: \$\.history\[1\]\.test_loss: 'low'"):
+        record.read(tmp_path / "nested.json")
+    data = make_record().to_dict()
+    data["config"]["lr"] = -1.0
+    with pytest.raises(SpamLangError, match=r"x\.json: malformed run record: \$\.config\.lr: -1\.0"):
+        record.RunRecord.from_json(data, "x.json")
+
+
+def test_records_round_trip_and_the_previous_schema_migrates():
+    rec = make_record()
+    assert record.RunRecord.from_json(rec.to_json()) == rec
+    failed = make_record(status="failed")
+    assert record.RunRecord.from_json(failed.to_json()) == failed
+    old = {**rec.to_dict(), "schema": "spamlang.run/1"}  # version 1 repeated the status in final
+    old["final"] = {**old["final"], "status": "ok"}
+    assert record.RunRecord.from_json(old) == rec
+    old_failed = {**failed.to_dict(), "schema": "spamlang.run/1", "final": {"status": "failed"}}
+    assert record.RunRecord.from_json(old_failed) == failed
+
+
+def test_the_published_schema_file_matches_the_record_types():
+    published = Path(record.__file__).parent / record.SCHEMA_FILE
+    assert json.loads(published.read_text()) == record.json_schema(), "regenerate: python -m spamlang.record"
+
+
+def test_the_published_results_load():
+    folder = Path(__file__).parent.parent / "results" / "smoke" / "runs"
+    df = load_runs(folder)
+    assert len(df) == len(list(folder.glob("*.json"))) and set(df["status"]) == {"ok"}
+
+
+def test_spamlang_score_keeps_the_floor_cache_beside_the_records(run_cli, tmp_path):
     floor, _, config = bag_floor()
-    score(runs(tmp_path, *seeds(**config, losses=(4.0, 3.0))))
+    runs(tmp_path, *seeds(**config, losses=(4.0, 3.0)))
+    assert run_cli("score", tmp_path).code == 0
     cached = json.loads((tmp_path / CACHE_NAME).read_text())
     assert [v["floor"] for v in cached.values()] == [pytest.approx(floor)]
 
@@ -329,7 +347,7 @@ def test_tiny_trained_runs_get_the_right_verdicts(tmp_path, one_thread):
                *(RunConfig(seed=s, **bag) for s in (0, 1))]
     for config in configs:
         record.write(train(config), tmp_path)
-    df = score(load_runs(tmp_path))
+    df = score(load_runs(tmp_path), cache=FloorCache(tmp_path / CACHE_NAME))
     got = {(r["task"], r["vocab_size"], r["head"]): r for _, r in df.iterrows()}
     learned, limited, bag_row = got["spam", 32, "linear"], got["spam", 1024, "lowrank"], got["bag", 32, "lowrank"]
     assert learned["verdict"] == "learned" and learned["floor_method"] == "analytic"

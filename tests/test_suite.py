@@ -1,7 +1,6 @@
 """Suites (TOML grids checked before any run) and the runner (resume, failures, kill -9, worker processes, Ray)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -107,9 +106,9 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
     assert counts == {"total": 6, "skipped": 0, "ok": 5, "diverged": 0, "failed": 1}
     records = [record.read(p) for p in (out / "runs").glob("*.json")]
     assert len(records) == 6
-    failed = [r for r in records if r["status"] == "failed"]
-    assert len(failed) == 1 and "simulated crash" in failed[0]["error"]
-    assert all(r["suite"]["name"] == "tiny" for r in records)
+    failed = [r for r in records if r.status == "failed"]
+    assert len(failed) == 1 and "simulated crash" in failed[0].error
+    assert all(r.suite.name == "tiny" for r in records)
     monkeypatch.setattr(train_module, "train", real)
     counts = run_suite(suite, out, progress=False)  # only the failed run is redone
     assert counts == {"total": 6, "skipped": 5, "ok": 1, "diverged": 0, "failed": 0}
@@ -145,7 +144,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     files = sorted((out / "runs").iterdir())
     assert len(files) == 6 and all(f.suffix == ".json" and not f.name.startswith(".") for f in files)
-    ids = {record.read(f)["run_id"] for f in files}
+    ids = {record.read(f).run_id for f in files}
     assert ids == {c.run_id for c in load(str(path)).runs}
 
 
@@ -157,8 +156,8 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     finally:
         ray.shutdown()
     assert counts["ok"] == 6
-    recs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
-    assert len(recs) == 6 and all(r["status"] == "ok" for r in recs)
+    recs = [record.read(p) for p in (out / "runs").glob("*.json")]
+    assert len(recs) == 6 and all(r.status == "ok" for r in recs)
 
 
 @pytest.mark.parametrize("text,fragment", [
@@ -191,4 +190,4 @@ def test_external_task_reaches_worker_processes(run_cli, tmp_path):
     r = run_cli("run", path, "--tasks-dir", folder, "--workers", 2, "--out", tmp_path / "out", "--quiet")
     assert r.code == 0, r.err
     recs = [record.read(p) for p in (tmp_path / "out" / "runs").glob("*.json")]
-    assert len(recs) == 6 and {r["status"] for r in recs} == {"ok"}
+    assert len(recs) == 6 and {r.status for r in recs} == {"ok"}

@@ -1,13 +1,14 @@
 """The training harness: learning, the rank-2 contrast, determinism, divergence, records and the train CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from spamlang import record
-from spamlang.config import RunConfig
-from spamlang.model import resolve
+from spamlang.config import ResolvedConfig, RunConfig
 from spamlang.harness import train
 from tests.conftest import assert_user_error
 
@@ -18,23 +19,24 @@ def spam256():
 
 
 def test_spam_small_vocab_is_learned_with_defaults(spam256):
-    assert spam256["status"] == "ok"
-    assert spam256["final"]["accuracy"] >= 0.99
-    assert spam256["final"]["steps_to_learn"] is not None and spam256["final"]["steps_to_learn"] <= 300
-    assert spam256["final"]["coverage"] == 1.0
+    assert spam256.status == "ok"
+    assert spam256.final.accuracy >= 0.99
+    assert spam256.final.steps_to_learn is not None and spam256.final.steps_to_learn <= 300
+    assert spam256.final.coverage == 1.0
 
 
-def test_record_is_complete(spam256):
-    rec = record.check(json.loads(json.dumps(spam256)), "test")
-    assert rec["run_id"] == RunConfig(task="spam", vocab_size=256, d_model=32, steps=300).run_id
-    first, last = rec["history"][0], rec["history"][-1]
-    assert first["step"] == 0 and last["step"] == 300
-    for key in ("val_loss", "test_loss", "test_accuracy", "coverage", "grad_destroyed", "grad_kept_cos",
-                "grad_baseline"):
-        assert key in last
-    assert last["grad_baseline"] == pytest.approx((1 - 32 / 256) ** 0.5)
-    assert 0 < rec["final"]["tokens_per_second"]
-    assert rec["env"]["torch"] and rec["env"]["device"] == "cpu" and rec["config"]["seed"] == 0
+def test_record_is_complete_and_survives_json(spam256):
+    rec = record.RunRecord.from_json(spam256.to_json(), "test")
+    assert rec.to_json() == spam256.to_json()
+    assert rec.run_id == RunConfig(task="spam", vocab_size=256, d_model=32, steps=300).run_id
+    first, last = rec.history[0], rec.history[-1]
+    assert first.step == 0 and last.step == 300
+    for value in (last.val_loss, last.test_loss, last.test_accuracy, last.coverage, last.grad_destroyed,
+                  last.grad_kept_cos):
+        assert value is not None
+    assert last.grad_baseline == pytest.approx((1 - 32 / 256) ** 0.5)
+    assert 0 < rec.final.tokens_per_second
+    assert rec.env.torch and rec.env.device == "cpu" and rec.config.seed == 0
 
 
 def test_rank2_contrast_at_large_vocab():
@@ -42,42 +44,51 @@ def test_rank2_contrast_at_large_vocab():
     common = dict(task="spam", vocab_size=8192, d_model=32, steps=300, seed=0, device="cpu", eval_sequences=128)
     full = train(RunConfig(**common))
     low = train(RunConfig(**common, head="lowrank", head_rank=2))
-    assert low["final"]["accuracy"] < 0.99 and low["final"]["steps_to_learn"] is None
-    full_curve = [p["test_loss"] for p in full["history"][1:]]
-    low_curve = [p["test_loss"] for p in low["history"][1:]]
+    assert low.final.accuracy < 0.99 and low.final.steps_to_learn is None
+    full_curve = [p.test_loss for p in full.history[1:]]
+    low_curve = [p.test_loss for p in low.history[1:]]
     assert all(f < l for f, l in zip(full_curve, low_curve))
-    assert full["final"]["accuracy"] > low["final"]["accuracy"]
+    assert full.final.accuracy > low.final.accuracy
 
 
 def test_same_seed_same_record_on_cpu():
     config = RunConfig(task="cycle", vocab_size=64, d_model=16, steps=20, eval_every=10, device="cpu")
     a, b = train(config), train(config)
-    assert a["history"] == b["history"]
+    assert a.history == b.history
     c = train(RunConfig(**{**config.to_dict(), "seed": 1}))
-    assert c["history"][-1]["test_loss"] != a["history"][-1]["test_loss"]
+    assert c.history[-1].test_loss != a.history[-1].test_loss
+
+
+def test_training_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(RunConfig(task="cycle", vocab_size=16, d_model=8, steps=2, eval_every=2, device="cpu"))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_huge_learning_rate_diverges(tmp_path):
     rec = train(RunConfig(task="spam", vocab_size=64, d_model=16, steps=50, lr=1e9, grad_clip=0, warmup=0,
                           device="cpu"))
-    assert rec["status"] == "diverged" and rec["final"]["status"] == "diverged"
-    assert rec["final"]["steps_to_learn"] is None
+    assert rec.status == "diverged" and rec.final.steps_to_learn is None
     text = (record.write(rec, tmp_path)).read_text()
     assert "NaN" not in text and "Infinity" not in text  # strict JSON: non-finite numbers become null
-    assert record.read(tmp_path / f"{rec['run_id']}.json")["status"] == "diverged"
+    assert record.read(tmp_path / f"{rec.run_id}.json").status == "diverged"
 
 
 def test_gru_backbone_and_other_heads_train():
     for head, rank in (("tied", None), ("gradproj", 4), ("mos", None)):
         rec = train(RunConfig(task="shift", vocab_size=64, d_model=16, steps=10, eval_every=5, backbone="gru",
                               head=head, head_rank=rank, device="cpu"))
-        assert rec["status"] == "ok" and rec["rank"] == (4 if head == "gradproj" else 16)
+        assert rec.status == "ok" and rec.rank == (4 if head == "gradproj" else 16)
 
 
 def test_resolve_fills_defaults_so_ids_agree():
-    a = resolve(RunConfig(task="bag", vocab_size=64))
-    b = resolve(RunConfig(task="bag", vocab_size=64, task_params={"k": "8"}))
+    a = RunConfig(task="bag", vocab_size=64).resolve()
+    b = RunConfig(task="bag", vocab_size=64, task_params={"k": "8"}).resolve()
+    assert isinstance(a, ResolvedConfig) and a.resolve() is a
     assert a.task_params == {"k": 8} and a.run_id == b.run_id
+    assert dataclasses.replace(a, task_params={"k": "4"}).task_params == {"k": 4}  # still resolved
     assert RunConfig(task="bag", vocab_size=64, device="cpu").run_id == RunConfig(task="bag", vocab_size=64).run_id
 
 

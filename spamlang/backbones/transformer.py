@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Backbone, register_backbone
+from .base import INIT_STD, Backbone, BackboneConfig, register_backbone
 
-INIT_STD = 0.02
+
+@dataclass(frozen=True)
+class TransformerConfig(BackboneConfig):
+    n_heads: int
 
 
 class Block(nn.Module):
@@ -34,12 +38,14 @@ class Transformer(Backbone):
     """GPT-style pre-norm causal transformer: embedding (projected to d_model) + positions, blocks, LayerNorm."""
 
     name = "transformer"
+    Config = TransformerConfig
 
-    def __init__(self, vocab_size, d_model, embed_dim, layers, n_heads, seq_len):
-        super().__init__(vocab_size, d_model, embed_dim, layers, n_heads, seq_len)
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        d_model, embed_dim, layers = config.d_model, config.embed_dim, config.layers
         self.proj = nn.Linear(embed_dim, d_model, bias=False) if embed_dim != d_model else nn.Identity()
-        self.positions = nn.Embedding(seq_len, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(layers))
+        self.positions = nn.Embedding(config.seq_len, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, config.n_heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
         for name, p in self.named_parameters():  # GPT-2 initialisation, residual outputs scaled by depth
             if name.endswith("bias"):
@@ -49,13 +55,11 @@ class Transformer(Backbone):
                 nn.init.normal_(p, std=std)
 
     @classmethod
-    def check(cls, d_model, embed_dim, layers, n_heads, seq_len):
-        for what, value in (("d_model", d_model), ("embed_dim", embed_dim), ("layers", layers),
-                            ("n_heads", n_heads), ("seq_len", seq_len)):
-            if value < 1:
-                raise ConfigError(f"backbone 'transformer': {what} must be >= 1, got {value}")
-        if d_model % n_heads:
-            raise ConfigError(f"backbone 'transformer': d_model={d_model} is not divisible by n_heads={n_heads}")
+    def check(cls, config: TransformerConfig):
+        super().check(config)
+        if config.d_model % config.n_heads:
+            raise ConfigError(f"backbone 'transformer': d_model={config.d_model} is not divisible by "
+                              f"n_heads={config.n_heads}")
 
     def forward(self, tokens):  # (B, T) -> (B, T, D)
         t = tokens.shape[1]

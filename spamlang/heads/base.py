@@ -41,6 +41,20 @@ class Head(nn.Module):
             raise ConfigError(f"head '{cls.name}': head_rank must be in [1, min(d_model, vocab_size)="
                               f"{min(d_model, vocab_size)}], got {rank}")
 
+    @classmethod
+    def forward_rank(cls, d_model: int, rank: int | None) -> int | None:
+        """The largest rank of the logit matrices H Wᵀ this head can output for free hidden states H and weights:
+        what decides its expressivity floor (see docs/science.md). None: not known, so the floor is estimated."""
+        return None
+
+    @classmethod
+    def build(cls, vocab_size: int, d_model: int, rank: int | None, embedding: nn.Embedding,
+              params: Mapping[str, Any] | None = None) -> "Head":
+        """A checked, fresh head from its settings and its (untyped) parameters; ``embedding`` is the backbone's input
+        embedding, which a head may share."""
+        cls.check(vocab_size, d_model, rank, embedding.embedding_dim)
+        return cls(vocab_size, d_model, rank, embedding, head_params(cls, params))
+
     @property
     def rank(self) -> int:
         """Rank of the map through which the logit gradient reaches the backbone."""

@@ -22,6 +22,10 @@ class LinearHead(Head):
         super().__init__(vocab_size, d_model, rank, embedding, params)
         self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * INIT_STD)  # (V, D)
 
+    @classmethod
+    def forward_rank(cls, d_model, rank):
+        return d_model
+
     @property
     def rank(self) -> int:
         return min(self.vocab_size, self.d_model)

@@ -26,6 +26,10 @@ class LowRankHead(Head):
         self.B = nn.Parameter(torch.randn(rank, d_model) / math.sqrt(d_model))  # (r, D)
         self.A = nn.Parameter(torch.randn(vocab_size, rank) * INIT_STD * math.sqrt(d_model / rank))  # (V, r)
 
+    @classmethod
+    def forward_rank(cls, d_model, rank):
+        return rank
+
     @property
     def rank(self) -> int:
         return self.B.shape[0]

@@ -36,6 +36,10 @@ class MoSHead(Head):
         nn.init.normal_(self.contexts.weight, std=1 / math.sqrt(d_model))
         self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * INIT_STD)  # (V, D)
 
+    @classmethod
+    def forward_rank(cls, d_model, rank):
+        return d_model  # identical components: softmax(W tanh(P h)), W scaled without bound
+
     @property
     def rank(self) -> int:
         return min(self.vocab_size, self.d_model)

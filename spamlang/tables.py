@@ -1,0 +1,106 @@
+"""Text tables: an aligned Markdown writer, and the scorer's configuration table as Markdown, CSV or JSON."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from .errors import ConfigError
+from .frames import config_key
+
+FORMATS = ("md", "csv", "json")
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready value: NaN and infinities become None, numpy scalars Python ones."""
+    if hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    value = plain(value)
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def with_params(name: str, params: Any) -> str:
+    """A task or head as the tables show it: ``name`` or ``name(key=value, ...)``."""
+    return f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})" if isinstance(params, dict) and params \
+        else name
+
+
+def _markdown_row(row: Mapping, shown: list[str], swept: list[str]) -> dict[str, str]:
+    out = {}
+    if "task" in row:
+        out["task"] = with_params(row["task"], row.get("task_params"))
+    out.update({_LABELS.get(f, f): str(row[f]) for f in shown})
+    if "head" in row:
+        rank = plain(row.get("head_rank"))
+        out["head"] = with_params(row["head"] if rank is None else f"{row['head']}:{rank}", row.get("head_params"))
+    out["seeds"] = f"{row['n_ok']}/{row['n_seeds']}"
+    for f in swept:
+        tried = row[f"{f}_tried"]
+        show = (lambda v: f"{v:.3g}") if f == "lr" else str
+        out[f] = show(row[f])
+        out[f"{f} tried"] = f"{show(tried[0])}..{show(tried[-1])} ({len(tried)})" if len(tried) > 1 else show(tried[0])
+    loss, ci = _num(row["loss"]), plain(row["loss_ci"])
+    out["loss"] = loss if ci is None else f"{loss}±{ci:.3f}"
+    out["acc"] = _num(row["accuracy"])
+    out["bayes"] = _num(row["bayes_loss"])
+    out["floor"] = ("~" if "estimated" in row["floor_method"] else "") + _num(row["floor"])
+    out["expr gap"], out["opt gap"] = _num(row["expressivity_gap"]), _num(row["optimization_gap"])
+    out["learn"] = _num(row["learnability"], 2)
+    steps = row["steps_to_learn"]
+    out["learned at"] = f"{'-' if steps is None else steps} ({row['n_learned']}/{row['n_seeds']})"
+    out["destroyed"] = f"{_num(row['grad_destroyed_start'])}→{_num(row['grad_destroyed_end'])}"
+    out["verdict"] = row["verdict"] + (" +data" if row["data_limited"] else "")
+    return out
+
+
+_LABELS = {"vocab_size": "V", "d_model": "D", "embed_dim": "E", "seq_len": "T", "batch_size": "batch"}
+_FOLDED = ("task", "task_params", "head", "head_rank", "head_params")
+_LEGEND = ("floor: ~ estimated by fitting free vectors, otherwise analytic. gaps: expr = floor - bayes, "
+           "opt = loss - floor (nats).\nlearned at: median first step learned (seeds learned). destroyed: destroyed-"
+           "gradient ratio, start→end. +data: data-limited (unseen symbols explain the shortfall).")
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    swept = [c[:-len("_tried")] for c in df.columns if c.endswith("_tried")]
+    start = list(df.columns).index("n_seeds")
+    fields = [c for c in df.columns[:start] if c not in swept and not c.endswith("_tried") and c not in _FOLDED]
+    shown = [f for f in fields if df[f].map(config_key).nunique(dropna=False) > 1]
+    rows = [_markdown_row(row, shown, swept) for _, row in df.iterrows()]
+    return markdown_table(rows, lambda cell: cell[:1] in "-~0123456789") + "\n" + _LEGEND + "\n"
+
+
+def markdown_table(rows: list[Mapping[str, str]], numeric: Callable[[str], bool]) -> str:
+    """An aligned Markdown table of string cells; a column all of whose cells are ``numeric`` is right-aligned."""
+    columns = list(rows[0])
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    right = {c for c in columns if all(numeric(r[c]) for r in rows)}
+
+    def line(cells: Mapping[str, str]) -> str:
+        return "| " + " | ".join(cells[c].rjust(width[c]) if c in right else cells[c].ljust(width[c])
+                                 for c in columns) + " |"
+
+    rule = "|" + "|".join("-" * (width[c] + 1) + ":" if c in right else "-" * (width[c] + 2) for c in columns) + "|"
+    return "\n".join([line({c: c for c in columns}), rule, *map(line, rows)]) + "\n"
+
+
+def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
+    """``score``'s table as text: ``md`` (aligned Markdown of the main columns and a legend), ``csv`` (every column,
+    lists and dicts as JSON) or ``json`` (a list of objects with every field, null for missing numbers)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "json":
+        rows = [{k: plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        cells = [{k: json.dumps(v) if isinstance(v, (list, dict)) else plain(v) for k, v in row.items()}
+                 for row in df.to_dict(orient="records")]
+        return pd.DataFrame(cells, columns=df.columns, dtype=object).to_csv(index=False)
+    return _markdown(df) if len(df) else "(no configurations)\n"

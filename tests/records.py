@@ -1,0 +1,46 @@
+"""Run records for tests, built through the record types (never as hand-written dicts)."""
+from __future__ import annotations
+
+import math
+
+from spamlang.config import RunConfig
+from spamlang.record import EvalPoint, Final, RunRecord, SuiteInfo, Timing, environment
+from spamlang.task import make_task
+
+
+def make_record(*, losses=(4.0, 1.0, 0.01), accuracies=None, val_losses=None, status="ok", coverage=1.0,
+                accuracy_seen=None, destroyed=(0.9, 0.8), kept_cos=None, baseline=0.7, bayes_loss=None,
+                deterministic=None, rank=None, task_version=None, suite=None,
+                created="2026-01-01T00:00:00+00:00", **config) -> RunRecord:
+    """A record of the run ``config`` (RunConfig settings) whose test loss follows ``losses`` and test accuracy
+    ``accuracies`` (default 1 - loss / 4), evaluated every 100 steps from step 0. The gradient diagnostics are
+    ``destroyed`` at step 0 and ``destroyed[1]`` after, with a kept cosine of ``kept_cos`` (default
+    sqrt(1 - destroyed²)). Bayes loss, determinism and task version default to the task's; ``suite`` is a dict of
+    SuiteInfo fields (version and source optional)."""
+    c = RunConfig(**config)
+    suite = SuiteInfo(**{"version": 1, "source": "test", **suite, "sweep": tuple(suite["sweep"])}) if suite else None
+    if status == "failed":
+        failed = RunRecord.failed(c, "RuntimeError: out of memory")
+        return RunRecord(**{**vars(failed), "created": created, "suite": suite})
+    task = make_task(c.task, c.task_params)
+    accuracies = accuracies or [1.0 - loss / 4 for loss in losses]
+    history = tuple(
+        EvalPoint(step=100 * i, tokens=100 * i * c.batch_size * c.seq_len, lr=c.lr, train_loss=loss, val_loss=val,
+                  val_accuracy=acc, test_loss=loss, test_accuracy=acc,
+                  test_accuracy_seen=acc if accuracy_seen is None else accuracy_seen, test_accuracy_unseen=0.0,
+                  coverage=coverage, grad_destroyed=destroyed[min(i, 1)],
+                  grad_kept_cos=kept_cos if kept_cos is not None else math.sqrt(1 - destroyed[min(i, 1)] ** 2),
+                  grad_baseline=baseline)
+        for i, (loss, val, acc) in enumerate(zip(losses, val_losses or losses, accuracies)))
+    last = history[-1]
+    final = Final(loss=last.test_loss, accuracy=last.test_accuracy, val_loss=last.val_loss,
+                  val_accuracy=last.val_accuracy, accuracy_seen=last.test_accuracy_seen, accuracy_unseen=0.0,
+                  coverage=coverage, steps_to_learn=None, tokens_per_second=1e5, grad_destroyed=last.grad_destroyed,
+                  grad_kept_cos=last.grad_kept_cos, grad_baseline=baseline)
+    return RunRecord(run_id=c.run_id, config=c, task_version=task_version or task.version,
+                     bayes_loss=task.bayes_loss(c.vocab_size, c.seq_len) if bayes_loss is None else bayes_loss,
+                     deterministic=task.deterministic if deterministic is None else deterministic,
+                     rank=rank if rank is not None else c.head_rank or c.d_model, status=status, history=history,
+                     final=final, timing=Timing(steps=100 * (len(losses) - 1), train_seconds=1.0, eval_seconds=0.1,
+                                                total_seconds=1.2),
+                     env=environment("cpu"), created=created, suite=suite)
