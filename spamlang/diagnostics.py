@@ -1,4 +1,4 @@
-"""Gradient-bottleneck diagnostics (SCIENCE.md §2): destroyed-gradient ratio, kept cosine, spectrum share."""
+"""Gradient-bottleneck diagnostics (docs/science.md): destroyed-gradient ratio, kept cosine, spectrum share."""
 from __future__ import annotations
 
 import math

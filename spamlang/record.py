@@ -71,9 +71,9 @@ class EvalPoint:
     test_accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
     test_accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
     coverage: float | None = metric("share of the vocabulary seen in training", required=True)
-    grad_destroyed: float | None = metric("destroyed-gradient ratio ||G - G Q Qᵀ||² / ||G||²", required=True)
+    grad_destroyed: float | None = metric("destroyed-gradient ratio ‖G − G Q Qᵀ‖ / ‖G‖", required=True)
     grad_kept_cos: float | None = metric("cosine between G and its kept part G Q Qᵀ", required=True)
-    grad_baseline: float | None = metric("destroyed ratio of an isotropic gradient, 1 - rank/V", required=True)
+    grad_baseline: float | None = metric("destroyed ratio of an isotropic gradient, sqrt(1 − rank/V)", required=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -348,4 +348,4 @@ def now() -> str:
 
 
 if __name__ == "__main__":  # regenerate the published schema file from the types
-    atomic.write_text(Path(__file__).parent / SCHEMA_FILE, json.dumps(json_schema(), indent=1) + "\n")
+    atomic.write_text(Path(__file__).parent / SCHEMA_FILE, json.dumps(json_schema(), indent=1, ensure_ascii=False) + "\n")

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from spamlang import leaderboard, record
-from spamlang.config import RunConfig
 from spamlang.floors import FloorCache
 from spamlang.leaderboard import chosen_runs, head_ranking, load_folders, provenance
 from spamlang.record import RunRecord
