@@ -1,6 +1,7 @@
 """Run records for tests, built through the record types (never as hand-written dicts)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from spamlang.config import RunConfig
@@ -21,7 +22,7 @@ def make_record(*, losses=(4.0, 1.0, 0.01), accuracies=None, val_losses=None, st
     suite = SuiteInfo(**{"version": 1, "source": "test", **suite, "sweep": tuple(suite["sweep"])}) if suite else None
     if status == "failed":
         failed = RunRecord.failed(c, "RuntimeError: out of memory")
-        return RunRecord(**{**vars(failed), "created": created, "suite": suite})
+        return dataclasses.replace(failed, created=created, suite=suite)
     task = make_task(c.task, c.task_params)
     accuracies = accuracies or [1.0 - loss / 4 for loss in losses]
     history = tuple(
