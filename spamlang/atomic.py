@@ -66,7 +66,7 @@ def cache_folder(out: str | os.PathLike):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    os.chmod(tmp, FOLDER_MODE)
     try:
         yield tmp
         try:

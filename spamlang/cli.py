@@ -268,7 +268,7 @@ def speedup(folder, reference, fmt, plot):
     """Tokens to target of the run records under FOLDER: how many fewer training tokens the reference head needs
     to reach each head's final val loss, with a seed-bootstrap interval, and the loss gap at equal tokens."""
     from . import plots
-    from .scorer import load_runs
+    from .frames import load_runs
     from .speedup import format_speedup, speedup_table
     runs = load_runs(folder)
     table = speedup_table(runs, reference)

@@ -100,7 +100,7 @@ def _finite(value: Any) -> float:
 
 def _best_lr(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs at the learning rate with the lowest mean final val loss."""
-    parts = [part for _, part in runs.groupby(runs["lr"].map(_key), sort=True)]
+    parts = [part for _, part in runs.groupby(runs["lr"].map(config_key), sort=True)]
     return min(parts, key=lambda part: np.mean([_finite(f.val_loss) for f in part["final"]]))
 
 
@@ -114,7 +114,7 @@ def speedup_table(runs: pd.DataFrame, reference: str = "linear", n_boot: int = B
     ok = runs[runs["status"] == "ok"]
     group_fields = [f for f in CONFIG_FIELDS if f not in NOT_GROUPED]
     rows = []
-    keys = pd.DataFrame({f: ok[f].map(_key) for f in group_fields + list(HEAD_FIELDS)}, index=ok.index)
+    keys = pd.DataFrame({f: ok[f].map(config_key) for f in group_fields + list(HEAD_FIELDS)}, index=ok.index)
     for _, group in keys.groupby(group_fields, sort=False, dropna=False):
         cell = ok.loc[group.index]
         is_ref = (cell["head"] == ref_name) & cell["head_rank"].map(lambda r: r == ref_rank or
@@ -167,7 +167,7 @@ def format_speedup(table: pd.DataFrame, fmt: str = "md") -> str:
     if table.empty:
         return "(no configuration has both the reference head and another head)\n"
     fields = [c for c in table.columns[:list(table.columns).index("head")]
-              if table[c].map(_key).nunique(dropna=False) > 1]
+              if table[c].map(config_key).nunique(dropna=False) > 1]
     rows = []
     for _, row in table.iterrows():
         cells = {"task": with_params(row["task"], row.get("task_params"))} if "task" in table else {}

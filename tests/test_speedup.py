@@ -1,6 +1,7 @@
 """Tokens to target on synthetic loss curves with a known answer."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,7 +9,10 @@ import pandas as pd
 import pytest
 
 from spamlang.config import RunConfig
+from spamlang.frames import load_runs
+from spamlang.record import write
 from spamlang.speedup import compare, format_speedup, loss_at, speedup_table, tokens_to_reach
+from tests.records import make_record
 
 TOKENS = 1000 * 2.0 ** np.arange(11)  # 1k .. 1.02M
 
@@ -50,25 +54,22 @@ def test_a_head_better_than_the_reference_is_censored():
     assert result["censored"] and math.isnan(result["speedup"]) and math.isinf(result["speedup_high"])
 
 
-def _runs(heads: dict, lrs=(0.003,)) -> pd.DataFrame:
-    """Load_runs-like rows: one per head spec, seed and lr, each with the synthetic curve of its shift."""
-    rows = []
+def _runs(folder, heads: dict, lrs=(0.003,)) -> pd.DataFrame:
+    """Loaded runs: one per head spec, seed and lr, each with the synthetic val curve of its shift at TOKENS."""
     for (head, rank), shift in heads.items():
         for seed in (0, 1):
             for lr in lrs:
-                config = RunConfig(task="spam", vocab_size=64, head=head, head_rank=rank, seed=seed, lr=lr)
                 worse = 0.1 if lr != lrs[0] else 0.0
-                losses = curve(shift, 0.01 * seed) + worse
-                history = [{"step": i, "tokens": int(t), "val_loss": float(v)} for i, (t, v) in
-                           enumerate(zip(TOKENS, losses))]
-                rows.append({**config.to_dict(), "run_id": f"{head}{rank}-{seed}-{lr}", "status": "ok",
-                             "history": history, "final": {"val_loss": float(losses[-1])}, "rank": rank or 32,
-                             "bayes_loss": None})
-    return pd.DataFrame(rows, dtype=object)
+                losses = [float(v) for v in curve(shift, 0.01 * seed) + worse]
+                rec = make_record(losses=losses, task="spam", vocab_size=64, head=head, head_rank=rank, seed=seed,
+                                  lr=lr)
+                history = tuple(dataclasses.replace(p, tokens=int(t)) for p, t in zip(rec.history, TOKENS))
+                write(dataclasses.replace(rec, history=history), folder)
+    return load_runs(folder)
 
 
-def test_speedup_table_picks_the_reference_and_best_lr():
-    runs = _runs({("linear", None): 1, ("lowrank", 4): 16, ("lowrank", 16): 2}, lrs=(0.003, 0.01))
+def test_speedup_table_picks_the_reference_and_best_lr(tmp_path):
+    runs = _runs(tmp_path, {("linear", None): 1, ("lowrank", 4): 16, ("lowrank", 16): 2}, lrs=(0.003, 0.01))
     table = speedup_table(runs, n_boot=100)
     by_head = {(r["head"], r["head_rank"]): r for _, r in table.iterrows()}
     assert by_head[("lowrank", 4)]["speedup"] == pytest.approx(16, rel=0.02)
@@ -81,8 +82,8 @@ def test_speedup_table_picks_the_reference_and_best_lr():
     assert {(r["head"], r["head_rank"]): round(r["speedup"], 1) for _, r in against.iterrows()}[("lowrank", 4)] == 8.0
 
 
-def test_no_reference_gives_an_empty_table():
-    table = speedup_table(_runs({("lowrank", 4): 2}), n_boot=10)
+def test_no_reference_gives_an_empty_table(tmp_path):
+    table = speedup_table(_runs(tmp_path, {("lowrank", 4): 2}), n_boot=10)
     assert table.empty and "no configuration" in format_speedup(table)
 
 

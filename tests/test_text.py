@@ -112,27 +112,25 @@ def test_windows_are_deterministic_and_come_from_the_stream_split(corpus):
             assert (windows == row).all(axis=1).any(), split  # a window of its own split's tokens
 
 
-def test_training_records_corpus_and_tokenizer_and_scores_na(corpus):
+def test_training_records_corpus_and_tokenizer_and_scores_na(corpus, tmp_path):
+    from spamlang.frames import load_runs
     from spamlang.harness import train
-    from spamlang.record import to_json
+    from spamlang.record import write
     from spamlang.scorer import score
     config = RunConfig(task="text", vocab_size=300, task_params={"corpus": str(corpus), "holdout": 0.2}, d_model=16,
                        layers=1, seq_len=12, batch_size=8, steps=6, eval_every=3, eval_sequences=8, diag_tokens=16,
                        head="lowrank", head_rank=4, device="cpu")
     rec = train(config, progress=False)
-    assert rec["status"] == "ok" and math.isnan(rec["bayes_loss"])
+    assert rec.status == "ok" and math.isnan(rec.bayes_loss)
     corpus_meta = json.loads((corpus / "meta.json").read_text())
-    assert rec["data"]["corpus_sha256"] == corpus_meta["sha256"]
-    assert rec["data"]["tokenizer"]["kind"] == "bpe" and len(rec["data"]["tokenizer"]["sha256"]) == 64
-    assert json.loads(to_json(rec))["bayes_loss"] is None
-    assert [p["tokens"] for p in rec["history"]] == [0, 3 * 96, 6 * 96]
+    assert rec.data["corpus_sha256"] == corpus_meta["sha256"]
+    assert rec.data["tokenizer"]["kind"] == "bpe" and len(rec.data["tokenizer"]["sha256"]) == 64
+    assert json.loads(rec.to_json())["bayes_loss"] is None
+    assert [p.tokens for p in rec.history] == [0, 3 * 96, 6 * 96]
     again = train(config, progress=False)
-    assert again["final"]["val_loss"] == rec["final"]["val_loss"]  # same seed, same metrics on the CPU
-    import pandas as pd
-    row = {**config.to_dict(), **{k: rec[k] for k in ("run_id", "bayes_loss", "deterministic", "rank", "status",
-                                                       "history", "final", "task_version")},
-           "error": None, "sweep": None, "path": "", "suite": None, "env": {}, "created": None}
-    scored = score(pd.DataFrame([row], dtype=object))
+    assert again.final.val_loss == rec.final.val_loss  # same seed, same metrics on the CPU
+    write(rec, tmp_path / "runs")
+    scored = score(load_runs(tmp_path / "runs"))
     assert scored.iloc[0]["verdict"] == "n/a"
 
 
