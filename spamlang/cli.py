@@ -169,6 +169,12 @@ def heads(as_json):
     click.echo("\nbackbones: " + ", ".join(f"{n} ({BACKBONES.description(n)})" for n in BACKBONES.names()))
 
 
+threads_option = click.option(
+    "--threads", type=click.IntRange(1, 1024), default=None,
+    help="Intra-op threads per run (default: $SPAMLANG_THREADS, else 1 for small runs and each worker's share of "
+         "the cores for large ones).")
+
+
 # -- train --------------------------------------------------------------------------------------------------------
 def train_options(fn):
     """One option per run setting, generated from RunConfig's declarations (name, type, default, range, help)."""
@@ -197,8 +203,9 @@ def train_options(fn):
 @click.option("--save-checkpoint", is_flag=True, help="Also save the weights as <run_id>.pt (for 'spamlang probe').")
 @click.option("--json", "as_json", is_flag=True, help="Print the record on stdout and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@threads_option
 @plugin_options
-def train(params, head_param, out, save_checkpoint, as_json, quiet, **settings):
+def train(params, head_param, out, save_checkpoint, as_json, quiet, threads, **settings):
     """Train one model on one task and write its run record."""
     from pathlib import Path
 
@@ -209,7 +216,8 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, **settings):
     config = RunConfig(**{k: v for k, v in settings.items() if v is not None}, task_params=parse_assignments(params),
                        head_params=parse_assignments(head_param)).resolve()
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
-    rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint)
+    rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint,
+              threads=threads)
     path = record.write(rec, out)
     if as_json:
         return click.echo(rec.to_json(indent=2))
@@ -309,8 +317,9 @@ def suites(as_json):
               help="Runs in parallel (local: worker processes).")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: each run's own, from the suite).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@threads_option
 @plugin_options
-def run(suite, out, executor, workers, device, quiet):
+def run(suite, out, executor, workers, device, quiet, threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     from pathlib import Path
 
@@ -324,7 +333,8 @@ def run(suite, out, executor, workers, device, quiet):
     for name in ({device} if device else {c.device for c in spec.runs}) if executor == "local" else ():
         resolve_device(name)  # refuse it before any run
     out = Path(out or Path("out") / spec.name)
-    counts = run_suite(spec, out, executor, workers, device, progress=not quiet and sys.stderr.isatty())
+    counts = run_suite(spec, out, executor, workers, device, progress=not quiet and sys.stderr.isatty(),
+                       threads=threads)
     click.echo(f"suite {spec.name}: {counts['total']} runs, {counts['skipped']} already recorded, {counts['ok']} ok, "
                f"{counts['diverged']} diverged, {counts['failed']} failed -> {out / 'runs'}", err=True)
     _print_leaderboard(out)

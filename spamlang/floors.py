@@ -1,7 +1,7 @@
 """Expressivity floors: the lowest loss a head can reach on a task's next-token distributions, given free vectors."""
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 import time
@@ -16,6 +16,7 @@ from . import atomic
 from .heads.base import HEADS, Head
 from .rng import Rng
 from .task import Targets, Task
+from .threads import choose, using
 
 #: bump when the estimator changes, so that cached floors of an older estimator are recomputed
 FLOOR_VERSION = 1
@@ -40,19 +41,17 @@ def entropy(targets: Targets) -> float:
     return float(-(targets.weights * torch.xlogy(p, p).sum(dim=1)).sum())
 
 
-@contextlib.contextmanager
-def _single_thread():
-    """Run torch on one CPU thread: many small full-batch steps are fastest so, and slowest by far when the
-    intra-op threads compete with other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _thread_policy(fit_fn):
+    """Run a fit on the threads :mod:`spamlang.threads` chooses for its size: a full-batch step over C contexts
+    costs about 3 x 2 C V D FLOPs (the logits H Wᵀ, forward and backward)."""
+    @functools.wraps(fit_fn)
+    def fit_with_threads(targets: Targets, head: Head, **options):
+        with using(choose(6 * targets.probs.numel() * head.d_model)):
+            return fit_fn(targets, head, **options)
+    return fit_with_threads
 
 
-@_single_thread()
+@_thread_policy
 def fit(targets: Targets, head: Head, *, fit_head: bool = True, init: torch.Tensor | None = None,
         window: int = 50, tolerance: float = 1e-3, max_steps: int = 3000, lr: float = 0.1,
         seed: int = 0) -> tuple[float, torch.Tensor]:

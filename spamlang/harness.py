@@ -24,6 +24,7 @@ from .model import LanguageModel
 from .record import EvalPoint, Final, RunRecord, Timing, environment, is_learned
 from .task import make_task
 from .rng import Rng
+from .threads import choose, step_flops, using
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,19 +182,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Path | None = None) -> RunRecord:
+def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Path | None = None,
+          threads: int | None = None) -> RunRecord:
     """Train one model as ``config`` says and return its run record.
 
-    With ``checkpoint``, the trained weights are saved there (``torch.save`` of tensors only).
+    With ``checkpoint``, the trained weights are saved there (``torch.save`` of tensors only). Torch runs on
+    ``threads`` intra-op threads (default: the thread policy's choice for this run, see :mod:`spamlang.threads`),
+    recorded as ``env.threads``; the caller's thread count is restored after.
     """
+    count = choose(step_flops(config)) if threads is None else threads
     started = datetime.datetime.now(datetime.timezone.utc)
-    trainer = Trainer(config)
-    with precision(trainer.device):
-        return _train(trainer, started, progress, checkpoint)
+    with using(count):
+        trainer = Trainer(config)
+        with precision(trainer.device):
+            return _train(trainer, started, progress, checkpoint, count)
 
 
 def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None,
-           checkpoint: str | Path | None) -> RunRecord:
+           checkpoint: str | Path | None, threads: int) -> RunRecord:
     task, c = trainer.task, trainer.config
     bayes = task.bayes_loss(c.vocab_size, c.seq_len)
     tokens_per_step = c.batch_size * c.seq_len
@@ -244,4 +250,4 @@ def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None,
                      timing=Timing(steps=steps_done, train_seconds=train_seconds, eval_seconds=eval_seconds,
                                    total_seconds=(datetime.datetime.now(datetime.timezone.utc) - started)
                                    .total_seconds()),
-                     env=environment(device_name(trainer.device)), created=started.isoformat(timespec="seconds"))
+                     env=environment(device_name(trainer.device), threads), created=started.isoformat(timespec="seconds"))

@@ -8,9 +8,11 @@ import torch
 
 from . import record
 from .diagnostics import gradient_diagnostics, spectrum_share
+from .config import RunConfig
 from .errors import SpamLangError
 from .rng import Rng
 from .harness import Trainer
+from .threads import choose, step_flops, using
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:
@@ -30,6 +32,11 @@ def probe(path: str | Path, batches: int = 4) -> dict:
     rec_path, ckpt = locate(path)
     rec = record.read(rec_path)
     config = dataclasses.replace(rec.config, device="cpu", compile=False)
+    with using(choose(step_flops(config))):
+        return _probe(rec, config, ckpt, batches)
+
+
+def _probe(rec: record.RunRecord, config: RunConfig, ckpt: Path, batches: int) -> dict:
     trainer = Trainer(config)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)

@@ -110,6 +110,8 @@ class Env:
     spamlang: str = metric("spamlang version", required=True)
     git_commit: str | None = metric("commit of the spamlang source, '-dirty' if changed", required=True)
     platform: str = metric("operating system", required=True)
+    threads: int | None = metric("intra-op threads torch used (spamlang.threads); None in records from before the "
+                                 "thread policy")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,11 +152,12 @@ class RunRecord:
             raise ValueError(f"a run with status {self.status!r} needs a history and final metrics")
 
     @classmethod
-    def failed(cls, config: RunConfig, error: str, traceback: str | None = None) -> "RunRecord":
-        """The record of a run that raised ``error`` before it could finish."""
+    def failed(cls, config: RunConfig, error: str, traceback: str | None = None,
+               threads: int | None = None) -> "RunRecord":
+        """The record of a run that raised ``error`` before it could finish (on ``threads`` intra-op threads)."""
         return cls(run_id=config.run_id, config=config, task_version=None, bayes_loss=None, deterministic=None,
                    status="failed", error=error, traceback=traceback, history=(), final=None,
-                   env=environment("unknown"), created=now())
+                   env=environment("unknown", threads), created=now())
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (``schema`` first; non-finite numbers as None)."""
@@ -336,10 +339,11 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device_name: str) -> Env:
+def environment(device_name: str, threads: int | None = None) -> Env:
+    """Where a run ran: device, library versions, commit, platform and the intra-op threads torch used."""
     import torch
     return Env(device=device_name, torch=torch.__version__, python=platform.python_version(), spamlang=__version__,
-               git_commit=git_commit(), platform=platform.platform())
+               git_commit=git_commit(), platform=platform.platform(), threads=threads)
 
 
 def now() -> str:

@@ -22,22 +22,20 @@ from .config import RunConfig
 from .errors import SpamLangError
 from .suite import Suite
 from .task import TASKS
+from .threads import choose, idle_cores, step_flops
 
 EXECUTORS = ("local", "ray")
 
 
-def execute(config: dict, suite_info: record.SuiteInfo, threads: int | None = None) -> record.RunRecord:
-    """Train one run and return its record; an exception becomes a ``failed`` record (never raised)."""
-    import torch
-
+def execute(config: dict, suite_info: record.SuiteInfo, threads: int) -> record.RunRecord:
+    """Train one run on ``threads`` intra-op threads and return its record; an exception becomes a ``failed``
+    record (never raised)."""
     from .harness import train
-    if threads:
-        torch.set_num_threads(threads)
     cfg = RunConfig.from_dict(config)
     try:
-        rec = train(cfg, progress=False)
+        rec = train(cfg, progress=False, threads=threads)
     except Exception as exc:
-        rec = record.RunRecord.failed(cfg, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
+        rec = record.RunRecord.failed(cfg, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8), threads)
     return dataclasses.replace(rec, suite=suite_info)
 
 
@@ -69,15 +67,23 @@ def _device(config: RunConfig, override: str | None, slot: int, executor: str) -
     return device
 
 
-def _local(configs: list[dict], info: record.SuiteInfo, workers: int) -> Iterator[record.RunRecord]:
+def _threads(config: dict, workers: int, override: int | None, cores: int | None = None,
+             idle: float | None = None) -> int:
+    """The intra-op threads of one run among ``workers`` sharing ``cores`` (see :mod:`spamlang.threads`)."""
+    return choose(step_flops(RunConfig.from_dict(config)), workers, cores, override, idle)
+
+
+def _local(configs: list[dict], info: record.SuiteInfo, workers: int,
+           threads: int | None) -> Iterator[record.RunRecord]:
     if workers == 1:
         for config in configs:
-            yield execute(config, info)
+            yield execute(config, info, _threads(config, 1, threads))
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    idle = idle_cores()  # once, before any worker starts
+    counts = [_threads(config, workers, threads, idle=idle) for config in configs]  # a bad value fails before any run
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [pool.submit(execute, config, info, threads) for config in configs]
+        futures = [pool.submit(execute, config, info, n) for config, n in zip(configs, counts)]
         try:
             for future in cf.as_completed(futures):
                 yield future.result()
@@ -87,7 +93,9 @@ def _local(configs: list[dict], info: record.SuiteInfo, workers: int) -> Iterato
             raise
 
 
-def _ray(configs: list[dict], info: record.SuiteInfo, workers: int) -> Iterator[record.RunRecord]:
+def _ray(configs: list[dict], info: record.SuiteInfo, workers: int,
+         threads: int | None) -> Iterator[record.RunRecord]:
+    """Each run is a Ray task asking for the CPUs it trains on (its share of the largest node's cores)."""
     try:
         import ray
     except ImportError:
@@ -95,8 +103,10 @@ def _ray(configs: list[dict], info: record.SuiteInfo, workers: int) -> Iterator[
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(execute)
-    refs = [remote.remote(config, info, 1) for config in configs]
+    cores = int(max((node["Resources"].get("CPU", 1) for node in ray.nodes() if node["Alive"]), default=1))
+    remote = ray.remote(num_gpus=gpus, max_retries=0)(execute)
+    counts = [_threads(config, 1, threads, cores, idle=cores) for config in configs]  # node load: Ray's business
+    refs = [remote.options(num_cpus=n).remote(config, info, n) for config, n in zip(configs, counts)]
     try:
         while refs:
             done, refs = ray.wait(refs, num_returns=1)
@@ -108,8 +118,10 @@ def _ray(configs: list[dict], info: record.SuiteInfo, workers: int) -> Iterator[
 
 
 def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str | None = None,
-              progress: bool = True) -> dict:
-    """Run what is missing of ``suite`` into ``out/runs``; return counts {total, skipped, ok, diverged, failed}."""
+              progress: bool = True, threads: int | None = None) -> dict:
+    """Run what is missing of ``suite`` into ``out/runs``; return counts {total, skipped, ok, diverged, failed}.
+
+    Each run uses ``threads`` intra-op threads, or the thread policy's choice for it given ``workers``."""
     if executor not in EXECUTORS:
         raise SpamLangError(f"unknown executor '{executor}' (executors: {', '.join(EXECUTORS)})")
     if workers < 1:
@@ -123,7 +135,7 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     run = _local if executor == "local" else _ray
     with tqdm(total=len(suite.runs), initial=counts["skipped"], unit="run", disable=not progress,
               desc=f"suite {suite.name}") as bar:
-        for rec in run(configs, info, workers):
+        for rec in run(configs, info, workers, threads):
             record.write(rec, runs_dir)
             counts[rec.status] += 1
             bar.update(1)

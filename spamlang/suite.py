@@ -26,6 +26,7 @@ else:  # pragma: no cover
 
 from .config import ResolvedConfig, RunConfig
 from .errors import SpamLangError
+from .threads import step_flops
 
 SUITE_KEYS = {"name", "description", "version", "sweep"}
 NESTED = ("task_params", "head_params")
@@ -45,11 +46,7 @@ class Suite:
 
     def estimated_flops(self) -> float:
         """Training FLOPs of all runs: about 6 x (parameters touched per token) x tokens, head included."""
-        total = 0.0
-        for c in self.runs:
-            per_token = 12 * c.layers * c.d_model ** 2 + 2 * c.vocab_size * c.d_model  # backbone + head matmuls
-            total += 3 * per_token * c.steps * c.batch_size * c.seq_len
-        return total
+        return sum(step_flops(c) * c.steps for c in self.runs)
 
 
 def builtin_names() -> list[str]:

@@ -96,10 +96,10 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
     import spamlang.harness as train_module
     real = train_module.train
 
-    def flaky(config, progress=None, checkpoint=None):
+    def flaky(config, progress=None, checkpoint=None, threads=None):
         if config.vocab_size == 32 and config.head == "linear" and config.seed == 1:
             raise RuntimeError("simulated crash")
-        return real(config, progress)
+        return real(config, progress, threads=threads)
 
     monkeypatch.setattr(train_module, "train", flaky)
     counts = run_suite(suite, out, progress=False)
