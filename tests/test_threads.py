@@ -91,10 +91,10 @@ def test_using_restores_the_previous_count():
 
 def test_train_records_and_restores_the_count(monkeypatch):
     before = torch.get_num_threads()
-    assert train(TINY)["env"]["threads"] == 1  # small work: the rule's one thread
-    assert train(TINY, threads=2)["env"]["threads"] == 2
+    assert train(TINY).env.threads == 1  # small work: the rule's one thread
+    assert train(TINY, threads=2).env.threads == 2
     monkeypatch.setenv(threads.ENV, "2")
-    assert train(TINY)["env"]["threads"] == 2
+    assert train(TINY).env.threads == 2
     assert torch.get_num_threads() == before
 
 
@@ -142,7 +142,7 @@ AGREEMENT = RunConfig(**{**TINY.to_dict(), "vocab_size": 2048, "d_model": 32, "s
 
 def _history_in_fresh_process(env: dict, threads_count: int) -> list:
     code = ("import json, sys; from spamlang.config import RunConfig; from spamlang.harness import train; "
-            f"print(json.dumps(train(RunConfig(**json.loads(sys.argv[1])), threads={threads_count})['history']))")
+            f"print(json.dumps(train(RunConfig(**json.loads(sys.argv[1])), threads={threads_count}).to_dict()['history']))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(AGREEMENT.to_dict())], env={**os.environ, **env},
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
@@ -156,7 +156,7 @@ def test_the_same_count_gives_the_same_bits_however_it_is_set():
 def test_other_counts_agree_to_float32_precision():
     """1 and 2 threads split some reductions differently: the histories agree to about 1e-7 relative, not bitwise
     (see README, 'Threads')."""
-    one, two = train(AGREEMENT, threads=1)["history"], train(AGREEMENT, threads=2)["history"]
+    one, two = (train(AGREEMENT, threads=n).to_dict()["history"] for n in (1, 2))
     assert len(one) == len(two)
     for a, b in zip(one, two):
         assert a.keys() == b.keys()
