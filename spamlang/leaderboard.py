@@ -32,6 +32,7 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 
 from . import __version__, atomic, plots, record
+from .measure import board as models
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
 from .frames import config_key, load_runs
@@ -51,15 +52,23 @@ def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
     """The run records of every folder (see :func:`spamlang.frames.load_runs`) merged, with ``folder`` added.
 
     A folder without records, or a task recorded in different versions, raises SpamLangError; a run id already read
-    from an earlier folder is skipped with a warning.
+    from an earlier folder is skipped with a warning. A folder holding ``spamlang measure`` records is set aside in
+    ``attrs["measurements"]`` for the models table (:mod:`spamlang.measure.board`).
     """
-    frames = []
+    frames, measured = [], []
     for folder in folders:
+        if models.load([folder]):  # a folder of measurement records feeds the models table
+            measured.append(str(folder))
+            continue
         frame = load_runs(folder)
         frame["folder"] = str(folder)
         frames.append(frame)
-    if not frames:
+    if not frames and not measured:
         raise SpamLangError("no result folders given")
+    if not frames:
+        runs = pd.DataFrame()
+        runs.attrs = {"folders": [], "measurements": measured}
+        return runs
     runs = pd.concat(frames, ignore_index=True)
     repeated = runs["run_id"].duplicated()
     if repeated.any():
@@ -69,7 +78,7 @@ def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
                       f"(e.g. {example['path']} repeats {first[example['run_id']]})", RuntimeWarning, stacklevel=2)
         runs = runs[~repeated].reset_index(drop=True)
     check_versions(runs)
-    runs.attrs = {"folders": [str(f) for f in dict.fromkeys(runs["folder"])]}
+    runs.attrs = {"folders": [str(f) for f in dict.fromkeys(runs["folder"])], "measurements": measured}
     return runs
 
 
@@ -307,6 +316,13 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     if bad:
         raise SpamLangError(f"leaderboard format must be one of {', '.join(FORMATS)}, got {bad[0]!r}")
     out = Path(out)
+    measured = models.load(runs.attrs.get("measurements", []))
+    if runs.empty:  # measurement records only: the models section alone
+        images = {name: plots.save(fig, out / name) for name, fig in models.figures(measured).items()}
+        text = "# SpamLang leaderboard\n\n" + models.markdown(measured, list(images))
+        files = {"md": {"leaderboard.md": text}, "csv": {"models.csv": models.csv(measured)},
+                 "html": {"leaderboard.html": to_html(text, images)}}
+        return text, _write_files(out, files, formats, [out / name for name in images])
     scored = score(runs, cache=FloorCache(out / CACHE_NAME))
     chosen = chosen_runs(scored, runs)
     ranking = head_ranking(scored, runs)
@@ -315,18 +331,25 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     figures = {"learnability.png": plots.learnability_heatmap(scored),
                "curves.png": plots.learning_curves(scored, chosen),
                "kept_cos.png": plots.kept_cosine(scored),
-               "tokens.png": plots.loss_vs_tokens(speedup, runs)}
+               "tokens.png": plots.loss_vs_tokens(speedup, runs), **models.figures(measured)}
     images = {name: plots.save(fig, out / name) for name, fig in figures.items() if fig is not None}
     written = [out / name for name in images]
-    text = markdown(ranking, scored, prov, list(images), format_speedup(speedup) if len(speedup) else "")
+    text = markdown(ranking, scored, prov, [name for name in images if not name.startswith("models_")],
+                    format_speedup(speedup) if len(speedup) else "")
+    if measured:
+        text += "\n" + models.markdown(measured, [name for name in images if name.startswith("models_")])
     files = {"md": {"leaderboard.md": text},
              "csv": {"leaderboard.csv": csv(ranking.to_csv(index=False), prov),
                      "configurations.csv": csv(format_table(scored, "csv"), prov),
-                     **({"speedup.csv": csv(format_speedup(speedup, "csv"), prov)} if len(speedup) else {})},
+                     **({"speedup.csv": csv(format_speedup(speedup, "csv"), prov)} if len(speedup) else {}),
+                     **({"models.csv": models.csv(measured)} if measured else {})},
              "html": {"leaderboard.html": to_html(text, images)}}
+    return text, _write_files(out, files, formats, written)
+
+
+def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]) -> list[Path]:
     for fmt in formats:
         for name, content in files[fmt].items():
             atomic.write_text(out / name, content)
             written.append(out / name)
-    return text, written
-
+    return written

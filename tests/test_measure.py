@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from spamlang.measure import text  # noqa: E402
 from . import hf_models  # noqa: E402
 from .conftest import assert_user_error  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "smoke" / "runs"
 ARCHS = [("gpt2", True), ("llama", False), ("neox", False)]
 
 
@@ -211,3 +213,21 @@ def test_exact_energies_are_those_of_g(folder):
     h, y, w, _, g = brute_force(folder / "gpt2", text.windows(stream, 16, 60, 0), 60)
     lam = spec.exact_energies(h, y, w, chunk=9)
     np.testing.assert_allclose(lam.numpy(), torch.linalg.svdvals(g * 60).numpy() ** 2, rtol=1e-8, atol=1e-12)
+
+
+def test_leaderboard_merges_measurement_folders(run_cli, folder, tmp_path):
+    for arch in ("gpt2", "llama"):
+        run_measure(run_cli, folder / arch, "--text", folder / "wiki.txt", "--tokens", 120, "--out", tmp_path / "m")
+    alone = run_cli("leaderboard", tmp_path / "m", "--out", tmp_path / "board")
+    assert alone.code == 0, alone.err
+    assert "## Models" in alone.out and "| gpt2" in alone.out and "| llama" in alone.out
+    names = {p.name for p in (tmp_path / "board").iterdir()}
+    assert {"leaderboard.md", "leaderboard.html", "models.csv", "models_destroyed.png", "models_spectrum.png"} <= names
+    assert "data:image/png;base64" in (tmp_path / "board" / "leaderboard.html").read_text()
+    (tmp_path / "runs").mkdir()
+    for run_id in ("47bcb4a6e8cb3879", "de61745a25975586", "df76c51898881cd0"):  # spam, V = 128, linear head
+        shutil.copy(RESULTS / f"{run_id}.json", tmp_path / "runs")
+    mixed = run_cli("leaderboard", tmp_path / "runs", tmp_path / "m", "--out", tmp_path / "both")
+    assert mixed.code == 0, mixed.err
+    assert "## Head ranking" in mixed.out and "## Models" in mixed.out
+    assert (tmp_path / "both" / "models.csv").read_text().count("\n") == 3

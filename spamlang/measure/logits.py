@@ -4,14 +4,17 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from ..loss import default_chunk_size
 
+#: fewest tokens per chunk (at V = 50,257: 51 MiB of float32 logits)
+MIN_ROWS = 256
+
 
 def chunk_size(vocab_size: int, device: torch.device | str, chunk: int | None = None) -> int:
-    """Tokens per chunk: ``chunk`` if given, else about 2**22 logits per chunk on the CPU (more on accelerators)."""
-    return chunk or default_chunk_size(vocab_size, torch.device(device), min_rows=1)
+    """Tokens per chunk: ``chunk`` if given, else about 2**22 logits per chunk on the CPU (more on accelerators) and
+    at least MIN_ROWS tokens, so that each pass over the V x D head serves enough rows to run at full speed."""
+    return chunk or default_chunk_size(vocab_size, torch.device(device), min_rows=MIN_ROWS)
 
 
 def row_slices(n: int, step: int) -> list[slice]:
@@ -30,12 +33,22 @@ def gradient_chunks(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.
     """Yield (rows, g, loss) per chunk of tokens: g = softmax(h Wᵀ + b) - onehot(y), (c, V), the logit gradient of
     each token's own cross-entropy (the batch-mean loss's gradient is g / N), and loss (c,) the per-token loss.
 
-    h (N, D), y (N,) and w (V, D) must share a device and dtype; the chunk is computed in that dtype.
+    h (N, D), y (N,) and w (V, D) must share a device and dtype; the chunk is computed in that dtype, in one (c, V)
+    buffer that the next chunk overwrites (use or copy g before asking for the next one).
     """
-    for rows in row_slices(h.shape[0], chunk_size(w.shape[0], h.device, chunk)):
-        z = logits(h[rows], w, b)  # (c, V)
+    step = chunk_size(w.shape[0], h.device, chunk)
+    buf = torch.empty(min(step, h.shape[0]), w.shape[0], dtype=h.dtype, device=h.device)  # (c, V)
+    for rows in row_slices(h.shape[0], step):
+        g = buf[:rows.stop - rows.start]
+        torch.mm(h[rows], w.T, out=g)  # logits, turned into the gradient in place: one exp pass
+        if b is not None:
+            g += b
         target = y[rows]
-        loss = torch.logsumexp(z, dim=1) - z.gather(1, target[:, None]).squeeze(1)  # (c,)
-        g = F.softmax(z, dim=1)
-        g[torch.arange(len(target), device=g.device), target] -= 1
-        yield rows, g, loss
+        index = torch.arange(len(target), device=g.device)
+        target_logit = g[index, target]  # (c,)
+        row_max = g.amax(dim=1)  # (c,)
+        g.sub_(row_max[:, None]).exp_()
+        row_sum = g.sum(dim=1)  # (c,)
+        g.div_(row_sum[:, None])
+        g[index, target] -= 1
+        yield rows, g, row_max + row_sum.log() - target_logit

@@ -29,8 +29,8 @@ def per_token(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, q: torch.Tensor
     kept_cos = torch.empty_like(destroyed)
     total = lost = 0.0
     for rows, g, _ in gradient_chunks(h, y, w, b, chunk):
-        norm2 = (g * g).sum(1).double()  # (c,)
-        kept2 = (g @ q).square().sum(1).double()  # (c, k) -> (c,)
+        norm2 = torch.linalg.vector_norm(g, dim=1).double().square()  # (c,)
+        kept2 = torch.linalg.vector_norm(g @ q, dim=1).double().square()  # (c, k) -> (c,)
         share = torch.where(norm2 > 0, kept2 / norm2, torch.nan).clamp(max=1.0)
         kept_cos[rows] = share.sqrt()
         destroyed[rows] = (1 - share).clamp(min=0.0).sqrt()

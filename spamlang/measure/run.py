@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from .. import record as run_record
 from ..diagnostics import orthonormal_basis
 from ..errors import ConfigError, SpamLangError
-from ..loss import CHUNK_ELEMENTS, ACCELERATOR_CHUNK_ELEMENTS
 from . import checkpoint, pertoken, record, spectrum, text, update
 from .forward import check_linear_head, hidden_states
+from .logits import chunk_size
 
 SPECTRUM_METHODS = ("auto", "exact", "sketch")
 #: default tokens per forward batch (windows of seq_len tokens)
@@ -89,8 +89,7 @@ def memory_needed(parameters: int, n: int, v: int, d: int, settings: Settings, s
     weights = parameters * torch.finfo(checkpoint.DTYPES[settings.dtype]).bits // 8
     hidden = n * (d * c + 16)
     head = v * d * (c + 3 * 8)  # W in the compute dtype; SVD input and basis, ΔW in float64
-    chunk = CHUNK_ELEMENTS.get(torch.device(settings.device).type, ACCELERATOR_CHUNK_ELEMENTS)
-    chunks = 6 * chunk * c
+    chunks = 4 * chunk_size(v, settings.device, settings.chunk) * v * c
     batch = settings.batch_size * seq_len if settings.batch_size else BATCH_TOKENS
     activations = 32 * batch * d * c + batch * v * c
     m = min(n, v)
