@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..scorer import markdown_table
+from ..tables import markdown_table
 from . import record
 
 LEGEND = (

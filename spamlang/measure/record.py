@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import atomic
 from ..errors import SpamLangError
-from ..record import to_json
+from ..record import strict_json
 
 SCHEMA = "spamlang.measure/1"
 REQUIRED = ("schema", "measure_id", "created", "model", "tokenizer", "text", "settings", "per_token", "spectrum",
@@ -35,7 +35,7 @@ def measure_id(model: dict, text: dict, settings: dict) -> str:
 def write(record: dict, folder: str | Path) -> Path:
     """Store ``record`` as ``folder/<measure_id>.json``, atomically."""
     path = Path(folder) / f"{record['measure_id']}.json"
-    atomic.write_text(path, to_json(record) + "\n")
+    atomic.write_text(path, strict_json(record) + "\n")
     return path
 
 
