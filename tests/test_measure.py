@@ -166,6 +166,8 @@ def test_not_a_checkpoint(bad, folder, tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{")
     bad(tmp_path / "broken", "--text", folder / "wiki.txt", fragment="not readable as JSON")
+    (tmp_path / "run.pt").write_bytes(b"")
+    bad(tmp_path / "run.pt", "--text", folder / "wiki.txt", fragment="spamlang probe")
 
 
 def test_model_without_output_embedding(bad, folder, tmp_path):

@@ -38,6 +38,9 @@ def expand(paths: list[str | Path]) -> list[Path]:
             found.extend(sorted(subs, key=_step))
         elif not path.exists():
             raise SpamLangError(f"model folder not found: {path}")
+        elif path.is_file() and path.suffix in (".pt", ".json"):
+            raise SpamLangError(f"{path}: a suite run, not a Hugging Face checkpoint folder; its gradient diagnostics "
+                                f"are 'spamlang probe {path}'")
         else:
             raise SpamLangError(f"{path}: not a checkpoint (no config.json in it or in its sub-folders)")
     return found
