@@ -91,6 +91,7 @@ def test_measure_matches_brute_force(run_cli, folder, tmp_path, arch, tied):
     moved = (h - eta * g @ w) @ (w - eta * g.T @ h).T
     assert upd["realisable"]["actual"] == pytest.approx(loss - F.cross_entropy(moved, y).item(), rel=1e-7)
     assert rec["timing"]["tokens_per_second"] > 0 and rec["text"]["files"][0]["sha256"]
+    assert rec["env"]["threads"] == torch.get_num_threads() and rec["env"]["transformers"]
 
 
 def test_random_head_sits_at_the_isotropic_baseline(run_cli, tmp_path):

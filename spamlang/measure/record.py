@@ -6,7 +6,7 @@ V, hidden_size D, head_rank, tied, bias, step), ``tokenizer`` (folder and class;
 (files with format, bytes and sha256; tokens read, windows, seq_len, tokens measured), ``settings`` (seed, dtype,
 device, spectrum method, sketch size, step norm, chunk), ``per_token``, ``spectrum``, ``update`` (see
 :mod:`spamlang.measure.pertoken`, :mod:`.spectrum`, :mod:`.update`), ``timing`` (seconds, tokens per second) and
-``env`` (device, library versions, git commit).
+``env`` (device, torch's intra-op threads, library versions, git commit).
 """
 from __future__ import annotations
 

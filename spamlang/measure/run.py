@@ -180,7 +180,8 @@ def measure_one(path: Path, files: list[dict], settings: Settings, progress: boo
            "timing": {"seconds": seconds, "forward_seconds": forward_seconds,
                       "tokens_per_second": settings.tokens / seconds,
                       "forward_tokens_per_second": settings.tokens / forward_seconds},
-           "env": {**dataclasses.asdict(run_record.environment(str(device))), **_library_versions()}}
+           "env": {**dataclasses.asdict(run_record.environment(str(device), torch.get_num_threads())),
+                   **_library_versions()}}
     return rec
 
 
