@@ -1,6 +1,9 @@
 """The ``spamlang`` command line: thin wrappers that parse input, call the library and print results."""
 from __future__ import annotations
 
+import math
+import re
+import shlex
 import sys
 import warnings
 
@@ -35,6 +38,30 @@ def plugin_options(fn):
                       type=click.Path(file_okay=False), help="Extra folder of head files (repeatable).")(fn)
     return click.option("--tasks-dir", multiple=True, expose_value=False, callback=_load_plugins, is_eager=True,
                         type=click.Path(file_okay=False), help="Extra folder of task files (repeatable).")(fn)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float above ``low`` (nan and inf are refused)."""
+    name = "float"
+
+    def __init__(self, low: float):
+        self.low = low
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= self.low:
+            self.fail(f"{value!r} must be a finite number > {self.low}", param, ctx)
+        return number
+
+
+def _command_line() -> str:
+    """The command as the user typed it (for provenance)."""
+    ctx = click.get_current_context(silent=True)
+    argv = (ctx.find_root().obj or {}).get("argv") if ctx else None
+    return shlex.join(["spamlang", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _print_json(obj) -> None:
@@ -83,7 +110,8 @@ param_option = click.option("--param", "-p", "params", multiple=True, metavar="K
 @param_option
 @click.option("--vocab-size", "-V", default=64, show_default=True, type=int)
 @click.option("--seq-len", "-T", default=16, show_default=True, type=int)
-@click.option("--num-sequences", "-n", default=4000, show_default=True, type=int, help="Monte-Carlo sample size.")
+@click.option("--num-sequences", "-n", default=4000, show_default=True, type=int,
+              help="Monte-Carlo sample size (>= 2).")
 @plugin_options
 def tasks_validate(name, params, vocab_size, seq_len, num_sequences):
     """Run the property checks every task must pass on task NAME."""
@@ -105,7 +133,7 @@ def tasks_validate(name, params, vocab_size, seq_len, num_sequences):
 @click.option("--num-sequences", "-n", required=True, type=int, help="Number of sequences (>= 1).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--out", required=True, type=click.Path(), help="Output folder (tokens.npy, meta.json).")
-@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--force", is_flag=True, help="Replace a folder that holds a previous corpus and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @param_option
 @plugin_options
@@ -212,9 +240,13 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, threads, **s
     from . import record
     from .config import RunConfig
     from .params import parse_assignments
-    from .harness import train as run
+    from .harness import resolve_device, train as run
+    from .resources import check_run
     config = RunConfig(**{k: v for k, v in settings.items() if v is not None}, task_params=parse_assignments(params),
-                       head_params=parse_assignments(head_param)).resolve()
+                       head_params=parse_assignments(head_param, "--head-param")).resolve()
+    device = resolve_device(config.device)
+    check_run(config, device.type, device.index)
+    record.read_replaceable(Path(out) / f"{config.run_id}.json")  # a file there that is not our record stays
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
     rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint,
               threads=threads)
@@ -287,16 +319,31 @@ def measure(models, texts, tokens, seq_len, seed, spectrum_method, sketch_size, 
     click.echo(f"wrote {len(results)} record(s) to {out}: {', '.join(p.name for _, p in results)}", err=True)
 
 
+allow_missing_option = click.option(
+    "--allow-missing-tasks", is_flag=True,
+    help="Score runs whose task is not registered here (no floors, so no verdict beyond 'undetermined').")
+
+
+def _check_tasks(runs, allow: bool) -> None:
+    """Refuse runs of tasks that are not registered (their floors and verdicts would be missing) unless ``allow``."""
+    from .task import TASKS
+    missing = sorted(set(runs["task"] if "task" in runs else ()) - set(TASKS.names()))  # none: measurements only
+    if missing and not allow:
+        raise SpamLangError(f"the runs use task(s) not registered here: {', '.join(missing)}; load their files with "
+                            f"--tasks-dir DIR (or --allow-missing-tasks to score them without floors)")
+
+
 # -- score --------------------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("folder", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--by", default=None, metavar="FIELDS",
               help="Comma-separated config fields that define a configuration (default: all but seed and lr).")
-@click.option("--tolerance", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--tolerance", default=0.05, show_default=True, type=FiniteFloat(0),
               help="Nats within which a loss counts as at the floor / the floor at the Bayes loss.")
+@allow_missing_option
 @plugin_options
-def score(folder, fmt, by, tolerance):
+def score(folder, fmt, by, tolerance, allow_missing_tasks):
     """Learnability table of the run records under FOLDER: floors, gaps, verdicts, diagnostics."""
     from pathlib import Path
 
@@ -305,7 +352,9 @@ def score(folder, fmt, by, tolerance):
     from .scorer import score as run
     from .tables import format_table
     fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
-    scored = run(load_runs(folder), by=fields, tolerance=tolerance, cache=FloorCache(Path(folder) / CACHE_NAME))
+    runs = load_runs(folder)
+    _check_tasks(runs, allow_missing_tasks)
+    scored = run(runs, by=fields, tolerance=tolerance, cache=FloorCache(Path(folder) / CACHE_NAME))
     click.echo(format_table(scored, fmt), nl=False)
 
 
@@ -360,7 +409,7 @@ def suites(as_json):
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Runs in parallel (local: worker processes).")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: each run's own, from the suite).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else one line per run).")
 @threads_option
 @plugin_options
 def run(suite, out, executor, workers, device, quiet, threads):
@@ -368,23 +417,31 @@ def run(suite, out, executor, workers, device, quiet, threads):
     from pathlib import Path
 
     from .config import check_device
+    from .harness import resolve_device
+    from .resources import check_run, run_memory
     from .runner import run_suite
     from .suite import load
-    from .harness import resolve_device
     spec = load(suite)
     if device:
         check_device(device)
-    for name in ({device} if device else {c.device for c in spec.runs}) if executor == "local" else ():
-        resolve_device(name)  # refuse it before any run
+    if executor == "local":
+        for name in {device} if device else {c.device for c in spec.runs}:
+            resolve_device(name)  # refuse it before any run
+        kind = resolve_device(device or spec.runs[0].device)
+        largest = max(spec.runs, key=lambda c: run_memory(c, kind.type)["total"])
+        check_run(largest, kind.type, kind.index, copies=min(workers, len(spec.runs)) if kind.type == "cpu" else 1)
     out = Path(out or Path("out") / spec.name)
-    counts = run_suite(spec, out, executor, workers, device, progress=not quiet and sys.stderr.isatty(),
-                       threads=threads)
+    bar = not quiet and sys.stderr.isatty()
+    log = None if quiet or bar else lambda line: click.echo(line, err=True)
+    try:
+        counts = run_suite(spec, out, executor, workers, device, progress=bar, threads=threads, log=log)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", 130)
     click.echo(f"suite {spec.name}: {counts['total']} runs, {counts['skipped']} already recorded, {counts['ok']} ok, "
                f"{counts['diverged']} diverged, {counts['failed']} failed -> {out / 'runs'}", err=True)
-    _print_leaderboard(out)
+    _write_leaderboard([out / "runs"], out)
     if counts["failed"]:
         sys.exit(1)
-
 
 
 # -- leaderboard --------------------------------------------------------------------------------------------------
@@ -394,38 +451,46 @@ def run(suite, out, executor, workers, device, quiet, threads):
               help="Output folder (default: the FOLDER, when only one is given).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["md", "csv", "html"]),
               help="Table files to write (repeatable; default md, csv and html). The PNG plots are always written.")
+@allow_missing_option
 @plugin_options
-def leaderboard(folders, out, formats):
+def leaderboard(folders, out, formats, allow_missing_tasks):
     """Rank head designs over the run records in one or more result FOLDERS (merged; one task version each) and
     write leaderboard.md, leaderboard.csv, configurations.csv, a self-contained leaderboard.html and PNG plots."""
-    import shlex
-
-    from .leaderboard import FORMATS, load_folders, write
     if out is None and len(folders) > 1:
         raise SpamLangError("--out is required with several folders")
-    out = out or folders[0]
-    args = ["spamlang", "leaderboard", *folders, "--out", out, *(a for f in formats for a in ("--format", f))]
-    text, written = write(load_folders(folders), out, formats or FORMATS, command=shlex.join(args))
+    _write_leaderboard(folders, out or folders[0], formats, allow_missing_tasks)
+
+
+def _write_leaderboard(folders, out, formats=(), allow_missing_tasks=False) -> None:
+    """Write the leaderboard of FOLDERS into OUT, print it, then (on stderr) what was learned and every file."""
+    from .leaderboard import FORMATS, load_folders, write
+    runs = load_folders(folders)
+    _check_tasks(runs, allow_missing_tasks)
+    text, written, learned = write(runs, out, formats or FORMATS, command=_command_line())
     click.echo(text, nl=False)
-    click.echo(f"wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}", err=True)
+    click.echo(learned, err=True)
+    click.echo(f"wrote {len(written)} files: {', '.join(map(str, written))}", err=True)
 
 
-def _print_leaderboard(out) -> None:
-    """Write the leaderboard of OUT/runs into OUT and print it (the end of 'spamlang run')."""
-    import shlex
-    from pathlib import Path
+#: allocator messages of an out-of-memory RuntimeError (PyTorch's CPU and CUDA allocators)
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.I)
 
-    from .leaderboard import load_folders, write
-    runs = Path(out) / "runs"
-    text, _ = write(load_folders([runs]), out, command=shlex.join(["spamlang", "leaderboard", str(runs), "--out",
-                                                                   str(out)]))
-    click.echo(text, nl=False)
+
+def _memory_message(exc: BaseException) -> str:
+    tried = re.search(r"allocate (\d+) bytes", str(exc))
+    if tried:
+        from .resources import human
+        size = f" (an allocation of {human(int(tried.group(1)))} failed)"
+    else:
+        size = ""
+    return f"out of memory{size}; lower the vocabulary size, width, batch size or workers"
+
 
 def main(argv=None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
     warnings.showwarning = lambda message, *a, **k: click.echo(f"spamlang: warning: {message}", err=True)
     try:
-        cli.main(args=argv, prog_name="spamlang", standalone_mode=False)
+        cli.main(args=argv, prog_name="spamlang", standalone_mode=False, obj={"argv": argv})
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:  # usage errors: bad flag, missing or malformed value
@@ -438,6 +503,12 @@ def main(argv=None) -> None:
         _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
+    except MemoryError as exc:
+        _fail(_memory_message(exc))
+    except RuntimeError as exc:
+        if not _OUT_OF_MEMORY.search(str(exc)):
+            raise
+        _fail(_memory_message(exc))
 
 
 if __name__ == "__main__":

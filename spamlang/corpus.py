@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, atomic
+from . import __version__, atomic, resources
 from .errors import ConfigError, SpamLangError
 from .rng import Rng
 from .task import Task
@@ -26,6 +26,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise ConfigError(f"vocab_size {vocab_size} does not fit in 32 bits")
 
 
+def is_corpus(folder: Path) -> bool:
+    """Whether ``folder`` holds a SpamLang corpus and nothing else: tokens.npy and a meta.json with the meta keys."""
+    if {p.name for p in folder.iterdir()} - {"tokens.npy", "meta.json"}:
+        return False
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and all(k in meta for k in META_KEYS)
+
+
 def generate(task: Task, vocab_size: int, seq_len: int, num_sequences: int, seed: int, out: str | Path, *,
              force: bool = False, chunk_tokens: int = 1 << 22, progress: bool = True) -> dict:
     """Write ``num_sequences`` sequences of ``task`` to ``out/tokens.npy`` and ``out/meta.json``; return the meta."""
@@ -37,7 +48,8 @@ def generate(task: Task, vocab_size: int, seq_len: int, num_sequences: int, seed
     dtype = token_dtype(vocab_size)
     rows_per_chunk = max(1, chunk_tokens // seq_len)
     rng, digest = Rng(seed, "corpus"), hashlib.sha256()
-    with atomic.output_folder(out, force) as tmp:
+    resources.check_disk(out, num_sequences * seq_len * dtype.itemsize, "the corpus")
+    with atomic.output_folder(out, force, is_corpus, "corpus (meta.json, tokens.npy)") as tmp:
         tokens = np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=dtype,
                                            shape=(num_sequences, seq_len))
         with tqdm(total=num_sequences, unit="seq", disable=not progress, desc=f"generate {task.name}") as bar:

@@ -36,8 +36,8 @@ from .measure import board as models
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
 from .frames import config_key, load_runs
-from .scorer import learnability, score
-from .stats import EXACT_MAX, mean_ci, wilcoxon_greater
+from .scorer import VERDICTS, learnability, score
+from .stats import EXACT_MAX, mean_ci, min_p_value, wilcoxon_greater
 from .tables import format_table, markdown_table, with_params
 from .speedup import format_speedup, speedup_table
 
@@ -188,6 +188,11 @@ def provenance(runs: pd.DataFrame, command: str) -> dict:
 
 
 # -- output ---------------------------------------------------------------------------------------------------------
+def _fewest_pairs(alpha: float = ALPHA) -> int:
+    """The fewest pairs with which the exact test can reach p < alpha."""
+    return next(n for n in itertools.count(1) if min_p_value(n) < alpha)
+
+
 _RANKING_LEGEND = (
     f"learnability: mean over tasks of the mean over the design's configurations of that task of its runs' "
     f"learnability at the chosen lr, measured here "
@@ -195,7 +200,16 @@ _RANKING_LEGEND = (
     f"95% CI: t-interval over seeds of the design's per-seed mean. learned: configurations learned.\n"
     f"ahead of next: one-sided Wilcoxon signed-rank test (exact up to {EXACT_MAX} pairs, normal approximation above, "
     f"zero differences dropped) of this design's learnability against the next one's, paired by configuration and "
-    f"seed, at alpha {ALPHA}; a design not shown behind the one above shares its rank (=k).")
+    f"seed, at alpha {ALPHA}; a design not shown behind the one above shares its rank (=k). With n pairs the exact "
+    f"test cannot go below p = 2^-n, so fewer than {_fewest_pairs()} pairs can never put one design ahead.")
+
+
+def _comparison(ahead: bool, p: float, n: int) -> str:
+    """The 'ahead of next' cell: the test's answer, and why it could not be yes when too few pairs were shared."""
+    if n == 0:
+        return "- (no shared runs)"
+    few = "" if min_p_value(n) < ALPHA else f"; too few pairs: p >= {min_p_value(n):.2g} whatever the data"
+    return f"{'yes' if ahead else 'no'} (p={p:.2g}, n={n}{few})"
 
 
 def ranking_markdown(ranking: pd.DataFrame) -> str:
@@ -210,8 +224,7 @@ def ranking_markdown(ranking: pd.DataFrame) -> str:
                      "95% CI": "-" if math.isnan(ci) else f"{max(0, mean - ci):.2f}–{min(1, mean + ci):.2f}",
                      "tasks": str(row["tasks"]), "configs": str(row["configs"]), "seeds": str(row["seeds"]),
                      "learned": f"{row['learned']}/{row['configs']}",
-                     "ahead of next": "" if last else "- (no shared runs)" if row["n_next"] == 0 else
-                     f"{'yes' if row['ahead'] else 'no'} (p={row['p_next']:.2g}, n={row['n_next']})"})
+                     "ahead of next": "" if last else _comparison(row["ahead"], row["p_next"], row["n_next"])})
     numeric = re.compile(r"[=\d.\-–/ ]*").fullmatch
     return markdown_table(rows, lambda cell: numeric(cell) is not None) + "\n" + _RANKING_LEGEND + "\n"
 
@@ -307,22 +320,67 @@ def to_html(text: str, images: Mapping[str, bytes]) -> str:
             f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
+def summary(ranking: pd.DataFrame, scored: pd.DataFrame, top: int = 3) -> str:
+    """One line of what was learned: the top of the head ranking, the verdict counts, and how many comparisons had
+    too few pairs to ever be significant."""
+    heads = ", ".join(f"{row['rank']} {row['head']} ({row['learnability']:.3f})"
+                      for _, row in ranking.head(top).iterrows()) or "none ranked"
+    more = f" of {len(ranking)}" if len(ranking) > top else ""
+    counts = scored["verdict"].value_counts()
+    verdicts = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
+    few = int(sum(0 < n and min_p_value(n) >= ALPHA for n in ranking["n_next"]))
+    caveat = f"; {few} neighbouring pair(s) share too few runs (< {_fewest_pairs()}) to ever differ" if few else ""
+    return f"heads: {heads}{more}; verdicts of {len(scored)} configurations: {verdicts}{caveat}"
+
+
+#: how each file the leaderboard writes begins (by name, else by suffix), so that a file of that name the tool did
+#: not write is never replaced; models.csv is the table of :mod:`spamlang.measure.board`, headed by its columns
+_SIGNATURES = {"models.csv": b"model,step,", ".md": b"# SpamLang leaderboard", ".csv": b"# command: ",
+               ".html": b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SpamLang leaderboard</title>",
+               ".png": b"\x89PNG\r\n\x1a\n"}
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` is a leaderboard file written by this tool (a PNG: one rendered by matplotlib)."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    signature = _SIGNATURES.get(path.name, _SIGNATURES.get(path.suffix))
+    return signature is not None and head.startswith(signature) and (path.suffix != ".png" or b"Matplotlib" in head)
+
+
+def check_outputs(out: Path, names: Iterable[str]) -> None:
+    """Refuse (SpamLangError) to replace a file in ``out`` that the leaderboard did not write."""
+    if out.exists() and not out.is_dir():
+        raise SpamLangError(f"output {out} is a file, not a folder; give a folder path")
+    foreign = [out / n for n in names if (out / n).exists() and not ((out / n).is_file() and _is_ours(out / n))]
+    if foreign:
+        raise SpamLangError(f"{foreign[0]} exists and was not written by 'spamlang leaderboard'; it is left as it is "
+                            f"(move it away or choose another --out)")
+
+
 def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS, command: str = "") -> \
-        tuple[str, list[Path]]:
+        tuple[str, list[Path], str]:
     """Score ``runs`` (as :func:`load_folders` returns them; floors cached in ``out``), write the leaderboard files
-    of ``formats`` and the PNG plots into ``out``, and return the Markdown leaderboard and the paths written."""
+    of ``formats`` and the PNG plots into ``out``, and return the Markdown leaderboard as a terminal shows it (the
+    file's text without the plot links), the paths written and the one-line :func:`summary`."""
     formats = list(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise SpamLangError(f"leaderboard format must be one of {', '.join(FORMATS)}, got {bad[0]!r}")
     out = Path(out)
     measured = models.load(runs.attrs.get("measurements", []))
+    model_figures = models.figures(measured)
+    tables = {"md": ["leaderboard.md"], "csv": ["leaderboard.csv", "configurations.csv", "models.csv"],
+              "html": ["leaderboard.html"]}
+    check_outputs(out, [*_CAPTIONS, *model_figures, *(name for fmt in formats for name in tables[fmt])])
     if runs.empty:  # measurement records only: the models section alone
-        images = {name: plots.save(fig, out / name) for name, fig in models.figures(measured).items()}
+        images = {name: plots.save(fig, out / name) for name, fig in model_figures.items()}
         text = "# SpamLang leaderboard\n\n" + models.markdown(measured, list(images))
         files = {"md": {"leaderboard.md": text}, "csv": {"models.csv": models.csv(measured)},
                  "html": {"leaderboard.html": to_html(text, images)}}
-        return text, _write_files(out, files, formats, [out / name for name in images])
+        written = _write_files(out, files, formats, [out / name for name in images])
+        return (f"# SpamLang leaderboard\n\n{models.markdown(measured, [])}", written,
+                f"models: {len(measured)} measurement(s); no training runs to rank")
     scored = score(runs, cache=FloorCache(out / CACHE_NAME))
     chosen = chosen_runs(scored, runs)
     ranking = head_ranking(scored, runs)
@@ -331,20 +389,22 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     figures = {"learnability.png": plots.learnability_heatmap(scored),
                "curves.png": plots.learning_curves(scored, chosen),
                "kept_cos.png": plots.kept_cosine(scored),
-               "tokens.png": plots.loss_vs_tokens(speedup, runs), **models.figures(measured)}
+               "tokens.png": plots.loss_vs_tokens(speedup, runs), **model_figures}
     images = {name: plots.save(fig, out / name) for name, fig in figures.items() if fig is not None}
     written = [out / name for name in images]
-    text = markdown(ranking, scored, prov, [name for name in images if not name.startswith("models_")],
-                    format_speedup(speedup) if len(speedup) else "")
+    speedup_text = format_speedup(speedup) if len(speedup) else ""
+    text = markdown(ranking, scored, prov, [name for name in images if name not in model_figures], speedup_text)
+    shown = markdown(ranking, scored, prov, speedup=speedup_text)  # what a terminal shows: no image links
     if measured:
-        text += "\n" + models.markdown(measured, [name for name in images if name.startswith("models_")])
+        text += "\n" + models.markdown(measured, [name for name in images if name in model_figures])
+        shown += "\n" + models.markdown(measured, [])
     files = {"md": {"leaderboard.md": text},
              "csv": {"leaderboard.csv": csv(ranking.to_csv(index=False), prov),
                      "configurations.csv": csv(format_table(scored, "csv"), prov),
                      **({"speedup.csv": csv(format_speedup(speedup, "csv"), prov)} if len(speedup) else {}),
                      **({"models.csv": models.csv(measured)} if measured else {})},
              "html": {"leaderboard.html": to_html(text, images)}}
-    return text, _write_files(out, files, formats, written)
+    return shown, _write_files(out, files, formats, written), summary(ranking, scored)
 
 
 def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]) -> list[Path]:

@@ -118,12 +118,16 @@ def describe(cls: type) -> list[dict]:
              "allowed": allowed(f)} for f in scalar_fields(cls)]
 
 
-def parse_assignments(items: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Parse ``KEY=VALUE`` strings from the command line."""
+def parse_assignments(items: tuple[str, ...] | list[str], flag: str = "--param") -> dict[str, str]:
+    """Parse ``KEY=VALUE`` strings from the command line (``flag`` names the option in errors); a key given twice is
+    an error, never a silent choice of one value."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        if key in out:
+            raise ConfigError(f"{flag} {key} is given twice ({key}={out[key]} and {key}={value.strip()})")
+        out[key] = value.strip()
     return out

@@ -49,6 +49,15 @@ def is_learned(accuracy: float | None, loss: float | None, bayes_loss: float | N
     return loss is not None and bayes_loss is not None and loss <= bayes_loss + margin
 
 
+#: the losses a run of status ok must hold as finite numbers, in ``final`` and in every evaluation of ``history``
+#: (a non-finite loss is what makes a run ``diverged``)
+OK_FINAL, OK_HISTORY = ("loss", "val_loss"), ("val_loss", "test_loss")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def metric(help: str, *, required: bool = False):
     """A record field with its meaning; an optional one (the default) is None when a record does not have it."""
     if required:
@@ -150,6 +159,13 @@ class RunRecord:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
         if self.status != "failed" and (not self.history or self.final is None):
             raise ValueError(f"a run with status {self.status!r} needs a history and final metrics")
+        if self.status == "ok":
+            bad = [f"final.{k}" for k in OK_FINAL if not _finite(getattr(self.final, k))]
+            bad += [f"history[{i}].{k}" for i, p in enumerate(self.history) for k in OK_HISTORY
+                    if not _finite(getattr(p, k))]
+            if bad:
+                raise ValueError(f"a run with status 'ok' has non-finite or missing metrics ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''})")
 
     @classmethod
     def failed(cls, config: RunConfig, error: str, traceback: str | None = None,
@@ -349,6 +365,19 @@ def environment(device_name: str, threads: int | None = None) -> Env:
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_replaceable(path: str | Path) -> RunRecord | None:
+    """The record at ``path`` (None if there is no file), which a new run of the same id may replace; a file there
+    that is not a record this version reads is never replaced: SpamLangError names it."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return read(path)
+    except SpamLangError as exc:
+        raise SpamLangError(f"{exc}; it is kept as it is and its run not redone (move it away to redo the run)") \
+            from None
 
 
 if __name__ == "__main__":  # regenerate the published schema file from the types

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import math
 import multiprocessing
 import os
+import signal
+import time
 import traceback
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -40,19 +43,19 @@ def execute(config: dict, suite_info: record.SuiteInfo, threads: int) -> record.
 
 
 def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
-    """Runs with no readable ``ok``/``diverged`` record of the task's current version yet; stale temporary files from
-    killed runs are removed."""
+    """Runs with no ``ok``/``diverged`` record of the task's current version yet; stale temporary files from killed
+    runs are removed.
+
+    A file in the place of a record that is not one this version reads (unreadable, another schema, non-finite
+    metrics for status ok) is never counted as done nor overwritten: SpamLangError names it.
+    """
     for tmp in runs_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     todo = []
     for config in suite.runs:
         path = runs_dir / f"{config.run_id}.json"
-        try:
-            rec = record.read(path) if path.is_file() else None
-            done = rec is not None and rec.status != "failed" and rec.task_version == TASKS.get(config.task).version
-        except SpamLangError:
-            done = False  # an unreadable record is redone and overwritten
-        if not done:
+        rec = record.read_replaceable(path)
+        if rec is None or rec.status == "failed" or rec.task_version != TASKS.get(config.task).version:
             todo.append(config)
     return todo
 
@@ -82,15 +85,34 @@ def _local(configs: list[dict], info: record.SuiteInfo, workers: int,
     idle = idle_cores()  # once, before any worker starts
     counts = [_threads(config, workers, threads, idle=idle) for config in configs]  # a bad value fails before any run
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [pool.submit(execute, config, info, n) for config, n in zip(configs, counts)]
-        try:
-            for future in cf.as_completed(futures):
-                yield future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_interrupt)
+    futures = [pool.submit(execute, config, info, n) for config, n in zip(configs, counts)]
+    try:
+        for future in cf.as_completed(futures):
+            yield future.result()
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
+
+
+def _ignore_interrupt() -> None:
+    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: cf.ProcessPoolExecutor, timeout: float = 1.0) -> None:
+    """Stop ``pool`` now: drop what has not started, terminate the workers and reap them (no run in flight is
+    recorded; a rerun redoes it)."""
+    processes = list(pool._processes.values())  # the executor offers no public way to stop running work
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _ray(configs: list[dict], info: record.SuiteInfo, workers: int,
@@ -118,10 +140,13 @@ def _ray(configs: list[dict], info: record.SuiteInfo, workers: int,
 
 
 def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str | None = None,
-              progress: bool = True, threads: int | None = None) -> dict:
+              progress: bool = True, threads: int | None = None,
+              log: Callable[[str], None] | None = None) -> dict:
     """Run what is missing of ``suite`` into ``out/runs``; return counts {total, skipped, ok, diverged, failed}.
 
-    Each run uses ``threads`` intra-op threads, or the thread policy's choice for it given ``workers``."""
+    Each run uses ``threads`` intra-op threads, or the thread policy's choice for it given ``workers``. ``progress``
+    shows a bar; ``log`` (for output that is not a terminal) is called with one line per finished run.
+    """
     if executor not in EXECUTORS:
         raise SpamLangError(f"unknown executor '{executor}' (executors: {', '.join(EXECUTORS)})")
     if workers < 1:
@@ -133,6 +158,10 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     info = record.SuiteInfo(name=suite.name, version=suite.version, source=suite.source, sweep=tuple(suite.sweep))
     counts = {"total": len(suite.runs), "skipped": len(suite.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
     run = _local if executor == "local" else _ray
+    started = time.monotonic()
+    if log and todo:
+        log(f"suite {suite.name}: {len(todo)} of {counts['total']} runs to do ({counts['skipped']} already recorded)"
+            f" -> {runs_dir}")
     with tqdm(total=len(suite.runs), initial=counts["skipped"], unit="run", disable=not progress,
               desc=f"suite {suite.name}") as bar:
         for rec in run(configs, info, workers, threads):
@@ -140,4 +169,19 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
             counts[rec.status] += 1
             bar.update(1)
             bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"])
+            if log:
+                log(progress_line(rec, counts, time.monotonic() - started))
     return counts
+
+
+def progress_line(rec: record.RunRecord, counts: dict, elapsed: float) -> str:
+    """One line about a finished run: position in the suite, what ran, its outcome, the counts and elapsed time."""
+    c = rec.config
+    head = c.head + (f":{c.head_rank}" if c.head_rank else "")
+    loss = rec.final.loss if rec.final is not None else None
+    outcome = rec.status + (f", test loss {loss:.4f}" if isinstance(loss, float) and math.isfinite(loss) else "")
+    done = sum(counts[k] for k in ("skipped", "ok", "diverged", "failed"))
+    minutes, seconds = divmod(int(elapsed), 60)
+    return (f"[{done}/{counts['total']}] {c.task} V={c.vocab_size} {head} lr={c.lr:g} seed={c.seed}: "
+            f"{outcome} | {counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed | "
+            f"{minutes}m{seconds:02d}s")

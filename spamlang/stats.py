@@ -112,3 +112,9 @@ def wilcoxon_greater(differences: Iterable[float | None]) -> float:
     var = n * (n + 1) * (2 * n + 1) / 24 - float((sizes ** 3 - sizes).sum()) / 48
     z = (observed / 2 - mean - 0.5) / math.sqrt(var)
     return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def min_p_value(n: int) -> float:
+    """The smallest one-sided p-value the exact signed-rank test can give with ``n`` pairs (every difference
+    positive: one sign pattern of 2^n); when it is not below alpha, no data can separate the two designs."""
+    return 2.0 ** -n

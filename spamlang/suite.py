@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -97,6 +98,24 @@ def _matches(raw: dict[str, Any], rule: dict[str, Any]) -> bool:
     return True
 
 
+def _check_excludes(excludes: list[dict], grid: dict[str, Any], where: str) -> None:
+    """Raise SpamLangError for an exclude key that no run can have: not a run setting, or (inside task_params or
+    head_params) not a parameter the grid sets."""
+    for j, rule in enumerate(excludes):
+        for key, want in rule.items():
+            if key not in CONFIG_KEYS:
+                raise SpamLangError(f"{where}[{j}]: unknown key '{key}' (run settings: {', '.join(sorted(CONFIG_KEYS))})")
+            if key not in NESTED:
+                continue
+            if not isinstance(want, dict):
+                raise SpamLangError(f"{where}[{j}].{key} must be a table, got {want!r}")
+            given = grid.get(key) if isinstance(grid.get(key), dict) else {}
+            unknown = sorted(set(want) - set(given))
+            if unknown:
+                raise SpamLangError(f"{where}[{j}]: '{key}.{unknown[0]}' is not set by the grid, so it matches no run "
+                                    f"(set there: {', '.join(sorted(given)) or 'none'})")
+
+
 def _split_head(raw: dict[str, Any]) -> dict[str, Any]:
     head = raw.get("head")
     if isinstance(head, str) and ":" in head:
@@ -127,6 +146,13 @@ def load(name_or_file: str) -> Suite:
         if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
             raise SpamLangError(f"{where}: suite.{key} must be {'an' if kind is int else 'a'} {kind.__name__}, "
                                 f"got {meta[key]!r}")
+    if meta.get("version", 1) < 1:
+        raise SpamLangError(f"{where}: suite.version must be >= 1, got {meta['version']}")
+    if "name" in meta and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", meta["name"]):
+        raise SpamLangError(f"{where}: suite.name {meta['name']!r} must be letters, digits, '_', '.' or '-' (it names "
+                            f"the output folder out/<name>)")
+    if not all(isinstance(k, str) for k in meta.get("sweep", [])):
+        raise SpamLangError(f"{where}: suite.sweep must be a list of setting names, got {meta['sweep']!r}")
     bad = sorted(set(meta) - SUITE_KEYS)
     if bad:
         raise SpamLangError(f"{where}: unknown key 'suite.{bad[0]}' (allowed: {', '.join(sorted(SUITE_KEYS))})")
@@ -146,6 +172,7 @@ def load(name_or_file: str) -> Suite:
         excludes = grid.pop("exclude", [])
         if not isinstance(excludes, list) or not all(isinstance(e, dict) for e in excludes):
             raise SpamLangError(f"{where}: grid[{i}].exclude must be a list of tables")
+        _check_excludes(excludes, {**defaults, **grid}, f"{where}: grid[{i}].exclude")
         for raw in _expand({**defaults, **grid}):
             if any(_matches(raw, rule) for rule in excludes):
                 continue
