@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -85,7 +86,7 @@ def _local(configs: list[dict], info: record.SuiteInfo, workers: int,
     idle = idle_cores()  # once, before any worker starts
     counts = [_threads(config, workers, threads, idle=idle) for config in configs]  # a bad value fails before any run
     ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_interrupt)
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
     futures = [pool.submit(execute, config, info, n) for config, n in zip(configs, counts)]
     try:
         for future in cf.as_completed(futures):
@@ -96,16 +97,17 @@ def _local(configs: list[dict], info: record.SuiteInfo, workers: int,
     pool.shutdown()
 
 
-def _ignore_interrupt() -> None:
-    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`)."""
+def _worker_init() -> None:
+    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`), and give tqdm a thread lock
+    (its default is a named semaphore, which a stopped worker would leak)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 def _stop(pool: cf.ProcessPoolExecutor, timeout: float = 1.0) -> None:
     """Stop ``pool`` now: drop what has not started, terminate the workers and reap them (no run in flight is
     recorded; a rerun redoes it)."""
     processes = list(pool._processes.values())  # the executor offers no public way to stop running work
-    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
     for process in processes:
@@ -113,6 +115,7 @@ def _stop(pool: cf.ProcessPoolExecutor, timeout: float = 1.0) -> None:
         if process.is_alive():
             process.kill()
             process.join()
+    pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this only releases the queues
 
 
 def _ray(configs: list[dict], info: record.SuiteInfo, workers: int,

@@ -189,3 +189,46 @@ def test_a_folder_without_records_is_an_error(run_cli, tmp_path, make, fragment)
 
 def test_several_folders_need_out(run_cli, tmp_path):
     assert_user_error(run_cli("leaderboard", tmp_path, tmp_path), "--out is required")
+
+
+# -- too few pairs, missing tasks -------------------------------------------------------------------------------------
+def test_min_p_value_is_the_exact_tests_floor():
+    assert leaderboard.min_p_value(4) == wilcoxon_greater([1, 2, 3, 4]) == 0.0625
+    assert leaderboard.min_p_value(5) == wilcoxon_greater([1, 2, 3, 4, 5]) < leaderboard.ALPHA
+
+
+def test_too_few_pairs_to_ever_be_significant_are_named(tmp_path):
+    scored, runs = scored_runs(tmp_path, grid(seeds=2, vocab=(16, 32)))  # 4 pairs: p >= 1/16 whatever the data
+    ranking = head_ranking(scored, runs)
+    assert ranking.iloc[0]["n_next"] == 4 and not ranking.iloc[0]["ahead"]
+    text = leaderboard.ranking_markdown(ranking)
+    assert "no (p=0.062, n=4; too few pairs: p >= 0.062 whatever the data)" in text
+    assert "fewer than 5 pairs can never put one design ahead" in text
+    line = leaderboard.summary(ranking, scored)
+    assert line.startswith("heads: 1 linear (") and "=1 lowrank:2" in line and "4 optimization-limited" in line
+    assert "1 neighbouring pair(s) share too few runs (< 5) to ever differ" in line
+    scored, runs = scored_runs(tmp_path / "b", grid(seeds=3, vocab=(16, 32)))  # 6 pairs: p can reach 1/64
+    enough = head_ranking(scored, runs)
+    assert "too few" not in leaderboard.ranking_markdown(enough) and "too few" not in leaderboard.summary(enough, scored)
+
+
+def ghost_records(folder):
+    """Records of a task that is not registered (as when --tasks-dir is forgotten)."""
+    records = []
+    for seed in range(2):
+        rec = make_record(seed=seed)
+        rec["config"] = {**rec["config"], "task": "ghost"}
+        rec["run_id"] = f"ghost{seed}"
+        records.append(rec)
+    return write_all(folder, records)
+
+
+@pytest.mark.parametrize("verb", ["leaderboard", "score"])
+def test_runs_of_unregistered_tasks_are_refused_unless_allowed(run_cli, tmp_path, verb):
+    folder = ghost_records(tmp_path / "runs")
+    r = run_cli(verb, folder)
+    assert_user_error(r, "not registered here: ghost", "--tasks-dir", "--allow-missing-tasks")
+    assert sorted(p.name for p in folder.iterdir()) == ["ghost0.json", "ghost1.json"]
+    r = run_cli(verb, folder, "--allow-missing-tasks")
+    assert r.code == 0, r.err
+    assert "undetermined" in r.out

@@ -1,0 +1,89 @@
+"""The first hour: progress lines when output is not a terminal, a closing summary with every file, and Ctrl-C."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from spamlang.runner import _stop, run_suite
+from spamlang.suite import load
+from tests.test_suite import tiny
+
+
+def test_one_line_per_finished_run_with_counts_and_elapsed_time(tmp_path):
+    lines = []
+    counts = run_suite(load(str(tiny(tmp_path))), tmp_path / "out", progress=False, log=lines.append)
+    assert counts["ok"] == 6 and len(lines) == 7
+    assert lines[0] == f"suite tiny: 6 of 6 runs to do (0 already recorded) -> {tmp_path / 'out' / 'runs'}"
+    for k, line in enumerate(lines[1:], 1):
+        assert re.fullmatch(rf"\[{k}/6\] spam V=(16|32) (linear|lowrank:2) lr=0.003 seed=[01]: ok, test loss "
+                            rf"\d+\.\d{{4}} \| {k} ok, 0 diverged, 0 failed \| \d+m\d\ds", line), line
+    again = []
+    run_suite(load(str(tiny(tmp_path))), tmp_path / "out", progress=False, log=again.append)
+    assert again == []  # nothing to do, nothing said
+
+
+def test_run_on_a_non_terminal_reports_progress_summary_and_files(run_cli, tmp_path):
+    out = tmp_path / "out"
+    path = tiny(tmp_path)
+    r = run_cli("run", path, "--out", out)
+    assert r.code == 0, r.err
+    err = r.err.strip().splitlines()
+    assert sum(line.startswith("[") for line in err) == 6
+    assert err[-3].startswith("suite tiny: 6 runs, 0 already recorded, 6 ok")
+    assert err[-2].startswith("heads: 1 ") and "verdicts of " in err[-2]
+    assert err[-1].startswith("wrote 7 files: ")
+    for name in ("leaderboard.md", "leaderboard.csv", "configurations.csv", "leaderboard.html", "learnability.png"):
+        assert str(out / name) in err[-1] and (out / name).is_file()
+    assert "](learnability.png)" not in r.out  # the terminal gets no image links
+    assert f"- command: `spamlang run {path} --out {out}`" in (out / "leaderboard.md").read_text()
+    assert "[" not in run_cli("run", path, "--out", out, "--quiet").err.split("suite tiny:")[0]
+
+
+def test_ctrl_c_says_a_rerun_resumes(run_cli, tmp_path, monkeypatch):
+    import spamlang.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(spamlang.runner, "run_suite", interrupted)
+    r = run_cli("run", tiny(tmp_path), "--out", tmp_path / "out")
+    assert r.code == 130
+    assert r.err.strip() == (f"spamlang: error: interrupted; the finished runs are kept in {tmp_path / 'out' / 'runs'}"
+                             f": rerun the same command to resume")
+
+
+def test_stop_terminates_busy_workers_at_once():
+    pool = cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(time.sleep, 60) for _ in range(4)]
+    deadline = time.time() + 60
+    while time.time() < deadline and sum(f.running() for f in futures) < 2:
+        time.sleep(0.05)
+    processes = list(pool._processes.values())
+    started = time.monotonic()
+    _stop(pool)
+    assert time.monotonic() - started < 30  # far less than the 60 s the workers would otherwise sleep
+    assert processes and not any(p.is_alive() for p in processes)
+    assert not any(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+
+
+def test_sigint_with_workers_stops_children_and_keeps_records(tmp_path):
+    path, out = tiny(tmp_path, steps=400), tmp_path / "out"
+    cmd = [sys.executable, "-m", "spamlang.cli", "run", str(path), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "runs").glob("*.json")):
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    proc.send_signal(signal.SIGINT)  # to the driver only, as when output is not a terminal
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].endswith("rerun the same command to resume")
+    assert len(workers) == 2 and not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert 1 <= len(list((out / "runs").glob("*.json"))) < 6
