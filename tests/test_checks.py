@@ -263,3 +263,22 @@ def test_targets_that_disagree_with_the_predictor_fail():
     result = checks(Uniform(collision="peaked", error=-math.log(2)))  # entropy log(V/2) matches this Bayes loss
     assert result["targets"].ok and not result["agreement"].ok
     assert "0.0156249998 vs targets' collision probability 0.03125" in result["agreement"].detail
+
+
+def test_the_readme_task_and_suite_examples_work(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (tmp_path / "mytasks").mkdir()
+    (tmp_path / "mytasks" / "sticky.py").write_text(re.findall(r"```python\n(.*?)```", readme, re.S)[1])
+    (tmp_path / "mine.toml").write_text(re.findall(r"```toml\n(.*?)```", readme, re.S)[0])
+    validate_cmd = [sys.executable, "-m", "spamlang.cli", "tasks", "validate", "sticky", "--tasks-dir",
+                    str(tmp_path / "mytasks"), "-n", "1000"]
+    done = subprocess.run(validate_cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "passed all 7 checks" in done.stdout, done.stdout + done.stderr
+    code = (f"from spamlang.task import TASKS; TASKS.load_folders([{str(tmp_path / 'mytasks')!r}]); "
+            f"from spamlang.suite import load; print(len(load({str(tmp_path / 'mine.toml')!r}).runs))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "60", done.stderr

@@ -1,0 +1,103 @@
+"""Malformed input across every verb: exit status 2, exactly one line on stderr, no traceback, no file created,
+changed or removed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spamlang.suite import load
+from tests.test_leaderboard import make_record, write_all
+from tests.test_outputs import user_files
+from tests.test_suite import TINY
+
+T = ["train", "--task", "spam", "--vocab-size", "16", "--d-model", "8"]
+G = ["generate", "spam", "-V", "16", "-T", "8", "-n", "10"]
+V = ["tasks", "validate", "bag"]
+SUITE = TINY.format(steps=2).replace("{{", "{").replace("}}", "}")
+EXCLUDE = 'exclude = [{ head = "lowrank:2", vocab_size = 16 }]'
+
+MALFORMED = [
+    # tasks and tasks validate
+    ["tasks", "--frobnicate"], ["tasks", "validate"], ["tasks", "validate", "nope"], [*V, "-n", "0"], [*V, "-n", "-3"],
+    [*V, "-n", "1"], [*V, "-V", "1"], [*V, "-T", "1"], [*V, "-p", "k=0"], [*V, "-p", "k=4", "-p", "k=5"],
+    [*V, "-p", "q=1"], [*V, "-p", "k"], ["tasks", "--tasks-dir", "missing-dir"],
+    # generate
+    [*G, "--out", ".", "--force"], [*G, "--out", "..", "--force"], [*G, "--out", "keep.txt", "--force"],
+    [*G, "--out", "userdir", "--force"], [*G, "--out", "userdir"], [*G, "--out", "keep.txt/sub"],
+    ["generate", "spam", "-V", "16", "-T", "100000", "-n", "2000000000", "--out", "big"],
+    ["generate", "spam", "-V", "0", "-T", "8", "-n", "10", "--out", "o"],
+    ["generate", "spam", "-V", "2147483648", "-T", "8", "-n", "10", "--out", "o"],
+    ["generate", "spam", "-V", "nan", "-T", "8", "-n", "10", "--out", "o"],
+    ["generate", "spam", "-V", "16", "-T", "0", "-n", "10", "--out", "o"],
+    ["generate", "spam", "-V", "16", "-T", "8", "-n", "0", "--out", "o"],
+    ["generate", "spam", "-V", "16", "-T", "8", "-n", "-1", "--out", "o"],
+    [*G, "--seed", "-1", "--out", "o"], [*G, "--seed", str(2 ** 32), "--out", "o"],
+    ["generate", "bag", "-V", "16", "-T", "8", "-n", "10", "-p", "k=4", "-p", "k=4", "--out", "o"],
+    [*G, "-p", "=3", "--out", "o"], ["generate", "spamm", "-V", "16", "-T", "8", "-n", "10", "--out", "o"],
+    # train
+    ["train", "--task", "spam", "--vocab-size", "2000000000", "--d-model", "64"], [*T[:4], "1"],
+    [*T, "--lr", "nan"], [*T, "--lr", "inf"], [*T, "--lr", "0"], [*T, "--lr", "-1"], [*T, "--weight-decay", "nan"],
+    [*T, "--grad-clip", "inf"], [*T, "--steps", "0"], [*T, "--batch-size", "0"], [*T, "--eval-every", "0"],
+    [*T, "--seed", "-1"], [*T, "--head", "lowrank", "--head-rank", "0"], [*T, "--head", "lowrank", "--head-rank", "99"],
+    [*T, "--head", "nope"], [*T, "--device", "tpu"], [*T, "--schedule", "bogus"],
+    ["train", "--task", "bag", "--vocab-size", "16", "-p", "k=2", "-p", "k=3"],
+    [*T, "--head", "mos", "--head-param", "components=2", "--head-param", "components=3"],
+    [*T, "--out", "keep.txt"],
+    # score and leaderboard
+    ["score", "missing-dir"], ["score", "emptydir"], ["score", "runs", "--tolerance", "nan"],
+    ["score", "runs", "--tolerance", "inf"], ["score", "runs", "--tolerance", "-0.1"], ["score", "runs", "--tolerance", "0"],
+    ["score", "runs", "--format", "xml"], ["score", "ghosts"], ["leaderboard"], ["leaderboard", "runs", "ghosts"],
+    ["leaderboard", "ghosts"], ["leaderboard", "runs", "--out", "keep.txt"], ["leaderboard", "runs", "--out", "userboard"],
+    ["leaderboard", "runs", "--format", "pdf"],
+    # run
+    ["run", "nope"], ["run", "exclude.toml"], ["run", "broken.toml"], ["run", "name.toml"], ["run", "future.toml"],
+    ["run", "tiny.toml", "--workers", "0"], ["run", "tiny.toml", "--executor", "dask"], ["run", "tiny.toml", "--device", "tpu"],
+    # probe, heads, suites, the group
+    ["probe", "missing.pt"], ["probe", "keep.txt"], ["probe", "x.pt", "--batches", "0"], ["heads", "--frob"],
+    ["suites", "--frob"], ["frobnicate"], ["--frobnicate"],
+]
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A working folder with a user's files and the inputs the malformed commands point at."""
+    user_files(tmp_path)
+    (tmp_path / "userdir").mkdir()
+    (tmp_path / "userdir" / "notes.txt").write_text("mine")
+    (tmp_path / "userboard").mkdir()
+    (tmp_path / "userboard" / "leaderboard.md").write_text("mine")
+    (tmp_path / "emptydir").mkdir()
+    write_all(tmp_path / "runs", [make_record(seed=s) for s in range(2)])
+    ghost = {**make_record(), "run_id": "ghost"}
+    ghost["config"] = {**ghost["config"], "task": "ghost"}
+    write_all(tmp_path / "ghosts", [ghost])
+    (tmp_path / "tiny.toml").write_text(SUITE)
+    (tmp_path / "exclude.toml").write_text(SUITE.replace(EXCLUDE, 'exclude = [{ hed = "linear" }]'))
+    (tmp_path / "broken.toml").write_text("[suite\n")
+    (tmp_path / "name.toml").write_text(SUITE.replace('name = "tiny"', 'name = "../up"'))
+    (tmp_path / "future.toml").write_text(SUITE.replace('name = "tiny"', 'name = "future"'))
+    config = load(str(tmp_path / "future.toml")).runs[0]
+    future = {**make_record(), "schema": "spamlang.run/2", "run_id": config.run_id, "config": config.to_dict()}
+    (tmp_path / "out" / "future" / "runs").mkdir(parents=True)
+    (tmp_path / "out" / "future" / "runs" / f"{config.run_id}.json").write_text(json.dumps(future))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_enough_malformed_inputs():
+    assert len(MALFORMED) >= 50 and len({tuple(args) for args in MALFORMED}) == len(MALFORMED)
+
+
+@pytest.mark.parametrize("args", MALFORMED, ids=" ".join)
+def test_malformed_input_is_one_line_status_2_and_leaves_no_trace(run_cli, workspace, args):
+    before = snapshot(workspace)
+    r = run_cli(*args)
+    lines = r.err.strip().splitlines()
+    assert r.code == 2, (r.code, r.err)
+    assert len(lines) == 1 and lines[0].startswith("spamlang: error: ") and "Traceback" not in r.err, r.err
+    assert snapshot(workspace) == before
