@@ -42,6 +42,9 @@ from .tables import format_table, markdown_table, with_params
 from .speedup import format_speedup, speedup_table
 
 FORMATS = ("md", "csv", "html")
+#: the table files of each format
+TABLE_FILES = {"md": ("leaderboard.md",), "csv": ("leaderboard.csv", "configurations.csv", "models.csv"),
+               "html": ("leaderboard.html",)}
 #: significance level of the paired test that puts one head design ahead of the next
 ALPHA = 0.05
 HEAD_FIELDS = ("head", "head_rank", "head_params")
@@ -370,9 +373,7 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     out = Path(out)
     measured = models.load(runs.attrs.get("measurements", []))
     model_figures = models.figures(measured)
-    tables = {"md": ["leaderboard.md"], "csv": ["leaderboard.csv", "configurations.csv", "models.csv"],
-              "html": ["leaderboard.html"]}
-    check_outputs(out, [*_CAPTIONS, *model_figures, *(name for fmt in formats for name in tables[fmt])])
+    check_outputs(out, [*_CAPTIONS, *model_figures, *(name for fmt in formats for name in TABLE_FILES[fmt])])
     if runs.empty:  # measurement records only: the models section alone
         images = {name: plots.save(fig, out / name) for name, fig in model_figures.items()}
         text = "# SpamLang leaderboard\n\n" + models.markdown(measured, list(images))

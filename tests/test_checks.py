@@ -150,6 +150,15 @@ def test_a_run_that_cannot_fit_is_refused_with_the_numbers(run_cli, monkeypatch)
     assert_user_error(r, "needs about 55.7 MB", "cpu has 50.0 MB available")
 
 
+def test_cuda_memory_is_read_from_the_device(monkeypatch):
+    """The CPU twin of the CUDA path: free device memory comes from torch.cuda.mem_get_info."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (10 ** 9, 8 * 10 ** 10))
+    assert resources.available_memory("cuda", 0) == 10 ** 9
+    with pytest.raises(SpamLangError, match="cuda has 1.0 GB available"):
+        resources.check_run(RunConfig(task="spam", vocab_size=2 ** 24, d_model=64), "cuda", 0)
+    resources.check_run(RunConfig(task="spam", vocab_size=256), "cuda", 0)
+
+
 def test_workers_side_by_side_are_counted(tmp_path, monkeypatch):
     config = load(str(tiny(tmp_path))).runs[0]
     need = resources.run_memory(config)["total"]
