@@ -156,7 +156,7 @@ def generate(task, vocab_size, seq_len, num_sequences, seed, out, force, quiet, 
 @click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--holdout", default=0.05, show_default=True, type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
               help="Share of documents in each of val and test.")
-@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--force", is_flag=True, help="Replace a folder that holds a previous prepared corpus and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def prepare_text(sources, out, txt_documents, vocab_sizes, split_seed, holdout, force, quiet):
     """Read text SOURCES (files or folders of .txt/.md, .jsonl with a 'text' field, .parquet with a 'text' column;

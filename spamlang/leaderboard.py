@@ -43,7 +43,8 @@ from .speedup import format_speedup, speedup_table
 
 FORMATS = ("md", "csv", "html")
 #: the table files of each format
-TABLE_FILES = {"md": ("leaderboard.md",), "csv": ("leaderboard.csv", "configurations.csv", "models.csv"),
+TABLE_FILES = {"md": ("leaderboard.md",),
+               "csv": ("leaderboard.csv", "configurations.csv", "speedup.csv", "models.csv"),
                "html": ("leaderboard.html",)}
 #: significance level of the paired test that puts one head design ahead of the next
 ALPHA = 0.05

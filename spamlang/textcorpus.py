@@ -181,8 +181,19 @@ def prepare(sources: list[str], out: str | os.PathLike, *, txt_documents: str = 
         documents = BUILTIN[sources[0]][1]()
     else:
         documents = read_documents(sources, txt_documents)
-    with atomic.output_folder(out, force) as tmp:
+    with atomic.output_folder(out, force, is_prepared, "prepared corpus (documents.jsonl, meta.json)") as tmp:
         return _write(documents, tmp, [str(s) for s in sources], progress)
+
+
+def is_prepared(folder: Path) -> bool:
+    """Whether ``folder`` holds a prepared corpus and nothing else: documents.jsonl and a meta.json of FORMAT."""
+    if {p.name for p in folder.iterdir()} - {"documents.jsonl", "meta.json"}:
+        return False
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def locate(corpus: str) -> Path:

@@ -139,3 +139,16 @@ def test_check_replaceable_api_refuses_without_a_recogniser(tmp_path):
     check_replaceable(tmp_path / "x", True, lambda p: True, "thing")
     check_replaceable(tmp_path / "new", False, lambda p: False, "thing")
 
+
+
+def test_prepare_text_force_follows_the_same_rule(run_cli, tmp_path):
+    source = tmp_path / "a.txt"
+    source.write_text("one document.\n\nanother document.\n")
+    out = tmp_path / "corpus"
+    assert run_cli("prepare-text", source, "--out", out).code == 0
+    assert run_cli("prepare-text", source, "--out", out, "--force").code == 0  # its own corpus is replaced
+    (out / "notes.txt").write_text("mine")
+    assert_user_error(run_cli("prepare-text", source, "--out", out, "--force"), "other files")
+    assert (out / "notes.txt").read_text() == "mine"
+    assert_user_error(run_cli("prepare-text", source, "--out", user_files(tmp_path / "d"), "--force"), "other files")
+    assert_user_files(tmp_path / "d")
