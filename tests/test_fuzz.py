@@ -2,6 +2,7 @@
 changed or removed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -69,16 +70,17 @@ def workspace(tmp_path, monkeypatch):
     (tmp_path / "userboard" / "leaderboard.md").write_text("mine")
     (tmp_path / "emptydir").mkdir()
     write_all(tmp_path / "runs", [make_record(seed=s) for s in range(2)])
-    ghost = {**make_record(), "run_id": "ghost"}
-    ghost["config"] = {**ghost["config"], "task": "ghost"}
-    write_all(tmp_path / "ghosts", [ghost])
+    rec = make_record()
+    write_all(tmp_path / "ghosts", [dataclasses.replace(rec, config=dataclasses.replace(rec.config, task="ghost"),
+                                                        run_id="ghost")])
     (tmp_path / "tiny.toml").write_text(SUITE)
     (tmp_path / "exclude.toml").write_text(SUITE.replace(EXCLUDE, 'exclude = [{ hed = "linear" }]'))
     (tmp_path / "broken.toml").write_text("[suite\n")
     (tmp_path / "name.toml").write_text(SUITE.replace('name = "tiny"', 'name = "../up"'))
     (tmp_path / "future.toml").write_text(SUITE.replace('name = "tiny"', 'name = "future"'))
     config = load(str(tmp_path / "future.toml")).runs[0]
-    future = {**make_record(), "schema": "spamlang.run/2", "run_id": config.run_id, "config": config.to_dict()}
+    future = {**make_record().to_dict(), "schema": "spamlang.run/3", "run_id": config.run_id,
+              "config": config.to_dict()}
     (tmp_path / "out" / "future" / "runs").mkdir(parents=True)
     (tmp_path / "out" / "future" / "runs" / f"{config.run_id}.json").write_text(json.dumps(future))
     monkeypatch.chdir(tmp_path)

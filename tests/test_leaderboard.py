@@ -217,9 +217,8 @@ def ghost_records(folder):
     records = []
     for seed in range(2):
         rec = make_record(seed=seed)
-        rec["config"] = {**rec["config"], "task": "ghost"}
-        rec["run_id"] = f"ghost{seed}"
-        records.append(rec)
+        records.append(dataclasses.replace(rec, config=dataclasses.replace(rec.config, task="ghost"),
+                                           run_id=f"ghost{seed}"))
     return write_all(folder, records)
 
 

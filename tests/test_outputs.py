@@ -9,7 +9,7 @@ from spamlang import make_task, record
 from spamlang.corpus import generate, load
 from spamlang.errors import SpamLangError
 from tests.conftest import assert_user_error
-from tests.test_leaderboard import grid, make_record, write_all
+from tests.test_leaderboard import grid, write_all
 
 GEN = ["generate", "spam", "-V", 16, "-T", 8, "-n", 10]
 
