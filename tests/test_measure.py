@@ -227,6 +227,8 @@ def test_leaderboard_merges_measurement_folders(run_cli, folder, tmp_path):
     names = {p.name for p in (tmp_path / "board").iterdir()}
     assert {"leaderboard.md", "leaderboard.html", "models.csv", "models_destroyed.png", "models_spectrum.png"} <= names
     assert "data:image/png;base64" in (tmp_path / "board" / "leaderboard.html").read_text()
+    again = run_cli("leaderboard", tmp_path / "m", "--out", tmp_path / "board")  # its own files, models.csv too
+    assert again.code == 0, again.err
     (tmp_path / "runs").mkdir()
     for run_id in ("47bcb4a6e8cb3879", "de61745a25975586", "df76c51898881cd0"):  # spam, V = 128, linear head
         shutil.copy(RESULTS / f"{run_id}.json", tmp_path / "runs")

@@ -113,6 +113,9 @@ def test_leaderboard_never_replaces_a_file_it_did_not_write(run_cli, tmp_path):
     assert run_cli("leaderboard", runs, "--out", out).code == 0  # its own files are replaced
     (out / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n a user's picture")
     assert_user_error(run_cli("leaderboard", runs, "--out", out), "curves.png")
+    (out / "curves.png").unlink()
+    (out / "models.csv").write_text("model,size\nmine,1\n")  # the name of the models table, not its columns
+    assert_user_error(run_cli("leaderboard", runs, "--out", out), "models.csv")
 
 
 def test_train_never_replaces_a_file_that_is_not_its_record(run_cli, tmp_path, monkeypatch):
