@@ -10,7 +10,7 @@ from .task import TASKS, Targets, Task, make_task, register_task
 #: the Python API that lives downstream of the tasks, imported on first use so that importing a task or the scorer
 #: never loads the trainer (data flows one way)
 _LAZY = {"train": ("harness", "train"), "RunRecord": ("record", "RunRecord"), "load_runs": ("frames", "load_runs"),
-         "score": ("scorer", "score"), "format_table": ("tables", "format_table")}
+         "history": ("frames", "history"), "score": ("scorer", "score"), "format_table": ("tables", "format_table")}
 
 
 def __getattr__(name: str):
@@ -21,5 +21,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'spamlang' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = ["ConfigError", "SpamLangError", "RunConfig", "param", "Rng", "TASKS", "Targets", "Task", "make_task",
-           "register_task", "train", "RunRecord", "load_runs", "score", "format_table", "__version__"]
+           "register_task", "train", "RunRecord", "load_runs", "history", "score", "format_table", "__version__"]

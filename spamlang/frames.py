@@ -1,4 +1,5 @@
-"""Run records to a DataFrame: one row per run, its configuration spread into columns."""
+"""Run records to DataFrames: one row per run (:func:`load_runs`) or per evaluation (:func:`history`), each setting
+and metric a typed column."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,22 @@ from . import record
 from .config import RunConfig
 from .errors import SpamLangError
 from .floors import CACHE_NAME
+from .params import scalar_fields, type_of
 from .task import TASKS
 
 #: the run settings, each a column of the frame
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+#: the prefix of a run's final metrics (record.Final) as columns of the run frame
+FINAL = "final_"
+_RECORD_FIELDS = {f.name: f for f in dataclasses.fields(record.RunRecord)}
+#: the type (int, float, bool or str) of each scalar column of the run frame
+RUN_TYPES = {**{f.name: type_of(f) for f in scalar_fields(RunConfig)},
+             **{name: type_of(_RECORD_FIELDS[name]) for name in ("task_version", "bayes_loss", "deterministic", "rank")},
+             **{FINAL + f.name: type_of(f) for f in dataclasses.fields(record.Final)}}
+#: the type of each field of an evaluation (record.EvalPoint)
+EVAL_TYPES = {f.name: type_of(f) for f in dataclasses.fields(record.EvalPoint)}
+#: the run columns each row of :func:`history` repeats
+HISTORY_RUN_COLUMNS = ("run_id", *CONFIG_FIELDS, "head_spec", "task_version", "bayes_loss", "deterministic", "status")
 
 
 def config_key(value: Any) -> Any:
@@ -33,11 +46,23 @@ def value_order(value: Any) -> tuple:
     return (0, value) if number else (1, str(value))
 
 
+def head_spec(head: str, rank: int | None, params: Any) -> str:
+    """A head design as one label: ``linear``, ``lowrank:8``, ``mos(components=4)``."""
+    label = head if rank is None else f"{head}:{rank}"
+    return f"{label}({', '.join(f'{k}={v}' for k, v in params.items())})" if params else label
+
+
 def load_runs(folder: str | Path) -> pd.DataFrame:
     """One row per run record found under ``folder`` (recursively): its config fields, plus ``run_id``, ``path``,
-    ``task_version``, ``bayes_loss``, ``deterministic``, ``rank``, ``status``, ``error``, ``history`` (a tuple of
-    :class:`~spamlang.record.EvalPoint`), ``final`` (a :class:`~spamlang.record.Final`, None for a failed run),
+    ``head_spec`` (see :func:`head_spec`), ``task_version``, ``bayes_loss``, ``deterministic``, ``rank``, ``status``,
+    ``error``, the final metrics as ``final_loss``, ``final_accuracy``, ... (every :class:`~spamlang.record.Final`
+    field, prefixed ``final_``; NaN for a failed run), ``history`` (a tuple of :class:`~spamlang.record.EvalPoint`;
+    :func:`history` spreads it into rows), ``final`` (the :class:`~spamlang.record.Final`, None for a failed run),
     ``sweep`` (the fields its suite swept, or None), and for provenance ``suite``, ``env`` and ``created``.
+
+    Numeric columns (``RUN_TYPES``) have numeric dtypes: int64 where no run lacks the value, else float64 with NaN
+    for missing (``head_rank`` of a linear head, ``embed_dim`` left at D); ``compile`` and, when known for every run,
+    ``deterministic`` are bool. :func:`plain` turns the frame back into Python values.
 
     A file that is not a valid record is reported (warnings.warn, naming it and the malformed field) and skipped, as
     is a second record of a run already read; no record at all raises SpamLangError.
@@ -63,7 +88,51 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
         raise SpamLangError(f"no run records under {folder}{detail}")
     for problem in problems:
         warnings.warn(f"skipped {problem}", RuntimeWarning, stacklevel=2)
-    return pd.DataFrame(rows, dtype=object)  # object: keep ints, None and records' parts as they are
+    return _typed(pd.DataFrame(rows, dtype=object), RUN_TYPES)
+
+
+def history(runs: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluation of every run (a folder of records, or :func:`load_runs`'s frame of them): the run's
+    ``HISTORY_RUN_COLUMNS`` (``run_id``, its settings, ``head_spec``, ...) followed by the
+    :class:`~spamlang.record.EvalPoint` fields (``step``, ``tokens``, ``test_loss``, ...), typed as in
+    :func:`load_runs`. An evaluation field named like a run setting gets the prefix ``eval_``: ``eval_lr`` is the
+    learning rate at that step, ``lr`` the run's peak. A failed run has no rows."""
+    if not isinstance(runs, pd.DataFrame):
+        runs = load_runs(runs)
+    counts = runs["history"].map(len).to_numpy()
+    base = runs.loc[runs.index.repeat(counts), list(HISTORY_RUN_COLUMNS)].reset_index(drop=True)
+    points = pd.DataFrame([dataclasses.asdict(p) for points in runs["history"] for p in points],
+                          columns=list(EVAL_TYPES), dtype=object)
+    points = _typed(points, EVAL_TYPES).rename(columns=lambda c: "eval_" + c if c in base.columns else c)
+    return pd.concat([base, points], axis=1)
+
+
+def plain(runs: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a run frame with Python values in its typed columns (None for NaN, int for whole numbers of an int
+    column), the form the scorer and the leaderboard compute on."""
+    out = runs.astype(object)
+    for column, kind in RUN_TYPES.items():
+        if column in out.columns:
+            out[column] = pd.Series([None if _missing(v) else kind(v) for v in out[column]], out.index, object)
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _typed(frame: pd.DataFrame, types: dict[str, type]) -> pd.DataFrame:
+    """``frame`` with numeric dtypes in its int and float columns (int64 when complete, else float64 with NaN) and
+    bool ones in complete bool columns; other columns are left as objects."""
+    for column, kind in types.items():
+        values = frame[column]
+        complete = not any(map(_missing, values))
+        if kind is bool and complete:
+            frame[column] = values.astype(bool)
+        elif kind in (int, float):
+            numbers = pd.to_numeric(values.map(lambda v: math.nan if _missing(v) else v), errors="raise")
+            frame[column] = numbers.astype("int64" if kind is int and complete else "float64")
+    return frame
 
 
 def _row(rec: record.RunRecord, path: Path) -> dict:
@@ -73,8 +142,12 @@ def _row(rec: record.RunRecord, path: Path) -> dict:
     if version is None:  # a run that failed before its task was built: it ran the version registered now, if any
         version = TASKS.get(config["task"]).version if config["task"] in TASKS.names() else None
     suite = rec.suite
-    return {**config, "run_id": rec.run_id, "path": str(path), "task_version": version,
-            "bayes_loss": rec.bayes_loss, "deterministic": rec.deterministic, "rank": rec.rank,
-            "status": rec.status, "error": rec.error, "history": rec.history, "final": rec.final,
+    final = {FINAL + f.name: getattr(rec.final, f.name) if rec.final else None
+             for f in dataclasses.fields(record.Final)}
+    return {**config, "run_id": rec.run_id, "path": str(path),
+            "head_spec": head_spec(config["head"], config["head_rank"], config["head_params"]),
+            "task_version": version, "bayes_loss": rec.bayes_loss, "deterministic": rec.deterministic,
+            "rank": rec.rank, "status": rec.status, "error": rec.error, **final, "history": rec.history,
+            "final": rec.final,
             "sweep": list(suite.sweep) if suite else None, "suite": dataclasses.asdict(suite) if suite else None,
             "env": dataclasses.asdict(rec.env), "created": rec.created}

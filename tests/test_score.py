@@ -207,7 +207,7 @@ def test_load_runs_reads_records_recursively_and_skips_the_floor_cache(tmp_path)
     (tmp_path / CACHE_NAME).write_text("{}")
     df = load_runs(tmp_path)
     assert sorted(df["seed"]) == [0, 1]
-    assert df.iloc[0]["head_rank"] is None  # None stays None, not NaN
+    assert math.isnan(df.iloc[0]["head_rank"])  # missing is NaN in the typed frame
 
 
 def test_load_runs_errors(tmp_path):

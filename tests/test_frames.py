@@ -1,0 +1,82 @@
+"""Run frames: typed columns, NaN for missing, the head label, one row per evaluation, and the public names."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+import spamlang
+from spamlang import record
+from spamlang.frames import EVAL_TYPES, head_spec, history, load_runs, plain
+from tests.records import make_record
+
+
+def write_runs(folder):
+    """A linear run (no rank), two seeds of a lowrank:2 run, and a failed mos run."""
+    records = [make_record(task="spam", vocab_size=64, head="linear", losses=(4.0, 2.0, 1.0)),
+               *(make_record(task="spam", vocab_size=64, head="lowrank", head_rank=2, seed=s, losses=(4.0, 3.0))
+                 for s in (0, 1)),
+               make_record(task="spam", vocab_size=64, head="mos", head_params={"components": 2}, status="failed")]
+    for rec in records:
+        record.write(rec, folder)
+    return records
+
+
+def test_numeric_columns_are_numeric_with_nan_for_missing(tmp_path):
+    write_runs(tmp_path)
+    df = load_runs(tmp_path).set_index("head")
+    assert df["vocab_size"].dtype == "int64" and df["seed"].dtype == "int64" and df["lr"].dtype == "float64"
+    assert df["compile"].dtype == bool
+    assert df["head_rank"].dtype == "float64" and math.isnan(df.loc["linear", "head_rank"])
+    assert df.loc["lowrank", "head_rank"].tolist() == [2.0, 2.0]
+    # final metrics as columns; a failed run has none
+    assert df["final_loss"].dtype == "float64"
+    assert df.loc["linear", "final_loss"] == pytest.approx(1.0)
+    assert math.isnan(df.loc["mos", "final_loss"]) and math.isnan(df.loc["mos", "bayes_loss"])
+    assert df["deterministic"].dtype == object  # unknown for the failed run: True/False/None
+    numeric = set(df.select_dtypes("number").columns)
+    assert {"vocab_size", "head_rank", "lr", "final_loss", "final_accuracy", "bayes_loss"} <= numeric
+    assert df["final_loss"].describe()["count"] == 3
+    assert not df[["lr", "final_loss"]].corr().empty
+
+
+def test_head_spec_labels_head_rank_and_params(tmp_path):
+    write_runs(tmp_path)
+    assert sorted(load_runs(tmp_path)["head_spec"]) == ["linear", "lowrank:2", "lowrank:2", "mos(components=2)"]
+    assert head_spec("gradproj", 8, {}) == "gradproj:8"
+
+
+def test_plain_gives_back_python_values(tmp_path):
+    write_runs(tmp_path)
+    df = plain(load_runs(tmp_path)).set_index("head")
+    assert df.loc["linear", "head_rank"] is None and df.loc["mos", "final_loss"] is None
+    ranks = df.loc["lowrank", "head_rank"].tolist()
+    assert ranks == [2, 2] and all(type(r) is int for r in ranks)
+    assert type(df.loc["linear", "vocab_size"]) is int
+
+
+def test_history_has_one_row_per_evaluation(tmp_path):
+    records = write_runs(tmp_path)
+    h = history(tmp_path)
+    assert len(h) == sum(len(r.history) for r in records) == 3 + 2 + 2  # the failed run has no evaluations
+    assert list(h.columns[:2]) == ["run_id", "task"] and {"head_spec", "status", "step", "test_loss"} <= set(h)
+    assert h["step"].dtype == "int64" and h["test_loss"].dtype == "float64" and h["tokens"].dtype == "int64"
+    linear = h[h["head_spec"] == "linear"]
+    assert linear["step"].tolist() == [0, 100, 200] and linear["test_loss"].tolist() == [4.0, 2.0, 1.0]
+    # the evaluation's learning rate beside the run's peak setting
+    assert "eval_lr" in h and "lr" in h and set(EVAL_TYPES) - {"lr"} <= set(h.columns)
+    pd.testing.assert_frame_equal(history(load_runs(tmp_path)), h)
+
+
+def test_the_scorer_reads_the_typed_frame(tmp_path):
+    write_runs(tmp_path)
+    scored = spamlang.score(load_runs(tmp_path)).set_index("head")
+    assert scored.loc["lowrank", "head_rank"] == 2 and type(scored.loc["lowrank", "head_rank"]) is int
+    assert scored.loc["linear", "head_rank"] is None and scored.loc["mos", "verdict"] == "failed"
+
+
+def test_public_names_are_listed():
+    names = dir(spamlang)
+    assert {"train", "load_runs", "history", "score", "format_table", "RunConfig", "make_task"} <= set(names)
+    assert all(hasattr(spamlang, name) for name in spamlang.__all__)
