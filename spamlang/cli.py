@@ -132,17 +132,21 @@ def tasks_validate(name, params, vocab_size, seq_len, num_sequences):
 @click.option("--seq-len", "-T", required=True, type=int, help="Tokens per sequence (>= 2).")
 @click.option("--num-sequences", "-n", required=True, type=int, help="Number of sequences (>= 1).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
-@click.option("--out", required=True, type=click.Path(), help="Output folder (tokens.npy, meta.json).")
+@click.option("--format", "fmt", type=click.Choice(["npy", "bin", "parquet"]), default="npy", show_default=True,
+              help="npy: N x T array; bin: nanoGPT's flat uint16 (uint32 above V = 65536) memmap; parquet: one row "
+                   "per sequence, column input_ids (needs pyarrow).")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (the tokens file, meta.json).")
 @click.option("--force", is_flag=True, help="Replace a folder that holds a previous corpus and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @param_option
 @plugin_options
-def generate(task, vocab_size, seq_len, num_sequences, seed, out, force, quiet, params):
-    """Write a corpus of TASK: OUT/tokens.npy (N x T, smallest unsigned dtype) and OUT/meta.json."""
+def generate(task, vocab_size, seq_len, num_sequences, seed, fmt, out, force, quiet, params):
+    """Write a corpus of TASK: OUT/tokens.npy, tokens.bin or tokens.parquet (see --format) and OUT/meta.json (task,
+    parameters, seed, format, dtype, shape, sha256, Bayes loss)."""
     from .corpus import generate as run
-    meta = run(_task_from(task, params), vocab_size, seq_len, num_sequences, seed, out, force=force,
+    meta = run(_task_from(task, params), vocab_size, seq_len, num_sequences, seed, out, fmt=fmt, force=force,
                progress=not quiet and sys.stderr.isatty())
-    click.echo(f"wrote {num_sequences} x {seq_len} {meta['dtype']} tokens of '{task}' to {out} "
+    click.echo(f"wrote {num_sequences} x {seq_len} {meta['dtype']} tokens of '{task}' to {out}/{meta['file']} "
                f"(sha256 {meta['sha256'][:12]}…, Bayes loss {meta['bayes_loss']:.4f} nats)")
 
 
