@@ -143,10 +143,12 @@ def tasks_validate(name, params, vocab_size, seq_len, num_sequences):
 def generate(task, vocab_size, seq_len, num_sequences, seed, fmt, out, force, quiet, params):
     """Write a corpus of TASK: OUT/tokens.npy, tokens.bin or tokens.parquet (see --format) and OUT/meta.json (task,
     parameters, seed, format, dtype, shape, sha256, Bayes loss)."""
+    from pathlib import Path
+
     from .corpus import generate as run
     meta = run(_task_from(task, params), vocab_size, seq_len, num_sequences, seed, out, fmt=fmt, force=force,
                progress=not quiet and sys.stderr.isatty())
-    click.echo(f"wrote {num_sequences} x {seq_len} {meta['dtype']} tokens of '{task}' to {out}/{meta['file']} "
+    click.echo(f"wrote {num_sequences} x {seq_len} {meta['dtype']} tokens of '{task}' to {Path(out) / meta['file']} "
                f"(sha256 {meta['sha256'][:12]}…, Bayes loss {meta['bayes_loss']:.4f} nats)")
 
 
