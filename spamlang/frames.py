@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import record
@@ -25,7 +26,8 @@ FINAL = "final_"
 _RECORD_FIELDS = {f.name: f for f in dataclasses.fields(record.RunRecord)}
 #: the type (int, float, bool or str) of each scalar column of the run frame
 RUN_TYPES = {**{f.name: type_of(f) for f in scalar_fields(RunConfig)},
-             **{name: type_of(_RECORD_FIELDS[name]) for name in ("task_version", "bayes_loss", "deterministic", "rank")},
+             **{name: type_of(_RECORD_FIELDS[name]) for name in ("task_version", "bayes_loss", "deterministic",
+                                                                  "rank")},
              **{FINAL + f.name: type_of(f) for f in dataclasses.fields(record.Final)}}
 #: the type of each field of an evaluation (record.EvalPoint)
 EVAL_TYPES = {f.name: type_of(f) for f in dataclasses.fields(record.EvalPoint)}
@@ -62,7 +64,7 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
 
     Numeric columns (``RUN_TYPES``) have numeric dtypes: int64 where no run lacks the value, else float64 with NaN
     for missing (``head_rank`` of a linear head, ``embed_dim`` left at D); ``compile`` and, when known for every run,
-    ``deterministic`` are bool. :func:`plain` turns the frame back into Python values.
+    ``deterministic`` are bool. :func:`python_values` turns the frame back into Python values.
 
     A file that is not a valid record is reported (warnings.warn, naming it and the malformed field) and skipped, as
     is a second record of a run already read; no record at all raises SpamLangError.
@@ -99,15 +101,15 @@ def history(runs: str | Path | pd.DataFrame) -> pd.DataFrame:
     learning rate at that step, ``lr`` the run's peak. A failed run has no rows."""
     if not isinstance(runs, pd.DataFrame):
         runs = load_runs(runs)
-    counts = runs["history"].map(len).to_numpy()
-    base = runs.loc[runs.index.repeat(counts), list(HISTORY_RUN_COLUMNS)].reset_index(drop=True)
-    points = pd.DataFrame([dataclasses.asdict(p) for points in runs["history"] for p in points],
+    rows = np.repeat(np.arange(len(runs)), runs["history"].map(len).to_numpy())  # each run once per evaluation
+    base = runs.iloc[rows][list(HISTORY_RUN_COLUMNS)].reset_index(drop=True)
+    points = pd.DataFrame([dataclasses.asdict(p) for evaluations in runs["history"] for p in evaluations],
                           columns=list(EVAL_TYPES), dtype=object)
     points = _typed(points, EVAL_TYPES).rename(columns=lambda c: "eval_" + c if c in base.columns else c)
     return pd.concat([base, points], axis=1)
 
 
-def plain(runs: pd.DataFrame) -> pd.DataFrame:
+def python_values(runs: pd.DataFrame) -> pd.DataFrame:
     """A copy of a run frame with Python values in its typed columns (None for NaN, int for whole numbers of an int
     column), the form the scorer and the leaderboard compute on."""
     out = runs.astype(object)

@@ -35,7 +35,7 @@ from . import __version__, atomic, plots, record
 from .measure import board as models
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
-from .frames import config_key, load_runs, plain
+from .frames import config_key, load_runs, python_values
 from .scorer import VERDICTS, learnability, score
 from .stats import EXACT_MAX, mean_ci, min_p_value, wilcoxon_greater
 from .tables import format_table, markdown_table, with_params
@@ -54,7 +54,7 @@ HEAD_FIELDS = ("head", "head_rank", "head_params")
 # -- loading --------------------------------------------------------------------------------------------------------
 def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
     """The run records of every folder (see :func:`spamlang.frames.load_runs`) merged as Python values
-    (:func:`spamlang.frames.plain`), with ``folder`` added.
+    (:func:`spamlang.frames.python_values`), with ``folder`` added.
 
     A folder without records, or a task recorded in different versions, raises SpamLangError; a run id already read
     from an earlier folder is skipped with a warning. A folder holding ``spamlang measure`` records is set aside in
@@ -74,7 +74,7 @@ def load_folders(folders: Iterable[str | Path]) -> pd.DataFrame:
         runs = pd.DataFrame()
         runs.attrs = {"folders": [], "measurements": measured}
         return runs
-    runs = plain(pd.concat(frames, ignore_index=True))
+    runs = python_values(pd.concat(frames, ignore_index=True))
     repeated = runs["run_id"].duplicated()
     if repeated.any():
         first = runs[~repeated].set_index("run_id")["path"]

@@ -17,7 +17,7 @@ import pandas as pd
 from .config import EXECUTION_FIELDS
 from .errors import ConfigError, SpamLangError
 from .floors import FloorCache, expressivity_floor
-from .frames import CONFIG_FIELDS, config_key, plain, value_order
+from .frames import CONFIG_FIELDS, config_key, python_values, value_order
 from .record import LEARNED_ACCURACY, LEARNED_MARGIN, is_learned
 from .stats import mean_ci
 from .task import make_task
@@ -148,7 +148,7 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     """
     if df.empty:
         raise SpamLangError("no runs to score")
-    df = plain(df)
+    df = python_values(df)
     swept = list(dict.fromkeys(["lr", *sweep, *(f for s in df["sweep"] if isinstance(s, list) for f in s)]))
     unknown = [f for f in [*swept, *(by or [])] if f not in (*CONFIG_FIELDS, "task_version")]
     if unknown:

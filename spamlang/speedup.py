@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpamLangError
-from .frames import CONFIG_FIELDS, config_key, plain, value_order
+from .frames import CONFIG_FIELDS, config_key, python_values, value_order
 from .tables import markdown_table, with_params
 
 #: the fields that tell the compared heads apart, or are chosen per head (lr), or vary within one cell (seed)
@@ -111,7 +111,7 @@ def speedup_table(runs: pd.DataFrame, reference: str = "linear", n_boot: int = B
     head's runs at its chosen lr) and the fields of :func:`compare`.
     Empty when no configuration has both the reference and another head."""
     ref_name, ref_rank = _parse_reference(reference)
-    runs = plain(runs)
+    runs = python_values(runs)
     ok = runs[runs["status"] == "ok"]
     group_fields = [f for f in CONFIG_FIELDS if f not in NOT_GROUPED]
     rows = []

@@ -8,7 +8,7 @@ import pytest
 
 import spamlang
 from spamlang import record
-from spamlang.frames import EVAL_TYPES, head_spec, history, load_runs, plain
+from spamlang.frames import EVAL_TYPES, head_spec, history, load_runs, python_values
 from tests.records import make_record
 
 
@@ -47,9 +47,9 @@ def test_head_spec_labels_head_rank_and_params(tmp_path):
     assert head_spec("gradproj", 8, {}) == "gradproj:8"
 
 
-def test_plain_gives_back_python_values(tmp_path):
+def test_python_values_undo_the_typing(tmp_path):
     write_runs(tmp_path)
-    df = plain(load_runs(tmp_path)).set_index("head")
+    df = python_values(load_runs(tmp_path)).set_index("head")
     assert df.loc["linear", "head_rank"] is None and df.loc["mos", "final_loss"] is None
     ranks = df.loc["lowrank", "head_rank"].tolist()
     assert ranks == [2, 2] and all(type(r) is int for r in ranks)
