@@ -281,7 +281,8 @@ def test_the_readme_task_and_suite_examples_work(tmp_path):
     from pathlib import Path
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     (tmp_path / "mytasks").mkdir()
-    (tmp_path / "mytasks" / "sticky.py").write_text(re.findall(r"```python\n(.*?)```", readme, re.S)[1])
+    sticky = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "class Sticky" in b)
+    (tmp_path / "mytasks" / "sticky.py").write_text(sticky)
     (tmp_path / "mine.toml").write_text(re.findall(r"```toml\n(.*?)```", readme, re.S)[0])
     validate_cmd = [sys.executable, "-m", "spamlang.cli", "tasks", "validate", "sticky", "--tasks-dir",
                     str(tmp_path / "mytasks"), "-n", "1000"]

@@ -98,3 +98,12 @@ def test_bad_formats_are_user_errors(run_cli, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
     assert_user_error(run_cli(*base, "--format", "parquet"), "needs pyarrow")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_force_replaces_a_corpus_of_another_format(run_cli, tmp_path):
+    tokens, _ = corpus(run_cli, tmp_path / "c", "bin")
+    assert_user_error(run_cli("generate", "bag", "-V", 1000, "-T", 16, "-n", 50, "--seed", 4, "--format", "parquet",
+                              "--out", tmp_path / "c"), "not empty")
+    again, meta = corpus(run_cli, tmp_path / "c", "parquet", 1000, "--force")
+    assert meta["format"] == "parquet" and (again == tokens).all()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["meta.json", "tokens.parquet"]

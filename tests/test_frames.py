@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -80,3 +82,13 @@ def test_public_names_are_listed():
     names = dir(spamlang)
     assert {"train", "load_runs", "history", "score", "format_table", "RunConfig", "make_task"} <= set(names)
     assert all(hasattr(spamlang, name) for name in spamlang.__all__)
+
+
+def test_the_readme_frames_example_runs(monkeypatch):
+    root = Path(__file__).resolve().parent.parent
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S)
+                  if "spamlang.history" in b]
+    monkeypatch.chdir(root)
+    scope: dict = {}
+    exec(example, scope)
+    assert {"linear", "lowrank:4", "tied"} <= set(scope["curves"].columns) and scope["curves"].index.name == "step"
