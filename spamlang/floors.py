@@ -7,7 +7,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -19,13 +19,19 @@ from .task import Targets, Task
 from .threads import choose, using
 
 #: bump when the estimator changes, so that cached floors of an older estimator are recomputed
-FLOOR_VERSION = 1
+FLOOR_VERSION = 2
 #: the floor cache file written beside the run records (the scorer does not read it as a record)
 CACHE_NAME = "floors.cache.json"
-#: contexts of the smaller estimation sample of a sampled target set; the larger one has twice as many
+#: contexts of the first fitting sample of a sampled target set, and of the held-out set every fitted head is scored on
 CONTEXTS = 512
+#: the largest fitting sample; the sample doubles from ``contexts`` until two sizes agree within AGREEMENT
+MAX_CONTEXTS = 4096
+#: nats within which the held-out floors of two successive sample sizes must agree for the sample to stop growing
+AGREEMENT = 0.01
 #: contexts asked for first, and fitted all at once when the task says they are all its distinct contexts
 EXHAUSTIVE_CONTEXTS = 2048
+#: independent fits (seeds) of an exhaustive target set; the floor is the lowest, their spread its uncertainty
+RESTARTS = 2
 
 
 def build_head(head_name: str, vocab_size: int, d_model: int, rank: int | None,
@@ -51,48 +57,75 @@ def _thread_policy(fit_fn):
     return fit_with_threads
 
 
+def half_range(log_probs: torch.Tensor) -> torch.Tensor:
+    """(C,) logit half-range (max_v z - min_v z) / 2 of each row of log-probabilities (C, V): a softmax's logits
+    and its log-probabilities differ by a constant per row, so this is the head's logit half-range."""
+    return (log_probs.max(dim=1).values - log_probs.min(dim=1).values) / 2
+
+
+def tempered(log_probs: torch.Tensor, scale: float) -> torch.Tensor:
+    """Log-probabilities (C, V) with each row's logits multiplied by min(1, scale / half-range), so that every
+    half-range is at most ``scale``. For a head whose logits are linear in h (linear, tied, lowrank, gradproj) that is
+    the head's output at h shrunk by the same factor: an exact, differentiable way to keep every context feasible."""
+    factor = torch.clamp(scale / half_range(log_probs).clamp_min(torch.finfo(log_probs.dtype).tiny), max=1.0)
+    return torch.log_softmax(log_probs * factor[:, None], dim=1)
+
+
+class Fit(NamedTuple):
+    """A fitted set of free vectors: ``excess`` the weighted mean KL(target || head) in nats, ``kl`` (C,) each
+    context's KL, ``vectors`` (C, D) the fitted hidden vectors."""
+
+    excess: float
+    kl: torch.Tensor
+    vectors: torch.Tensor
+
+
 @_thread_policy
 def fit(targets: Targets, head: Head, *, fit_head: bool = True, init: torch.Tensor | None = None,
-        window: int = 50, tolerance: float = 1e-3, max_steps: int = 3000, lr: float = 0.1,
-        seed: int = 0) -> tuple[float, torch.Tensor]:
+        scale: float | None = None, adam_steps: int = 300, lr: float = 0.1, max_iter: int = 500,
+        seed: int = 0) -> Fit:
     """Fit one free vector per context (and the head's parameters when ``fit_head``; ``head`` changes in place) to
-    minimise the weighted cross-entropy of the targets under the head. Returns the excess over the targets'
-    entropy, i.e. the weighted mean KL(target || head) in nats, and the vectors (C, D).
+    minimise the weighted cross-entropy of the targets under the head, every context's logit half-range bounded by
+    ``scale`` when given (see :func:`tempered`).
 
-    Full-batch Adam in float32 from ``init`` (default: standard normal vectors). Whenever a ``window`` of steps
-    lowers the excess by less than ``tolerance`` x (1 + excess) nats, the step size is divided by 4; the third time,
-    it stops.
+    Float64 vectors from ``init`` (default: standard normal). ``adam_steps`` of full-batch Adam at ``lr`` leave the
+    rough start behind, then L-BFGS with a strong-Wolfe line search runs to convergence (a relative change of the
+    loss below 1e-10, or ``max_iter`` iterations). With the head fixed the problem is convex in each vector.
     """
-    probs, weights = targets.probs.float(), targets.weights.float()
-    floor = entropy(targets)
-    h = nn.Parameter(init.clone().float() if init is not None else
-                     torch.randn(len(probs), head.d_model, generator=torch.Generator().manual_seed(seed)))
+    probs, weights = targets.probs.double(), targets.weights.double()
+    h = nn.Parameter(init.clone().double() if init is not None else
+                     torch.randn(len(probs), head.d_model, generator=torch.Generator().manual_seed(seed),
+                                 dtype=torch.float64))
     frozen = [] if fit_head else [p for p in head.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    optimizer = torch.optim.Adam([h] + (list(head.parameters()) if fit_head else []), lr=lr)
-    previous, slow = math.inf, 0
+    params = [h] + ([p for p in head.parameters() if p.requires_grad] if fit_head else [])
+
+    def log_probs() -> torch.Tensor:
+        out = head.log_probs(h)
+        return out if scale is None else tempered(out, scale)
 
     def cross_entropy() -> torch.Tensor:
-        return -(weights * (probs * head.log_probs(h)).sum(dim=1)).sum()
+        return -(weights * (probs * log_probs()).sum(dim=1)).sum()
 
     try:
-        for step in range(max_steps):
+        adam = torch.optim.Adam(params, lr=lr)
+        for _ in range(adam_steps):
+            adam.zero_grad(set_to_none=True)
+            cross_entropy().backward()
+            adam.step()
+        lbfgs = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-9, tolerance_change=1e-10)
+
+        def closure() -> torch.Tensor:
+            lbfgs.zero_grad(set_to_none=True)
             loss = cross_entropy()
-            if step % window == 0 and step > 0:
-                value = loss.item()
-                if previous - value < tolerance * (1 + value - floor):
-                    slow += 1
-                    if slow == 3:
-                        break
-                    for group in optimizer.param_groups:
-                        group["lr"] /= 4
-                previous = value
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            return loss
+        lbfgs.step(closure)
         with torch.no_grad():
-            return max(cross_entropy().item() - floor, 0.0), h.detach()
+            kl = (torch.xlogy(probs, probs) - probs * log_probs()).sum(dim=1).clamp_min(0.0)  # (C,)
+            return Fit(float((weights * kl).sum()), kl, h.detach())
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -123,29 +156,103 @@ def analytic_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
     return None
 
 
-def _held_out(task: Task, vocab_size: int, seq_len: int, head: Head, n: int, seed: int) -> tuple[float, float]:
-    """(excess on n sampled contexts the head is fitted to, excess on n fresh ones with the head fixed and the
-    vectors re-fitted, starting from those of the nearest fitted contexts)."""
-    sample = task.target_distributions(vocab_size, seq_len, n, Rng(seed, "floor", "fit", n))
-    excess, vectors = fit(sample, head, seed=seed)
-    fresh = task.target_distributions(vocab_size, seq_len, n, Rng(seed, "floor", "fresh", n))
-    return excess, fit(fresh, head, fit_head=False, init=vectors[nearest(fresh, sample)])[0]
+def circle_loss(vocab_size: int, scale: float) -> float:
+    """Loss of the circle arrangement on one-hot targets at logit half-range ``scale``: W's rows at angles 2πv/V,
+    h_c pointing at its target's row, so logit v is scale · cos(2π(v - y)/V) and every context's loss is
+    -scale + log Σ_j exp(scale · cos(2πj/V)). Any head of forward rank >= 2 reaches it on a deterministic task, so it
+    bounds the floor at that scale from above; it is not the optimum (rows gathered in clusters do a little better)."""
+    z = scale * torch.cos(2 * math.pi * torch.arange(vocab_size, dtype=torch.float64) / vocab_size)
+    return float(torch.logsumexp(z, 0)) - scale
 
 
-def _estimate(task: Task, vocab_size: int, seq_len: int, make_head, contexts: int, seed: int) -> dict:
+def one_vs_rest_loss(vocab_size: int, scale: float) -> float:
+    """log(1 + (V - 1) exp(-2 · scale)): the least loss on a one-hot target of logits with half-range <= scale (the
+    target's logit exceeds every other by at most 2 · scale), reached by z = scale on the target and -scale elsewhere.
+    The floor at that scale of a deterministic task for a head of forward rank >= V - 1, and a lower bound for any."""
+    return math.log1p((vocab_size - 1) * math.exp(-2 * scale))
+
+
+def _standard_error(values: torch.Tensor, weights: torch.Tensor) -> float:
+    """Standard error of the weighted mean of per-context values (C,), weights summing to 1."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = (weights * values).sum()
+    return float((n / (n - 1) * (weights ** 2 * (values - mean) ** 2).sum()).sqrt())
+
+
+def _exhaustive(targets: Targets, bayes: float, make_head, seed: int, scale: float | None) -> dict:
+    """Fit every distinct context RESTARTS times: the floor is the lowest fit, their spread its uncertainty."""
+    fits = [fit(targets, make_head(), scale=scale, seed=seed + i).excess for i in range(RESTARTS)]
+    return {"floor": bayes + min(fits), "floor_se": max(fits) - min(fits), "method": "estimated",
+            "contexts": len(targets.probs), "exhaustive": True}
+
+
+def _sampled(task: Task, vocab_size: int, seq_len: int, bayes: float, make_head, contexts: int, seed: int,
+             scale: float | None) -> dict:
+    """Fit a fresh head to a sample of ``contexts`` contexts and score it on 2 x ``contexts`` held-out ones (head
+    fixed, vectors re-fitted from those of the nearest fitted contexts); double the sample until the held-out
+    floors of two successive sizes agree within AGREEMENT, or it reaches MAX_CONTEXTS."""
+    held = task.target_distributions(vocab_size, seq_len, 2 * contexts, Rng(seed, "floor", "held-out"))
+    previous, n = None, contexts
+    while True:
+        sample = task.target_distributions(vocab_size, seq_len, n, Rng(seed, "floor", "fit", n))
+        head = make_head()
+        fitted = fit(sample, head, scale=scale, seed=seed)
+        scored = fit(held, head, fit_head=False, init=fitted.vectors[nearest(held, sample)], scale=scale,
+                     adam_steps=0)
+        converged = previous is not None and abs(previous.excess - scored.excess) <= AGREEMENT
+        if converged or 2 * n > max(MAX_CONTEXTS, contexts):
+            break
+        previous, n = scored, 2 * n
+    drift = abs(previous.excess - scored.excess) if previous is not None else 0.0
+    return {"floor": bayes + scored.excess, "floor_se": math.hypot(_standard_error(scored.kl, held.weights), drift),
+            "method": "estimated", "contexts": n, "held_out": len(held.probs), "exhaustive": False,
+            "converged": converged, "floor_fit": bayes + fitted.excess,
+            "floor_small": bayes + previous.excess if previous is not None else None}
+
+
+def _estimate(task: Task, vocab_size: int, seq_len: int, make_head, contexts: int, seed: int,
+              scale: float | None = None) -> dict:
     """Fit the head to all the task's target distributions, or to samples of them (see :func:`expressivity_floor`)."""
     bayes = task.bayes_loss(vocab_size, seq_len)
     targets = task.target_distributions(vocab_size, seq_len, max(contexts, min(vocab_size, EXHAUSTIVE_CONTEXTS)),
                                         Rng(seed, "floor", "all"))
     if targets is None:
-        return {"floor": None, "method": "unavailable"}
+        return {"floor": None, "floor_se": None, "method": "unavailable"}
     if targets.exhaustive:
-        excess, _ = fit(targets, make_head(), seed=seed)
-        return {"floor": bayes + excess, "method": "estimated", "contexts": len(targets.probs), "exhaustive": True}
-    _, small = _held_out(task, vocab_size, seq_len, make_head(), contexts, seed)
-    fitted, fresh = _held_out(task, vocab_size, seq_len, make_head(), 2 * contexts, seed)
-    return {"floor": bayes + fresh, "method": "estimated", "contexts": 2 * contexts, "exhaustive": False,
-            "floor_small": bayes + small, "floor_fit": bayes + fitted}
+        return _exhaustive(targets, bayes, make_head, seed, scale)
+    return _sampled(task, vocab_size, seq_len, bayes, make_head, contexts, seed, scale)
+
+
+def _fitted(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int, rank: int | None,
+            head_params, embed_dim, contexts: int, seed: int, scale: float | None) -> dict:
+    """:func:`_estimate` for fresh float64 heads of this kind, leaving the caller's generator alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the heads' own initialisation
+        return _estimate(task, vocab_size, seq_len,
+                         lambda: build_head(head_name, vocab_size, d_model, rank, head_params, embed_dim).double(),
+                         contexts, seed, scale)
+
+
+def _cached(cache: "FloorCache | None", key: dict, compute) -> dict:
+    """``compute()`` plus its ``seconds``, looked up in and stored into the cache under ``key``."""
+    text = json.dumps(key, sort_keys=True)
+    if cache is not None and text in cache:
+        return cache[text]
+    start = time.perf_counter()
+    result = compute()
+    result["seconds"] = time.perf_counter() - start
+    if cache is not None:
+        cache[text] = result
+    return result
+
+
+def _key(task: Task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts, seed) -> dict:
+    return {"task": task.name, "task_version": task.version, "task_params": task.params, "vocab_size": vocab_size,
+            "seq_len": seq_len, "head": head_name, "d_model": d_model, "rank": rank,
+            "head_params": dict(head_params or {}), "embed_dim": embed_dim, "contexts": contexts, "seed": seed,
+            "estimator": FLOOR_VERSION}
 
 
 def expressivity_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int, rank: int | None,
@@ -154,35 +261,56 @@ def expressivity_floor(task: Task, vocab_size: int, seq_len: int, head_name: str
     """The lowest loss (nats per predictable position) a head of this kind can reach on the task, whatever the
     backbone: the head is given one free hidden vector per context.
 
-    Returns ``floor``, ``method`` (``analytic``, ``estimated``, or ``unavailable`` when the task gives no target
-    distributions) and ``seconds``; an estimate also returns ``contexts`` and ``exhaustive``. An estimate from
-    exhaustive targets is the fitted loss. One from sampled targets is the loss on ``contexts`` fresh contexts, head
-    fixed and vectors re-fitted (``floor``, from 2 x ``contexts``; ``floor_small``, from ``contexts``: their
-    difference shows how stable the estimate is), with ``floor_fit`` the loss on the sample the head was fitted to.
-    ``floor_fit`` tends to understate the floor (the fit memorises its sample), ``floor`` to overstate it (the head
-    was fitted to other contexts). Estimates are the Bayes loss plus the fitted mean KL divergence, which removes
-    the sample's noise in the targets' entropy.
+    Returns ``floor``, ``floor_se`` (its uncertainty; 0 when analytic), ``method`` (``analytic``, ``estimated``, or
+    ``unavailable`` when the task gives no target distributions) and ``seconds``; an estimate also returns
+    ``contexts`` and ``exhaustive``. Estimates are the Bayes loss plus a fitted mean KL divergence (which removes the
+    sample's noise in the targets' entropy).
+
+    * Exhaustive targets: the lowest of RESTARTS fits of every distinct context; ``floor_se`` is their spread.
+    * Sampled targets: a head fitted to ``contexts`` sampled contexts is scored on ``held_out`` = 2 x ``contexts``
+      fresh ones (head fixed, vectors re-fitted: a convex problem); the sample doubles until two sizes agree within
+      AGREEMENT (``converged``) or reaches MAX_CONTEXTS. ``floor`` is the held-out loss of the last head, a real
+      head's population loss: above the floor by the head's overfitting to its sample, which shrinks as the sample
+      grows. ``floor_se`` combines the held-out standard error with the change from the previous size
+      (``floor_small``), which bounds the overfitting left if it falls off as 1/n. ``floor_fit``, the loss on the
+      fitted sample, understates the floor (the fit memorises its sample).
     """
-    key = json.dumps({"task": task.name, "task_version": task.version, "task_params": task.params,
-                      "vocab_size": vocab_size, "seq_len": seq_len, "head": head_name, "d_model": d_model,
-                      "rank": rank, "head_params": dict(head_params or {}), "embed_dim": embed_dim,
-                      "contexts": contexts, "seed": seed, "estimator": FLOOR_VERSION}, sort_keys=True)
-    if cache is not None and key in cache:
-        return cache[key]
-    start = time.perf_counter()
-    analytic = analytic_floor(task, vocab_size, seq_len, head_name, d_model, rank)
-    if analytic is not None:
-        result = {"floor": analytic, "method": "analytic"}
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the heads' own initialisation, without touching the caller's generator
-            result = _estimate(task, vocab_size, seq_len,
-                               lambda: build_head(head_name, vocab_size, d_model, rank, head_params, embed_dim),
-                               contexts, seed)
-    result["seconds"] = time.perf_counter() - start
-    if cache is not None:
-        cache[key] = result
-    return result
+    def compute() -> dict:
+        analytic = analytic_floor(task, vocab_size, seq_len, head_name, d_model, rank)
+        if analytic is not None:
+            return {"floor": analytic, "floor_se": 0.0, "method": "analytic"}
+        return _fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts, seed,
+                       None)
+    return _cached(cache, _key(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts,
+                               seed), compute)
+
+
+def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int, rank: int | None,
+                   head_params: Mapping[str, Any] | None = None, embed_dim: int | None = None,
+                   scale: float = math.inf, *, contexts: int = CONTEXTS, seed: int = 0,
+                   cache: "FloorCache | None" = None) -> dict:
+    """The lowest loss a head of this kind reaches on the task with every context's logit half-range
+    (max_v z - min_v z) / 2 at most ``scale``: the floor at the logit scale a run reached (its ``logit_scale``).
+
+    The free-vector fit of :func:`expressivity_floor`, each context's logits shrunk to the bound (:func:`tempered`);
+    the same result keys, estimator and uncertainty. Analytic for a deterministic task at forward rank >= V - 1
+    (:func:`one_vs_rest_loss`, ``floor_se`` 0); ``scale`` = inf gives the unconstrained floor. On a deterministic
+    task at forward rank >= 2 the floor lies between :func:`one_vs_rest_loss` and :func:`circle_loss`.
+    """
+    if not scale >= 0:
+        raise ValueError(f"scale must be a non-negative number, got {scale}")
+    if math.isinf(scale):
+        return expressivity_floor(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
+                                  contexts=contexts, seed=seed, cache=cache)
+
+    def compute() -> dict:
+        forward_rank = HEADS.get(head_name).forward_rank(d_model, rank)
+        if task.deterministic and forward_rank is not None and forward_rank >= vocab_size - 1:
+            return {"floor": one_vs_rest_loss(vocab_size, scale), "floor_se": 0.0, "method": "analytic"}
+        return _fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts, seed,
+                       scale)
+    return _cached(cache, {**_key(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
+                                  contexts, seed), "scale": scale}, compute)
 
 
 class FloorCache(dict):
