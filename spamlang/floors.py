@@ -1,6 +1,7 @@
 """Expressivity floors: the lowest loss a head can reach on a task's next-token distributions, given free vectors."""
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -30,8 +31,22 @@ MAX_CONTEXTS = 4096
 AGREEMENT = 0.01
 #: contexts asked for first, and fitted all at once when the task says they are all its distinct contexts
 EXHAUSTIVE_CONTEXTS = 2048
-#: independent fits (seeds) of an exhaustive target set; the floor is the lowest, their spread its uncertainty
+#: full-batch Adam steps of a fit from a random start, before L-BFGS
+ADAM_STEPS = 300
+#: L-BFGS iterations between two checks of a fit's progress
+CHECK_EVERY = 10
+#: nats: a fit stops when a check gains less (a floor matters to 0.01 nats)
+TOLERANCE = 1e-4
+#: L-BFGS iterations of a fit at most
+MAX_ITER = 500
+#: independent fits (seeds) of a small exhaustive target set; the floor is the lowest, their spread its uncertainty
 RESTARTS = 2
+#: target probabilities (contexts x V) up to which an exhaustive set is fitted RESTARTS times, above which once
+SMALL_TARGETS = 512 * 512
+#: significant digits a floor's logit scale is rounded to
+SCALE_DIGITS = 3
+#: the largest odd polygon tried by :func:`polygon_bound` (the best has 7 to 43 vertices at V <= 2048, scale <= 30)
+POLYGON_VERTICES = 255
 
 
 def build_head(head_name: str, vocab_size: int, d_model: int, rank: int | None,
@@ -72,60 +87,85 @@ def tempered(log_probs: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 class Fit(NamedTuple):
-    """A fitted set of free vectors: ``excess`` the weighted mean KL(target || head) in nats, ``kl`` (C,) each
-    context's KL, ``vectors`` (C, D) the fitted hidden vectors."""
+    """A fitted set of free vectors: ``excess`` the weighted mean KL(target || head) in nats (evaluated in float64),
+    ``kl`` (C,) each context's KL, ``vectors`` (C, D) the fitted hidden vectors, ``unsettled`` what as many steps again
+    would gain at the rate of the last check (nats; see :func:`fit`)."""
 
     excess: float
     kl: torch.Tensor
     vectors: torch.Tensor
+    unsettled: float
+
+
+def _still_to_gain(gain: float, iterations: int) -> float:
+    """What a fit would gain from as many iterations again as it has run (``iterations``), at the rate of its last
+    check (``gain`` nats in CHECK_EVERY iterations): the optimiser's share of a floor's uncertainty."""
+    return max(gain, 0.0) * iterations / CHECK_EVERY
 
 
 @_thread_policy
 def fit(targets: Targets, head: Head, *, fit_head: bool = True, init: torch.Tensor | None = None,
-        scale: float | None = None, adam_steps: int = 300, lr: float = 0.1, max_iter: int = 500,
-        seed: int = 0) -> Fit:
+        scale: float | None = None, adam_steps: int = ADAM_STEPS, lr: float = 0.1, max_iter: int = MAX_ITER,
+        tolerance: float = TOLERANCE, seed: int = 0) -> Fit:
     """Fit one free vector per context (and the head's parameters when ``fit_head``; ``head`` changes in place) to
     minimise the weighted cross-entropy of the targets under the head, every context's logit half-range bounded by
     ``scale`` when given (see :func:`tempered`).
 
-    Float64 vectors from ``init`` (default: standard normal). ``adam_steps`` of full-batch Adam at ``lr`` leave the
-    rough start behind, then L-BFGS with a strong-Wolfe line search runs to convergence (a relative change of the
-    loss below 1e-10, or ``max_iter`` iterations). With the head fixed the problem is convex in each vector.
+    Optimised in the head's dtype (float32 for a fresh head: half the memory traffic of float64, ample for a loss
+    that matters to 0.01 nats) from ``init`` (default: standard normal): ``adam_steps`` of full-batch Adam, the step
+    decayed from ``lr`` to 0 on a cosine (which settles far lower in as many steps as a constant one), then L-BFGS
+    with a strong-Wolfe line search, checked every CHECK_EVERY iterations, until a check gains less than
+    ``tolerance`` nats or ``max_iter`` iterations. The loss and ``kl`` are then evaluated in float64. With the head
+    fixed the problem is convex in each vector.
     """
-    probs, weights = targets.probs.double(), targets.weights.double()
-    h = nn.Parameter(init.clone().double() if init is not None else
-                     torch.randn(len(probs), head.d_model, generator=torch.Generator().manual_seed(seed),
-                                 dtype=torch.float64))
+    dtype = next(head.parameters()).dtype
+    probs, weights = targets.probs.to(dtype), targets.weights.to(dtype)
+    h = nn.Parameter(init.clone().to(dtype) if init is not None else
+                     torch.randn(len(probs), head.d_model, generator=torch.Generator().manual_seed(seed)).to(dtype))
     frozen = [] if fit_head else [p for p in head.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     params = [h] + ([p for p in head.parameters() if p.requires_grad] if fit_head else [])
 
-    def log_probs() -> torch.Tensor:
-        out = head.log_probs(h)
-        return out if scale is None else tempered(out, scale)
+    entropies = -torch.xlogy(targets.probs, targets.probs).sum(dim=1).to(dtype)  # (C,)
 
-    def cross_entropy() -> torch.Tensor:
-        return -(weights * (probs * log_probs()).sum(dim=1)).sum()
+    def excess() -> torch.Tensor:
+        """The weighted mean KL: each row's entropy taken off before the sum keeps float32's precision on the KL."""
+        out = head.log_probs(h)
+        out = out if scale is None else tempered(out, scale)
+        return (weights * (-(probs * out).sum(dim=1) - entropies)).sum()
 
     try:
         adam = torch.optim.Adam(params, lr=lr)
-        for _ in range(adam_steps):
+        for step in range(adam_steps):
+            adam.param_groups[0]["lr"] = lr * (1 + math.cos(math.pi * step / adam_steps)) / 2
             adam.zero_grad(set_to_none=True)
-            cross_entropy().backward()
+            excess().backward()
             adam.step()
-        lbfgs = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-9, tolerance_change=1e-10)
+        lbfgs = torch.optim.LBFGS(params, lr=1, max_iter=CHECK_EVERY, history_size=20, line_search_fn="strong_wolfe",
+                                  tolerance_grad=0.0, tolerance_change=0.0)  # the checks decide when to stop
 
         def closure() -> torch.Tensor:
             lbfgs.zero_grad(set_to_none=True)
-            loss = cross_entropy()
+            loss = excess()
             loss.backward()
             return loss
-        lbfgs.step(closure)
         with torch.no_grad():
-            kl = (torch.xlogy(probs, probs) - probs * log_probs()).sum(dim=1).clamp_min(0.0)  # (C,)
-            return Fit(float((weights * kl).sum()), kl, h.detach())
+            previous = float(excess())
+        for check in range(1, max(max_iter // CHECK_EVERY, 1) + 1):
+            lbfgs.step(closure)
+            with torch.no_grad():
+                loss = float(excess())
+            gain, previous = previous - loss, loss
+            if gain < tolerance:
+                break
+        with torch.no_grad():  # the reported loss in float64
+            wide, h64 = copy.deepcopy(head).double(), h.detach().double()
+            out = wide.log_probs(h64)
+            out = out if scale is None else tempered(out, scale)
+            kl = (torch.xlogy(targets.probs, targets.probs) - targets.probs * out).sum(dim=1).clamp_min(0.0)  # (C,)
+            return Fit(float((targets.weights * kl).sum()), kl, h.detach(),
+                       _still_to_gain(gain, adam_steps + check * CHECK_EVERY))
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -181,18 +221,51 @@ def _standard_error(values: torch.Tensor, weights: torch.Tensor) -> float:
     return float((n / (n - 1) * (weights ** 2 * (values - mean) ** 2).sum()).sqrt())
 
 
+def polygon_losses(vocab_size: int, scale: float, clusters: int) -> torch.Tensor:
+    """(clusters,) loss on a one-hot target in each cluster of the polygon arrangement at logit half-range ``scale``:
+    W's rows gathered in ``clusters`` groups of V / clusters (sizes differing by at most one, symbol v in group
+    v mod clusters) at the vertices of a regular polygon, h_c pointing at its group's vertex. Logit v is
+    s · cos(θ_v - θ_y); an odd polygon has no vertex opposite the target's, so the half-range s (1 + cos(π/m)) / 2
+    allows s = 2 · scale / (1 + cos(π/m)) > scale. Any head of forward rank >= 2 reaches it; it beats the circle
+    (m = V, even) at every scale by up to 0.02 nats."""
+    m = clusters
+    s = scale if m % 2 == 0 else 2 * scale / (1 + math.cos(math.pi / m))
+    sizes = torch.full((m,), vocab_size // m, dtype=torch.float64)
+    sizes[: vocab_size % m] += 1
+    k = torch.arange(m, dtype=torch.float64)
+    z = s * torch.cos(2 * math.pi * (k[None, :] - k[:, None]) / m) + sizes.log()  # (m target group, m group)
+    return torch.logsumexp(z, dim=1) - s
+
+
+def polygon_bound(targets: Targets, scale: float) -> float:
+    """The lowest weighted loss on one-hot ``targets`` of the polygon arrangements (:func:`polygon_losses`) with an
+    odd number of vertices up to POLYGON_VERTICES or V, or the circle: an upper bound on the floor at ``scale`` of
+    any head of forward rank >= 2."""
+    vocab_size = targets.probs.shape[1]
+    symbols = targets.probs.argmax(dim=1)  # (C,)
+    best = circle_loss(vocab_size, scale)
+    for m in range(3, min(vocab_size, POLYGON_VERTICES) + 1, 2):
+        best = min(best, float((targets.weights * polygon_losses(vocab_size, scale, m)[symbols % m]).sum()))
+    return best
+
+
 def _exhaustive(targets: Targets, bayes: float, make_head, seed: int, scale: float | None) -> dict:
-    """Fit every distinct context RESTARTS times: the floor is the lowest fit, their spread its uncertainty."""
-    fits = [fit(targets, make_head(), scale=scale, seed=seed + i).excess for i in range(RESTARTS)]
-    return {"floor": bayes + min(fits), "floor_se": max(fits) - min(fits), "method": "estimated",
-            "contexts": len(targets.probs), "exhaustive": True}
+    """Fit every distinct context: RESTARTS times when there are at most SMALL_TARGETS target probabilities (the floor
+    is the lowest fit, their spread part of its uncertainty), else once; ``floor_se`` is at least what the best fit
+    was still gaining (:attr:`Fit.unsettled`)."""
+    restarts = RESTARTS if targets.probs.numel() <= SMALL_TARGETS else 1
+    fits = [fit(targets, make_head(), scale=scale, seed=seed + i) for i in range(restarts)]
+    best = min(fits, key=lambda f: f.excess)
+    spread = max(f.excess for f in fits) - best.excess
+    return {"floor": bayes + best.excess, "floor_se": max(spread, best.unsettled), "method": "estimated",
+            "contexts": len(targets.probs), "exhaustive": True, "restarts": restarts}
 
 
 def _sampled(task: Task, vocab_size: int, seq_len: int, bayes: float, make_head, contexts: int, seed: int,
              scale: float | None) -> dict:
-    """Fit a fresh head to a sample of ``contexts`` contexts and score it on 2 x ``contexts`` held-out ones (head
-    fixed, vectors re-fitted from those of the nearest fitted contexts); double the sample until the held-out
-    floors of two successive sizes agree within AGREEMENT, or it reaches MAX_CONTEXTS."""
+    """Fit a head to a sample of ``contexts`` contexts and score it on 2 x ``contexts`` held-out ones (head fixed,
+    vectors re-fitted from those of the nearest fitted contexts); double the sample until the held-out floors of two
+    successive sizes agree within AGREEMENT, or it reaches MAX_CONTEXTS."""
     held = task.target_distributions(vocab_size, seq_len, 2 * contexts, Rng(seed, "floor", "held-out"))
     previous, n = None, contexts
     while True:
@@ -206,33 +279,44 @@ def _sampled(task: Task, vocab_size: int, seq_len: int, bayes: float, make_head,
             break
         previous, n = scored, 2 * n
     drift = abs(previous.excess - scored.excess) if previous is not None else 0.0
-    return {"floor": bayes + scored.excess, "floor_se": math.hypot(_standard_error(scored.kl, held.weights), drift),
+    unsettled = max(fitted.unsettled, scored.unsettled)
+    return {"floor": bayes + scored.excess,
+            "floor_se": math.hypot(_standard_error(scored.kl, held.weights), drift, unsettled),
             "method": "estimated", "contexts": n, "held_out": len(held.probs), "exhaustive": False,
             "converged": converged, "floor_fit": bayes + fitted.excess,
             "floor_small": bayes + previous.excess if previous is not None else None}
 
 
 def _estimate(task: Task, vocab_size: int, seq_len: int, make_head, contexts: int, seed: int,
-              scale: float | None = None) -> dict:
-    """Fit the head to all the task's target distributions, or to samples of them (see :func:`expressivity_floor`)."""
+              scale: float | None = None, forward_rank: int | None = None) -> dict:
+    """Fit the head to all the task's target distributions, or to samples of them (see :func:`expressivity_floor`).
+    At a scale, on a deterministic task and at forward rank >= 2, a fit above :func:`polygon_bound` gives way to the
+    bound, with the difference as uncertainty."""
     bayes = task.bayes_loss(vocab_size, seq_len)
     targets = task.target_distributions(vocab_size, seq_len, max(contexts, min(vocab_size, EXHAUSTIVE_CONTEXTS)),
                                         Rng(seed, "floor", "all"))
     if targets is None:
         return {"floor": None, "floor_se": None, "method": "unavailable"}
     if targets.exhaustive:
-        return _exhaustive(targets, bayes, make_head, seed, scale)
-    return _sampled(task, vocab_size, seq_len, bayes, make_head, contexts, seed, scale)
+        out = _exhaustive(targets, bayes, make_head, seed, scale)
+    else:
+        out = _sampled(task, vocab_size, seq_len, bayes, make_head, contexts, seed, scale)
+    if scale is not None and task.deterministic and forward_rank is not None and forward_rank >= 2:
+        bound = bayes + polygon_bound(targets, scale)
+        out["bound"] = bound
+        if bound < out["floor"]:
+            out.update(floor=bound, floor_se=max(out["floor_se"], out["floor"] - bound))
+    return out
 
 
 def _fitted(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int, rank: int | None,
             head_params, embed_dim, contexts: int, seed: int, scale: float | None) -> dict:
-    """:func:`_estimate` for fresh float64 heads of this kind, leaving the caller's generator alone."""
+    """:func:`_estimate` for fresh heads of this kind, leaving the caller's generator alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the heads' own initialisation
         return _estimate(task, vocab_size, seq_len,
-                         lambda: build_head(head_name, vocab_size, d_model, rank, head_params, embed_dim).double(),
-                         contexts, seed, scale)
+                         lambda: build_head(head_name, vocab_size, d_model, rank, head_params, embed_dim),
+                         contexts, seed, scale, HEADS.get(head_name).forward_rank(d_model, rank))
 
 
 def _cached(cache: "FloorCache | None", key: dict, compute) -> dict:
@@ -266,13 +350,15 @@ def expressivity_floor(task: Task, vocab_size: int, seq_len: int, head_name: str
     ``contexts`` and ``exhaustive``. Estimates are the Bayes loss plus a fitted mean KL divergence (which removes the
     sample's noise in the targets' entropy).
 
-    * Exhaustive targets: the lowest of RESTARTS fits of every distinct context; ``floor_se`` is their spread.
+    * Exhaustive targets: a fit of every distinct context (the lowest of RESTARTS fits when the set is small);
+      ``floor_se`` is the larger of their spread and what the optimiser was still gaining (``restarts``).
     * Sampled targets: a head fitted to ``contexts`` sampled contexts is scored on ``held_out`` = 2 x ``contexts``
       fresh ones (head fixed, vectors re-fitted: a convex problem); the sample doubles until two sizes agree within
       AGREEMENT (``converged``) or reaches MAX_CONTEXTS. ``floor`` is the held-out loss of the last head, a real
       head's population loss: above the floor by the head's overfitting to its sample, which shrinks as the sample
-      grows. ``floor_se`` combines the held-out standard error with the change from the previous size
-      (``floor_small``), which bounds the overfitting left if it falls off as 1/n. ``floor_fit``, the loss on the
+      grows. ``floor_se`` combines the held-out standard error, the change from the previous size
+      (``floor_small``), which bounds the overfitting left if it falls off as 1/n, and what the optimiser was still
+      gaining. ``floor_fit``, the loss on the
       fitted sample, understates the floor (the fit memorises its sample).
     """
     def compute() -> dict:
@@ -295,10 +381,13 @@ def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
     The free-vector fit of :func:`expressivity_floor`, each context's logits shrunk to the bound (:func:`tempered`);
     the same result keys, estimator and uncertainty. Analytic for a deterministic task at forward rank >= V - 1
     (:func:`one_vs_rest_loss`, ``floor_se`` 0); ``scale`` = inf gives the unconstrained floor. On a deterministic
-    task at forward rank >= 2 the floor lies between :func:`one_vs_rest_loss` and :func:`circle_loss`.
+    task at forward rank >= 2 the floor lies between :func:`one_vs_rest_loss` and :func:`polygon_bound` (``bound``),
+    which replaces a fit that lands above it. ``scale`` is rounded to SCALE_DIGITS significant digits (``scale`` in
+    the result), so that runs at nearly the same scale share a cached floor.
     """
     if not scale >= 0:
         raise ValueError(f"scale must be a non-negative number, got {scale}")
+    scale = float(f"{scale:.{SCALE_DIGITS}g}")
     if math.isinf(scale):
         return expressivity_floor(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
                                   contexts=contexts, seed=seed, cache=cache)
@@ -306,9 +395,10 @@ def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
     def compute() -> dict:
         forward_rank = HEADS.get(head_name).forward_rank(d_model, rank)
         if task.deterministic and forward_rank is not None and forward_rank >= vocab_size - 1:
-            return {"floor": one_vs_rest_loss(vocab_size, scale), "floor_se": 0.0, "method": "analytic"}
-        return _fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts, seed,
-                       scale)
+            return {"floor": one_vs_rest_loss(vocab_size, scale), "floor_se": 0.0, "method": "analytic",
+                    "scale": scale}
+        return {**_fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts,
+                          seed, scale), "scale": scale}
     return _cached(cache, {**_key(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
                                   contexts, seed), "scale": scale}, compute)
 
