@@ -251,3 +251,17 @@ def test_nearby_scales_share_one_cached_floor():
     assert first["scale"] == 2.0 and first["floor"] == pytest.approx(math.log1p(15 * math.exp(-4.0)))
     assert floor_at_scale(make_task("spam"), 16, 8, "linear", 16, None, scale=1.9996, cache=cache) == first
     assert len(cache) == 1
+
+
+def test_the_fits_tempered_loss_has_the_gradient_of_the_tempered_log_probabilities():
+    from spamlang.floors import _TemperedExcess
+    torch.manual_seed(0)
+    log_probs = torch.log_softmax(3 * torch.randn(6, 5, dtype=torch.float64), 1).requires_grad_()
+    probs = torch.softmax(torch.randn(6, 5, dtype=torch.float64), 1)
+    weights, entropies = torch.full((6,), 1 / 6, dtype=torch.float64), -torch.xlogy(probs, probs).sum(1)
+    for scale in (0.5, 100.0):  # the bound active on every row, and on none
+        expected = (weights * (torch.xlogy(probs, probs) - probs * tempered(log_probs, scale)).sum(1)).sum()
+        loss = _TemperedExcess.apply(log_probs, probs, weights, entropies, scale)
+        assert loss.item() == pytest.approx(expected.item())
+        assert torch.autograd.gradcheck(lambda lp: _TemperedExcess.apply(lp, probs, weights, entropies, scale),
+                                        (log_probs,))
