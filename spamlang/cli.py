@@ -8,6 +8,7 @@ import sys
 import warnings
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import SpamLangError
@@ -248,6 +249,9 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, threads, **s
     from .params import parse_assignments
     from .harness import resolve_device, train as run
     from .resources import check_run
+    if settings["examples_per_symbol"] is not None and \
+            click.get_current_context().get_parameter_source("steps") is ParameterSource.COMMANDLINE:
+        raise SpamLangError("give --steps or --examples-per-symbol, not both")
     config = RunConfig(**{k: v for k, v in settings.items() if v is not None}, task_params=parse_assignments(params),
                        head_params=parse_assignments(head_param, "--head-param")).resolve()
     device = resolve_device(config.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -23,6 +24,9 @@ from .task import make_task
 EXECUTION_FIELDS = ("device", "compile")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("adamw", "sgd")
+#: SGD momentum unless set; the only value allowed with AdamW, which has no momentum setting
+SGD_MOMENTUM = 0.9
 
 
 def check_device(name: str) -> None:
@@ -50,16 +54,21 @@ class RunConfig:
     seq_len: int = param(16, "Tokens per sequence.", low=2)
     batch_size: int = param(64, "Sequences per step.", low=1)
     steps: int = param(300, "Training steps.", low=1)
-    lr: float = param(3e-3, "Peak learning rate (AdamW).", low=0, low_open=True)
-    weight_decay: float = param(0.0, "AdamW weight decay.", low=0)
+    examples_per_symbol: float | None = param(
+        None, "Budget in training examples per symbol; sets the steps at resolution (steps = ceil(m V / (batch x "
+        "symbols per sequence))).", low=0, low_open=True)
+    optimizer: str = param("adamw", "Optimizer.", choices=OPTIMIZERS)
+    momentum: float = param(SGD_MOMENTUM, "SGD momentum (optimizer sgd only).", low=0, high=1, high_open=True)
+    lr: float = param(3e-3, "Peak learning rate.", low=0, low_open=True)
+    weight_decay: float = param(0.0, "Weight decay (decoupled for AdamW, L2 for SGD).", low=0)
     warmup: int = param(20, "Linear warm-up steps.", low=0)
     schedule: str = param("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULES)
     grad_clip: float = param(1.0, "Gradient-norm clip (0: none).", low=0)
     eval_every: int = param(50, "Steps between evaluations.", low=1)
-    eval_sequences: int = param(256, "Sequences in each held-out stream (val, test).", low=1)
+    eval_sequences: int = param(2048, "Sequences in each held-out stream (val, test).", low=1)
     diag_tokens: int = param(256, "Predictable positions used for the gradient diagnostics.", low=1)
     seed: int = param(0, "Training seed (init and data).", low=0, high=2**32, high_open=True)
-    eval_seed: int = param(0, "Seed of the held-out streams.", low=0, high=2**32, high_open=True)
+    eval_seed: int = param(0, "Seed of the held-out streams, combined with the seed (each seed has its own).", low=0, high=2**32, high_open=True)
     device: str = param("auto", "auto, cpu, cuda[:N] or mps.")
     compile: bool = param(False, "torch.compile the backbone (CUDA).")
 
@@ -68,6 +77,8 @@ class RunConfig:
         object.__setattr__(self, "head_params", dict(self.head_params))
         P.validate_fields(self, "run config")
         check_device(self.device)
+        if self.optimizer != "sgd" and self.momentum != SGD_MOMENTUM:
+            raise ConfigError(f"momentum applies to optimizer 'sgd' only (optimizer is {self.optimizer!r})")
 
     @property
     def width(self) -> int:
@@ -101,10 +112,24 @@ class RunConfig:
         return ResolvedConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
 
+def budget_steps(examples_per_symbol: float, vocab_size: int, batch_size: int, symbols_per_sequence: int) -> int:
+    """Steps that show each of V symbols ``m`` times on average: ceil(m · V / (batch · symbols per sequence))."""
+    if isinstance(symbols_per_sequence, bool) or not isinstance(symbols_per_sequence, int) or symbols_per_sequence < 1:
+        raise ConfigError(f"the task's symbols_per_sequence must be a positive integer, got {symbols_per_sequence!r}")
+    exact = examples_per_symbol * vocab_size / (batch_size * symbols_per_sequence)
+    return max(1, math.ceil(round(exact, 9)))  # rounded first: 20.000000000000004 is 20 steps
+
+
+def examples_seen(steps: int, vocab_size: int, batch_size: int, symbols_per_sequence: int) -> float:
+    """Training examples per symbol seen in ``steps`` steps: steps · batch · symbols per sequence / V."""
+    return steps * batch_size * symbols_per_sequence / vocab_size
+
+
 @dataclass(frozen=True)
 class ResolvedConfig(RunConfig):
     """A :class:`RunConfig` whose task and head parameters are typed (strings from the command line parsed) and
-    complete (defaults filled in), so equal runs hash equal, and whose task, backbone and head accept it.
+    complete (defaults filled in), so equal runs hash equal, and whose task, backbone and head accept it; a budget
+    given as ``examples_per_symbol`` has set ``steps`` (see :func:`budget_steps`).
 
     Resolution happens on construction, so every instance (``dataclasses.replace`` included) is resolved.
     """
@@ -120,6 +145,9 @@ class ResolvedConfig(RunConfig):
         extra = head_params(head, self.head_params, from_strings=True)
         object.__setattr__(self, "task_params", task.params)
         object.__setattr__(self, "head_params", dataclasses.asdict(extra) if extra is not None else {})
+        if self.examples_per_symbol is not None:
+            object.__setattr__(self, "steps", budget_steps(self.examples_per_symbol, self.vocab_size, self.batch_size,
+                                                           task.symbols_per_sequence(self.seq_len)))
 
     def resolve(self) -> "ResolvedConfig":
         return self

@@ -72,6 +72,11 @@ class Task:
         mask[0] = False
         return mask
 
+    def symbols_per_sequence(self, seq_len: int) -> int:
+        """Symbol examples one sequence teaches, the unit of a budget in examples per symbol (steps = m · V / (batch ·
+        this)). Default: the number of predictable positions; a task whose sequences repeat fewer symbols says so."""
+        return int(self.predictable_mask(seq_len).sum())
+
     def bayes_loss(self, vocab_size: int, seq_len: int) -> float:
         """Exact Bayes-optimal cross-entropy, nats per predictable position."""
         if self.deterministic:

@@ -37,6 +37,9 @@ class Bag(Task):
         pick = self._row_streams(generator, num_sequences, seq_len, device, offset, "pick")
         return subset.gather(1, torch.clamp((pick * self.k).long(), max=self.k - 1))
 
+    def symbols_per_sequence(self, seq_len):
+        return self.k  # the sequence's subset
+
     def _probs(self, seen: torch.Tensor | int, vocab_size: int):
         """(probability of each seen symbol, probability of each unseen symbol) after ``seen`` distinct symbols."""
         unseen_mass = (self.k - seen) / self.k

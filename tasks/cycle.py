@@ -36,6 +36,9 @@ class Cycle(Task):
         symbols = distinct_symbols(generator, num_sequences, self.k, vocab_size, device, offset, shuffle=True)
         return symbols.repeat(1, -(-seq_len // self.k))[:, :seq_len].contiguous()
 
+    def symbols_per_sequence(self, seq_len):
+        return self.k  # the sequence's k distinct symbols
+
     def predictable_mask(self, seq_len):
         return torch.arange(seq_len) >= self.k
 

@@ -24,6 +24,9 @@ class Spam(Task):
         symbol = first_symbols(generator, num_sequences, vocab_size, device, offset)
         return symbol[:, None].expand(num_sequences, seq_len).contiguous()
 
+    def symbols_per_sequence(self, seq_len):
+        return 1  # one symbol per sequence
+
     def log_prob(self, tokens, vocab_size):
         return log_prob_of_rule(tokens, tokens[:, :1].expand_as(tokens), self.predictable_mask(tokens.shape[1]))
 

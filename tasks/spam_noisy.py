@@ -33,6 +33,9 @@ class SpamNoisy(Task):
         noise[:, 0] = False
         return torch.where(noise, random, symbol[:, None].expand(num_sequences, seq_len))
 
+    def symbols_per_sequence(self, seq_len):
+        return 1  # one symbol per sequence
+
     def _next_probs(self, vocab_size: int) -> tuple[float, float]:
         """(probability of the symbol, probability of each other token)."""
         other = self.p / vocab_size

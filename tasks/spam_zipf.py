@@ -43,6 +43,9 @@ class SpamZipf(Task):
         symbol = torch.clamp(torch.searchsorted(cdf, u, right=True), max=vocab_size - 1)
         return symbol[:, None].expand(num_sequences, seq_len).contiguous().to(device)
 
+    def symbols_per_sequence(self, seq_len):
+        return 1  # one symbol per sequence
+
     def log_prob(self, tokens, vocab_size):
         return log_prob_of_rule(tokens, tokens[:, :1].expand_as(tokens), self.predictable_mask(tokens.shape[1]))
 
