@@ -83,6 +83,24 @@ class EvalPoint:
     grad_destroyed: float | None = metric("destroyed-gradient ratio ‖G − G Q Qᵀ‖ / ‖G‖", required=True)
     grad_kept_cos: float | None = metric("cosine between G and its kept part G Q Qᵀ", required=True)
     grad_baseline: float | None = metric("destroyed ratio of an isotropic gradient, sqrt(1 − rank/V)", required=True)
+    examples_per_symbol: float | None = metric("training examples per symbol so far: steps · batch · symbols per "
+                                               "sequence / V")
+    val_loss_se: float | None = metric("standard error of val_loss, over sequences")
+    test_loss_se: float | None = metric("standard error of test_loss, over sequences")
+    test_bayes_loss: float | None = metric("loss of the Bayes predictor (the task's log_prob) on the same test "
+                                           "positions (None: the task has none)")
+    test_bayes_gap_se: float | None = metric("standard error of the paired difference model − Bayes on the test "
+                                             "positions")
+    test_uniform_loss: float | None = metric("loss of the uniform predictor, log V")
+    test_unigram_loss: float | None = metric("loss of the unigram predictor (add-½ token frequencies of a train "
+                                             "sample) on the same test positions")
+    test_unigram_gap_se: float | None = metric("standard error of the paired difference model − unigram on the test "
+                                               "positions")
+    logit_scale: float | None = metric("median over the diagnostic contexts of the logit half-range "
+                                       "(max_v z − min_v z) / 2")
+    update_cosine: float | None = metric("cosine between the first-order logit change of the optimizer's next step "
+                                         "and −G (None: the head has no logits)")
+    grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +119,22 @@ class Final:
     grad_destroyed: float | None = metric("destroyed-gradient ratio at the last evaluation", required=True)
     grad_kept_cos: float | None = metric("kept cosine at the last evaluation", required=True)
     grad_baseline: float | None = metric("isotropic destroyed ratio", required=True)
+    steps: int | None = metric("training steps done")
+    tokens: int | None = metric("training tokens seen")
+    examples_per_symbol: float | None = metric("training examples per symbol seen: steps · batch · symbols per "
+                                               "sequence / V")
+    val_loss_se: float | None = metric("standard error of val_loss at the last evaluation")
+    test_loss_se: float | None = metric("standard error of loss (test) at the last evaluation")
+    test_bayes_loss: float | None = metric("Bayes predictor's loss on the same test positions (None: the task has "
+                                           "no log_prob)")
+    test_bayes_gap_se: float | None = metric("standard error of the paired difference model − Bayes")
+    test_uniform_loss: float | None = metric("uniform predictor's loss, log V")
+    test_unigram_loss: float | None = metric("unigram predictor's loss on the same test positions")
+    test_unigram_gap_se: float | None = metric("standard error of the paired difference model − unigram")
+    logit_scale: float | None = metric("median logit half-range at the last evaluation")
+    update_cosine: float | None = metric("cosine of the optimizer step's first-order logit change with −G at the "
+                                         "last evaluation")
+    grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values at the last evaluation")
 
 
 @dataclass(frozen=True, kw_only=True)

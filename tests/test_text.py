@@ -127,6 +127,9 @@ def test_training_records_corpus_and_tokenizer_and_scores_na(corpus, tmp_path):
     assert rec.data["tokenizer"]["kind"] == "bpe" and len(rec.data["tokenizer"]["sha256"]) == 64
     assert json.loads(rec.to_json())["bayes_loss"] is None
     assert [p.tokens for p in rec.history] == [0, 3 * 96, 6 * 96]
+    assert all(p.test_bayes_loss is None and p.test_bayes_gap_se is None for p in rec.history)  # no log_prob
+    assert rec.final.test_unigram_loss < rec.final.test_uniform_loss == pytest.approx(math.log(300))
+    assert rec.final.examples_per_symbol == pytest.approx(6 * 8 * 11 / 300)  # every predictable position teaches
     again = train(config, progress=False)
     assert again.final.val_loss == rec.final.val_loss  # same seed, same metrics on the CPU
     write(rec, tmp_path / "runs")

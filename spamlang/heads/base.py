@@ -18,7 +18,8 @@ from ..registry import Registry
 
 
 class Head(nn.Module):
-    """Base class of heads. Subclasses set ``name`` and implement ``loss``, ``log_probs`` and ``logit_gradient``."""
+    """Base class of heads. Subclasses set ``name`` and implement ``loss``, ``log_probs`` and ``logit_gradient``
+    (and ``logits``, for the ``update_cosine`` diagnostic)."""
 
     name: ClassVar[str] = ""
     #: whether the head takes ``rank`` (``--head-rank``); heads that do not must be given rank None.
@@ -66,6 +67,11 @@ class Head(nn.Module):
 
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """Next-token log-probabilities (N, V); callers keep N small (evaluation chunks)."""
+        raise NotImplementedError
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The logits of the head's last linear map, differentiable in the head's parameters and ``h``: the tensor
+        whose gradient ``logit_gradient`` returns, (M, V) (or (M K, V) for a mixture of K such maps)."""
         raise NotImplementedError
 
     def logit_gradient(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,9 @@ class LinearHead(Head):
         dtype = compute_dtype(h, self.weight)
         return F.log_softmax(h.to(dtype) @ self.weight.to(dtype).T, dim=-1)  # (N, V)
 
+    def logits(self, h):
+        return h @ self.weight.to(h.dtype).T  # (N, V)
+
     @torch.no_grad()
     def logit_gradient(self, h, targets):
         w = self.weight.double()

@@ -41,6 +41,9 @@ class LowRankHead(Head):
         dtype = compute_dtype(h, self.A)
         return F.log_softmax((h.to(dtype) @ self.B.to(dtype).T) @ self.A.to(dtype).T, dim=-1)  # (N, V)
 
+    def logits(self, h):
+        return (h @ self.B.to(h.dtype).T) @ self.A.to(h.dtype).T  # (N, V)
+
     @torch.no_grad()
     def logit_gradient(self, h, targets):
         a = self.A.double()

@@ -75,6 +75,10 @@ class MoSHead(Head):
         log_prior, log_p = self._mixture(h)
         return torch.logsumexp(log_prior[..., None] + log_p, dim=1)  # (N, V)
 
+    def logits(self, h):
+        hk = torch.tanh(F.linear(h, self.contexts.weight.to(h.dtype)))  # (N, K D)
+        return hk.unflatten(-1, (self.k, self.d_model)).flatten(0, 1) @ self.weight.to(h.dtype).T  # (N K, V)
+
     @torch.no_grad()
     def logit_gradient(self, h, targets):
         """G w.r.t. the stacked component logits Z_k = h_k Wᵀ, (N K, V): ω_nk (p_nk - y_n) / n_valid, with ω the
