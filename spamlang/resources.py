@@ -39,7 +39,8 @@ def parameter_count(config: RunConfig) -> int:
 
 
 def run_memory(config: RunConfig, device_type: str = "cpu") -> dict[str, int]:
-    """Estimated bytes of one training run, by part: ``parameters`` (weights, gradients and two AdamW moments, float32),
+    """Estimated bytes of one training run, by part: ``parameters`` (weights, gradients and two AdamW moments, float32,
+    twice: the ``update_cosine`` diagnostic steps a copy of the model and its optimizer),
     ``activations`` (what the backbone keeps for backward, attention scores included), ``logits`` (the largest block
     of logits alive at once: a training chunk of the fused loss, an evaluation chunk, or the diagnostics' logit
     gradient with the SVD of the head matrix) and ``total``."""
@@ -52,7 +53,7 @@ def run_memory(config: RunConfig, device_type: str = "cpu") -> dict[str, int]:
     train_logits = 3 * chunk * FLOAT  # logits, probabilities, gradient
     eval_logits = 3 * max(1 << 22, T * V) * FLOAT
     diagnostics = 3 * config.diag_tokens * V * 8 + 3 * V * max(D, config.width) * 8  # float64 G, G Q Qᵀ; SVD of W
-    parts = {"parameters": 4 * params * FLOAT, "activations": activations,
+    parts = {"parameters": 2 * 4 * params * FLOAT, "activations": activations,
              "logits": max(train_logits, eval_logits, diagnostics)}
     return {**parts, "total": sum(parts.values())}
 
