@@ -1,6 +1,6 @@
 """Performance benchmarks: SpamLang's training step and fused loss against a plain PyTorch loop.
 
-Run:  /tmp/venv/bin/pytest benchmarks/ --benchmark-only     (plain ``pytest`` collects only tests/)
+Run:  pytest benchmarks/ --benchmark-only     (plain ``pytest`` collects only tests/)
 
 What it measures, in a head-dominated setting (V = 32,768, D = 64, 2-layer transformer, batch 64 x 16 tokens):
 - ``test_train_step``: one full training step (forward, backward, AdamW step) of (a) a plain loop, nn.Linear head +
