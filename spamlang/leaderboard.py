@@ -37,7 +37,7 @@ from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
 from .frames import config_key, load_runs, python_values
 from .scorer import VERDICTS, learnability, score
-from .stats import EXACT_MAX, mean_ci, min_p_value, wilcoxon_greater
+from .stats import EXACT_MAX, holm, mean_ci, min_p_value, wilcoxon_greater
 from .tables import format_table, markdown_table, with_params
 from .speedup import format_speedup, speedup_table
 
@@ -138,7 +138,8 @@ def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA)
     configurations of each task of its per-run learnability at the chosen swept values), ``ci`` (half-width of the 95% t-interval over seeds of the
     design's per-seed mean), ``tasks``, ``configs``, ``seeds``, ``learned`` (configurations with verdict learned),
     and against the next design: ``n_next`` (runs paired on the same configuration and seed), ``p_next`` (one-sided
-    Wilcoxon signed-rank test, :func:`wilcoxon_greater`) and ``ahead`` (p_next < ``alpha``).
+    Wilcoxon signed-rank test, :func:`wilcoxon_greater`), ``p_holm`` (``p_next`` Holm-adjusted over the table's
+    tests) and ``ahead`` (p_holm < ``alpha``).
 
     A design none of whose runs has a learnability (all failed) is left out, with a warning.
     """
@@ -158,7 +159,7 @@ def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA)
                      "learned": int((scored.loc[per_config.index, "verdict"] == "learned").sum())})
         paired[design] = group.set_index(["setting", "seed"])["learnability"]
     columns = ["rank", "head", "learnability", "ci", "tasks", "configs", "seeds", "learned", "n_next", "p_next",
-               "ahead"]
+               "p_holm", "ahead"]
     if not rows:
         return pd.DataFrame(columns=columns)
     table = pd.DataFrame(rows).sort_values(["learnability", "head"], ascending=[False, True], ignore_index=True)
@@ -167,7 +168,8 @@ def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA)
         pairs = pd.concat([paired[above], paired[below]], axis=1, join="inner")
         tests.append((len(pairs), wilcoxon_greater(pairs.iloc[:, 0] - pairs.iloc[:, 1]) if len(pairs) else math.nan))
     table["n_next"], table["p_next"] = zip(*tests, (0, math.nan))
-    table["ahead"] = table["p_next"] < alpha
+    table["p_holm"] = holm(table["p_next"])
+    table["ahead"] = table["p_holm"] < alpha
     ranks = ["1"]
     for i in range(1, len(table)):
         ranks.append(str(i + 1) if table["ahead"][i - 1] else "=" + ranks[-1].lstrip("="))
@@ -205,8 +207,9 @@ _RANKING_LEGEND = (
     f"95% CI: t-interval over seeds of the design's per-seed mean. learned: configurations learned.\n"
     f"ahead of next: one-sided Wilcoxon signed-rank test (exact up to {EXACT_MAX} pairs, normal approximation above, "
     f"zero differences dropped) of this design's learnability against the next one's, paired by configuration and "
-    f"seed, at alpha {ALPHA}; a design not shown behind the one above shares its rank (=k). With n pairs the exact "
-    f"test cannot go below p = 2^-n, so fewer than {_fewest_pairs()} pairs can never put one design ahead.")
+    f"seed, Holm-corrected over the table's tests (p shown adjusted), at alpha {ALPHA}; a design not shown behind "
+    f"the one above shares its rank (=k). With n pairs the exact test cannot go below p = 2^-n, so fewer than "
+    f"{_fewest_pairs()} pairs can never put one design ahead.")
 
 
 def _comparison(ahead: bool, p: float, n: int) -> str:
@@ -229,7 +232,7 @@ def ranking_markdown(ranking: pd.DataFrame) -> str:
                      "95% CI": "-" if math.isnan(ci) else f"{max(0, mean - ci):.2f}–{min(1, mean + ci):.2f}",
                      "tasks": str(row["tasks"]), "configs": str(row["configs"]), "seeds": str(row["seeds"]),
                      "learned": f"{row['learned']}/{row['configs']}",
-                     "ahead of next": "" if last else _comparison(row["ahead"], row["p_next"], row["n_next"])})
+                     "ahead of next": "" if last else _comparison(row["ahead"], row["p_holm"], row["n_next"])})
     numeric = re.compile(r"[=\d.\-–/ ]*").fullmatch
     return markdown_table(rows, lambda cell: numeric(cell) is not None) + "\n" + _RANKING_LEGEND + "\n"
 

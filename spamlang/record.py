@@ -163,6 +163,7 @@ class SuiteInfo:
     version: int = metric("suite version", required=True)
     source: str = metric("suite file", required=True)
     sweep: tuple[str, ...] = metric("run settings the suite sweeps (chosen on val)", required=True)
+    lr_round: int | None = metric("round of the adaptive lr grid that added the run (0: the suite's own grid)")
 
 
 @dataclass(frozen=True, kw_only=True)

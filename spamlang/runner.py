@@ -4,11 +4,17 @@ Each finished run's record is written atomically by this (the driver) process as
 interrupted sweep (Ctrl-C, a crash, ``kill -9``) loses at most the runs in flight and never leaves a partial or
 duplicate record; rerunning skips what is recorded. A run that raises is recorded with status ``failed`` and its error,
 and is tried again on the next rerun.
+
+The learning-rate grid grows on its own (see :mod:`spamlang.selection`): after the suite's runs, each configuration
+whose chosen lr (on val) is an edge of the lrs tried gets the next value outward (x or / LR_FACTOR), for all its seeds,
+round after round, until the chosen lr is inside the range, the upper edge diverged, or ``lr_rounds`` rounds are
+spent. Each record's ``suite.lr_round`` says in which round its run was added (0: the suite's own grid).
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
@@ -17,13 +23,14 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
 from . import record
-from .config import RunConfig
+from .config import EXECUTION_FIELDS, RunConfig
 from .errors import SpamLangError
+from .selection import LR_FACTOR, LR_ROUNDS, next_lrs
 from .suite import Suite
 from .task import TASKS
 from .threads import choose, idle_cores, step_flops
@@ -43,7 +50,7 @@ def execute(config: dict, suite_info: record.SuiteInfo, threads: int) -> record.
     return dataclasses.replace(rec, suite=suite_info)
 
 
-def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
+def pending(configs: Iterable[RunConfig], runs_dir: Path) -> list[RunConfig]:
     """Runs with no ``ok``/``diverged`` record of the task's current version yet; stale temporary files from killed
     runs are removed.
 
@@ -53,12 +60,38 @@ def pending(suite: Suite, runs_dir: Path) -> list[RunConfig]:
     for tmp in runs_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     todo = []
-    for config in suite.runs:
+    for config in configs:
         path = runs_dir / f"{config.run_id}.json"
         rec = record.read_replaceable(path)
         if rec is None or rec.status == "failed" or rec.task_version != TASKS.get(config.task).version:
             todo.append(config)
     return todo
+
+
+def lr_extensions(configs: Iterable[RunConfig], runs_dir: Path, factor: float = LR_FACTOR) -> list[RunConfig]:
+    """The runs one more round of the adaptive lr grid adds: per configuration (every setting but seed and lr), the
+    :func:`spamlang.selection.next_lrs` of its recorded outcomes, for each of its seeds. A run without a record counts
+    as failed."""
+    groups: dict[str, dict[float, list[RunConfig]]] = {}
+    for config in configs:
+        key = json.dumps({k: v for k, v in config.to_dict().items()
+                          if k not in ("seed", "lr", *EXECUTION_FIELDS)}, sort_keys=True, default=str)
+        groups.setdefault(key, {}).setdefault(config.lr, []).append(config)
+    new = []
+    for by_lr in groups.values():
+        outcomes = {lr: [_outcome(runs_dir / f"{c.run_id}.json") for c in runs] for lr, runs in by_lr.items()}
+        seeds = {c.seed: c for runs in by_lr.values() for c in runs}
+        new += [dataclasses.replace(c, lr=lr) for lr in next_lrs(outcomes, factor) for c in seeds.values()]
+    return new
+
+
+def _outcome(path: Path) -> tuple[str, float | None]:
+    """(status, final val loss) of a run's record; a missing or unreadable one counts as failed."""
+    try:
+        rec = record.read(path)
+    except SpamLangError:
+        return "failed", None
+    return rec.status, rec.final.val_loss if rec.final is not None else None
 
 
 def _device(config: RunConfig, override: str | None, slot: int, executor: str) -> str:
@@ -143,9 +176,11 @@ def _ray(configs: list[dict], info: record.SuiteInfo, workers: int,
 
 
 def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str | None = None,
-              progress: bool = True, threads: int | None = None,
+              progress: bool = True, lr_rounds: int = LR_ROUNDS, threads: int | None = None,
               log: Callable[[str], None] | None = None) -> dict:
-    """Run what is missing of ``suite`` into ``out/runs``; return counts {total, skipped, ok, diverged, failed}.
+    """Run what is missing of ``suite`` into ``out/runs``, then extend each configuration's lr grid for up to
+    ``lr_rounds`` rounds; return counts {total, skipped, ok, diverged, failed, lr_rounds (rounds that added runs),
+    lr_added (runs they added)}.
 
     Each run uses ``threads`` intra-op threads, or the thread policy's choice for it given ``workers``. ``progress``
     shows a bar; ``log`` (for output that is not a terminal) is called with one line per finished run.
@@ -154,26 +189,40 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
         raise SpamLangError(f"unknown executor '{executor}' (executors: {', '.join(EXECUTORS)})")
     if workers < 1:
         raise SpamLangError(f"--workers must be >= 1, got {workers}")
+    if lr_rounds < 0:
+        raise SpamLangError(f"--lr-rounds must be >= 0, got {lr_rounds}")
     runs_dir = Path(out) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    todo = pending(suite, runs_dir)
-    configs = [{**c.to_dict(), "device": _device(c, device, i % workers, executor)} for i, c in enumerate(todo)]
     info = record.SuiteInfo(name=suite.name, version=suite.version, source=suite.source, sweep=tuple(suite.sweep))
-    counts = {"total": len(suite.runs), "skipped": len(suite.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
+    counts = {"total": 0, "skipped": 0, "ok": 0, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0}
     run = _local if executor == "local" else _ray
     started = time.monotonic()
-    if log and todo:
-        log(f"suite {suite.name}: {len(todo)} of {counts['total']} runs to do ({counts['skipped']} already recorded)"
-            f" -> {runs_dir}")
-    with tqdm(total=len(suite.runs), initial=counts["skipped"], unit="run", disable=not progress,
-              desc=f"suite {suite.name}") as bar:
-        for rec in run(configs, info, workers, threads):
-            record.write(rec, runs_dir)
-            counts[rec.status] += 1
-            bar.update(1)
-            bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"])
-            if log:
-                log(progress_line(rec, counts, time.monotonic() - started))
+    configs, batch = list(suite.runs), list(suite.runs)
+    with tqdm(total=len(batch), unit="run", disable=not progress, desc=f"suite {suite.name}") as bar:
+        for round_ in range(lr_rounds + 1):
+            if round_:
+                batch = lr_extensions(configs, runs_dir)
+                if not batch:
+                    break
+                configs += batch
+                counts["lr_rounds"], counts["lr_added"] = round_, counts["lr_added"] + len(batch)
+                bar.total += len(batch)
+            todo = pending(batch, runs_dir)
+            counts["total"] += len(batch)
+            counts["skipped"] += len(batch) - len(todo)
+            bar.update(len(batch) - len(todo))
+            if log and todo:
+                what = f"lr round {round_}" if round_ else f"suite {suite.name}"
+                log(f"{what}: {len(todo)} of {len(batch)} runs to do ({len(batch) - len(todo)} already recorded)"
+                    f" -> {runs_dir}")
+            items = [{**c.to_dict(), "device": _device(c, device, i % workers, executor)} for i, c in enumerate(todo)]
+            for rec in run(items, dataclasses.replace(info, lr_round=round_), workers, threads):
+                record.write(rec, runs_dir)
+                counts[rec.status] += 1
+                bar.update(1)
+                bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"])
+                if log:
+                    log(progress_line(rec, counts, time.monotonic() - started))
     return counts
 
 

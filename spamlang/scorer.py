@@ -1,9 +1,10 @@
 """The scorer: a frame of runs in (see :mod:`spamlang.frames`), one row per configuration out, with floors, gaps,
-learnability and a verdict.
+their noise, trivial baselines, learnability and a verdict (the rules: :mod:`spamlang.verdicts`).
 
-Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream; every reported number comes from the
-``test`` stream. Seeds are aggregated (mean and a 95% t-interval). Pure functions of the runs, except for the
-expressivity floors, which are computed once per configuration and kept in the floor cache the caller gives.
+Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream (:mod:`spamlang.selection`); every
+reported number comes from the ``test`` stream. Seeds are aggregated (mean and a 95% t-interval, or a standard
+error). Pure functions of the runs, except for the floors, which are computed once per configuration (and reached
+logit scale) and kept in the floor cache the caller gives.
 """
 from __future__ import annotations
 
@@ -14,21 +15,22 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .config import EXECUTION_FIELDS
+from . import floors, selection, verdicts
+from .config import EXECUTION_FIELDS, examples_seen
 from .errors import ConfigError, SpamLangError
 from .floors import FloorCache, expressivity_floor
 from .frames import CONFIG_FIELDS, config_key, python_values, value_order
-from .record import LEARNED_ACCURACY, LEARNED_MARGIN, is_learned
-from .stats import mean_ci
+from .record import LEARNED_MARGIN
+from .stats import is_finite, mean_ci, mean_se, slope, t_quantile
 from .task import make_task
 
-#: nats: the margin within which a loss counts as reaching the Bayes loss (learned, non-deterministic tasks) and
-#: within which a gap (floor - Bayes, loss - floor) counts as immaterial; the harness's own margin by default
+#: nats: a gap (loss - Bayes, floor - Bayes, loss - floor, gain over a trivial predictor) at most this large is
+#: immaterial, whatever its noise (see :func:`verdicts.counts`); the harness's own margin by default
 TOLERANCE = LEARNED_MARGIN
 #: accuracy on symbols seen in training above which, with the overall accuracy below it, a run is data-limited
 SEEN_ACCURACY = 0.9
-VERDICTS = ("learned", "optimization-limited", "expressivity-limited", "mixed", "diverged", "failed", "undetermined",
-            "n/a")
+#: the verdicts a configuration can get, in the order of :func:`verdicts.verdict`'s rules
+VERDICTS = verdicts.VERDICTS
 DIAGNOSTICS = ("grad_destroyed", "grad_kept_cos", "grad_baseline")
 
 
@@ -49,24 +51,73 @@ def learnability(test_losses: list[float], floor: float) -> float:
 
 
 # -- scoring --------------------------------------------------------------------------------------------------------
-def _steps_to_learn(run: Mapping, tolerance: float, learned_accuracy: float) -> float:
-    """The first evaluation step at which the test stream meets the learned criterion (inf if none, or not ok)."""
+def _bayes_gap(run: Mapping, point, loss: str = "test_loss", same_tokens: bool = True) -> tuple[float, float]:
+    """(loss - Bayes, its standard error) of one evaluation (an EvalPoint or Final; ``loss``: the name of its test
+    loss): against the Bayes predictor on the very test tokens with the paired error where the record has it (and
+    ``same_tokens``), else against the task's population Bayes loss with the test loss's own error (records written
+    before these were measured have neither: NaN)."""
+    value = getattr(point, loss)
+    if same_tokens and is_finite(point.test_bayes_loss):
+        bayes, se = point.test_bayes_loss, point.test_bayes_gap_se
+    else:
+        bayes, se = run["bayes_loss"], point.test_loss_se
+    if not (is_finite(value) and is_finite(bayes)):
+        return math.nan, math.nan
+    return value - bayes, se if is_finite(se) else math.nan
+
+
+def _steps_to_learn(run: Mapping, tolerance: float) -> float:
+    """The first evaluation step from which the test stream meets the learned criterion (its gap to the Bayes loss
+    does not count) to the end; inf if it does not at the end, or the run is not ok."""
     if run["status"] != "ok":
         return math.inf
-    for point in run["history"]:
-        if is_learned(point.test_accuracy, point.test_loss, run["bayes_loss"], run["deterministic"],
-                      learned_accuracy, tolerance):
-            return point.step
-    return math.inf
+    step = math.inf
+    for point in reversed(run["history"]):
+        gap, se = _bayes_gap(run, point)
+        if not is_finite(gap) or verdicts.counts(gap, se, tolerance):
+            break
+        step = point.step
+    return step
 
 
-def _selection_key(runs: pd.DataFrame) -> tuple:
-    """Order of the settings of swept values: mean final val loss over seeds (a run that is not ok counts as inf),
-    then fewer runs not ok, then the mean over the ok ones."""
-    val = [r["final"].val_loss if r["status"] == "ok" else None for _, r in runs.iterrows()]
-    val = [v if v is not None and math.isfinite(v) else math.inf for v in val]
-    finite = [v for v in val if math.isfinite(v)]
-    return statistics.fmean(val), len(val) - len(finite), statistics.fmean(finite) if finite else math.inf
+def _learned_then_lost(run: Mapping, tolerance: float) -> bool:
+    gaps = [_bayes_gap(run, p) for p in run["history"]]
+    return verdicts.learned_then_lost([g for g, _ in gaps], [s for _, s in gaps], tolerance)
+
+
+def _still_improving(run: Mapping, tolerance: float) -> tuple[float, float, bool]:
+    """(slope of the val loss over the last TREND_POINTS evaluations in nats per step, its standard error, whether
+    the run was still improving at the end; see :func:`verdicts.still_improving`)."""
+    points = [p for p in run["history"] if is_finite(p.val_loss)][-verdicts.TREND_POINTS:]
+    steps = [p.step for p in points]
+    b, se, df = slope(steps, [p.val_loss for p in points])
+    critical = t_quantile(df, 0.90) if df else math.inf  # two-sided 90% = one-sided 95%
+    span = steps[-1] - steps[0] if steps else 0
+    return b, se, verdicts.still_improving(b, se, critical, span, tolerance)
+
+
+def _budget(run: Mapping) -> tuple[float, float, float]:
+    """(steps, tokens, examples per symbol) a run trained for: as its final states them; for older records, from its
+    last evaluation, and steps x batch x the task's symbols per sequence / V (NaN where the task is not known here)."""
+    final, last = run["final"], run["history"][-1]
+    steps = final.steps if final is not None and final.steps is not None else last.step
+    tokens = final.tokens if final is not None and final.tokens is not None else last.tokens
+    if final is not None and is_finite(final.examples_per_symbol):
+        return steps, tokens, final.examples_per_symbol
+    try:
+        per_sequence = make_task(run["task"], run["task_params"]).symbols_per_sequence(run["seq_len"])
+    except SpamLangError:
+        return steps, tokens, math.nan
+    return steps, tokens, examples_seen(steps, run["vocab_size"], run["batch_size"], per_sequence)
+
+
+def _settings(runs: pd.DataFrame, swept: list[str]) -> dict[tuple, list[selection.Outcome]]:
+    """The seeds' outcomes (status, final val loss) of each setting of the swept fields, in the runs' order."""
+    settings: dict[tuple, list] = {}
+    for _, run in runs.iterrows():
+        outcome = (run["status"], run["final"].val_loss if run["final"] is not None else None)
+        settings.setdefault(tuple(config_key(run[f]) for f in swept), []).append(outcome)
+    return settings
 
 
 FLOOR_FIELDS = ("task", "task_params", "vocab_size", "seq_len", "head", "d_model", "head_rank", "head_params",
@@ -92,17 +143,29 @@ def _floors(cache: FloorCache):
     return floor_of
 
 
-def _verdict(n_seeds: int, n_ok: int, n_diverged: int, n_learned: int, expressivity_gap: float,
-             optimization_gap: float, tolerance: float) -> str:
-    if n_learned * 2 > n_seeds:
-        return "learned"
-    if n_ok * 2 <= n_seeds:
-        return "diverged" if n_diverged * 2 >= n_seeds - n_ok else "failed"
-    if not math.isfinite(expressivity_gap):
-        return "undetermined"
-    if expressivity_gap <= tolerance:
-        return "optimization-limited"
-    return "mixed" if optimization_gap > tolerance else "expressivity-limited"
+def _scale_floors(cache: FloorCache):
+    """A function from (a run, a logit scale) to the floor of the run's configuration with every context's logit
+    half-range at most that scale (NaN where it cannot be computed), each computed (or warned about) once."""
+    seen: dict[tuple, float] = {}
+
+    def scale_floor_of(run: Mapping, scale: float) -> float:
+        floor_at_scale = getattr(floors, "floor_at_scale", None)
+        if floor_at_scale is None or not is_finite(scale):
+            return math.nan
+        key = (*(config_key(run[f]) for f in FLOOR_FIELDS), scale)
+        if key not in seen:
+            try:
+                task = make_task(run["task"], run["task_params"])
+                value = floor_at_scale(task, run["vocab_size"], run["seq_len"], run["head"], run["d_model"],
+                                       run["head_rank"], run["head_params"], run["embed_dim"], scale,
+                                       cache=cache).get("floor")
+            except SpamLangError as exc:
+                warnings.warn(f"no floor at logit scale {scale:.3g} for {run['task']} with head {run['head']}: "
+                              f"{exc}", RuntimeWarning)
+                value = None
+            seen[key] = value if is_finite(value) else math.nan
+        return seen[key]
+    return scale_floor_of
 
 
 def _mean(runs: Iterable[Mapping], field: str) -> float:
@@ -120,28 +183,39 @@ def _start(run: Mapping, field: str) -> float | None:
 
 
 def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str] = (), *,
-          tolerance: float = TOLERANCE, learned_accuracy: float = LEARNED_ACCURACY,
-          seen_accuracy: float = SEEN_ACCURACY, cache: FloorCache | None = None) -> pd.DataFrame:
+          tolerance: float = TOLERANCE, seen_accuracy: float = SEEN_ACCURACY,
+          cache: FloorCache | None = None) -> pd.DataFrame:
     """One row per configuration (the ``by`` fields; default: every config field but seed, the swept ones and the
     execution ones, plus the task version), its seeds aggregated at the swept values (``lr``, those named in
-    ``sweep`` and those the records' suite swept) with the lowest mean final val loss.
+    ``sweep`` and those the records' suite swept) with the lowest mean final val loss
+    (:func:`spamlang.selection.choose`).
 
-    Columns: the ``by`` fields; each swept field's chosen value and ``<field>_tried``; ``n_seeds``, ``n_ok``,
-    ``n_diverged``, ``n_failed``, ``n_runs``; ``bayes_loss``, ``floor``, ``floor_method`` (analytic, estimated or
-    unavailable), ``floor_small``/``floor_fit`` (sampled estimates, see :func:`expressivity_floor`); test ``loss``,
-    ``accuracy`` (each with ``_ci``, the 95% t-interval half-width over ok seeds), ``accuracy_seen``,
-    ``accuracy_unseen``, ``coverage``, ``val_loss``; ``expressivity_gap`` = floor - Bayes, ``optimization_gap`` =
-    loss - floor; ``steps_to_learn`` (median over seeds, a seed that never learned counting as infinitely slow; None
-    when that median is) and ``n_learned``; ``learnability`` (mean over ok seeds, see :func:`learnability`);
-    ``verdict`` (one of VERDICTS) and ``data_limited``; gradient diagnostics at the first evaluation (``_start``)
-    and at the end (``_end``); ``tokens_per_second``; ``error`` (of a failed run).
+    Columns: the ``by`` fields; each swept field's chosen value, ``<field>_tried`` and ``<field>_at_edge`` (``low``,
+    ``high`` or ``only`` when the chosen value is an edge of the values tried at the other chosen swept values, else
+    None); ``lr_rounds`` (rounds by which ``spamlang run`` extended the lr grid); ``n_seeds``, ``n_ok``,
+    ``n_diverged``, ``n_failed``, ``n_runs``; the budget: ``train_steps``, ``train_tokens`` and
+    ``train_examples_per_symbol`` (over the chosen runs); ``bayes_loss`` (population), ``test_bayes_loss``
+    (the Bayes predictor on the test tokens, where recorded), ``uniform_loss`` and ``unigram_loss`` (trivial
+    baselines on the test tokens; uniform = log V for older records); ``floor``, ``floor_se``, ``floor_method``
+    (analytic, estimated or unavailable), ``floor_small``/``floor_fit`` (sampled estimates, see
+    :func:`expressivity_floor`); test ``loss``, ``accuracy`` (each with ``_ci``, the 95% t-interval half-width over ok
+    seeds), ``accuracy_seen``, ``accuracy_unseen``, ``coverage``, ``val_loss``; the gaps, each with ``_se``:
+    ``bayes_gap`` = loss - Bayes (on the same tokens where recorded), ``expressivity_gap`` = floor - Bayes,
+    ``optimization_gap`` = bayes_gap - expressivity_gap (= loss - floor); with a recorded ``logit_scale``:
+    ``logit_scale`` (median over ok seeds), ``scale_floor`` (the floor at that scale), ``scale_gap`` = scale_floor -
+    floor and ``direction_gap`` = optimization_gap - scale_gap; ``steps_to_learn`` (median over seeds of the step
+    from which a seed stayed learned, a seed not learned at the end counting as infinitely slow; None when that median
+    is), ``n_learned`` (seeds learned at the end), ``learned_then_lost``; ``val_slope``/``val_slope_se`` (trend of the
+    val loss at the end, nats per 1,000 steps, mean over ok seeds) and ``budget_limited`` (most ok seeds still
+    improving); ``learnability`` (mean over ok seeds, see :func:`learnability`); ``verdict`` (one of VERDICTS, see
+    :func:`verdicts.verdict`), ``evidence`` (the lr range and budget behind it), ``data_limited`` and ``floor_error``
+    (a gap below 0 beyond its noise: the floor, or the Bayes loss, is wrong); gradient diagnostics at the first
+    evaluation (``_start``) and at the end (``_end``); ``tokens_per_second``; ``error`` (of a failed run).
 
-    Verdicts, in order: ``learned`` when most seeds learned (deterministic task: test accuracy >=
-    ``learned_accuracy``; otherwise loss <= Bayes + ``tolerance``); ``diverged``/``failed`` when most seeds did;
-    ``undetermined`` without a floor; ``optimization-limited`` when the floor is within ``tolerance`` of the Bayes
-    loss; ``expressivity-limited`` when it is not but the loss is within ``tolerance`` of the floor; else ``mixed``.
-    ``data_limited``: not learned, some symbols never seen in training, accuracy on the seen ones >=
-    ``seen_accuracy`` and overall below it. ``n/a`` replaces ``undetermined`` when no Bayes loss is known (text).
+    A gap counts when it exceeds both ``tolerance`` and NOISE_SE of its standard errors (see :mod:`verdicts`).
+    Learned: the gap to the Bayes loss at the final evaluation does not count. No-learning: the loss's gain over the
+    uniform or the unigram predictor does not count. ``data_limited``: not learned, some symbols never seen in
+    training, accuracy on the seen ones >= ``seen_accuracy`` and overall below it.
 
     Floors are looked up in and added to ``cache`` (a :class:`~spamlang.floors.FloorCache`; one with a path keeps
     them on disk); without one, they are computed afresh and kept in memory only.
@@ -158,58 +232,134 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
         by = [f for f in CONFIG_FIELDS if f not in ("seed", *swept, *EXECUTION_FIELDS)] + ["task_version"]
     by = list(by)
     swept = [f for f in swept if f not in by and f != "seed"]
-    floor_of = _floors(cache if cache is not None else FloorCache())
+    cache = cache if cache is not None else FloorCache()
+    floor_of, scale_floor_of = _floors(cache), _scale_floors(cache)
     keys = pd.DataFrame({f: df[f].map(config_key) for f in by + swept}, index=df.index)
     rows = []
     for _, group in sorted(keys.groupby(by, sort=False, dropna=False), key=lambda g: tuple(map(value_order, g[0]))):
-        settings = [s.index for _, s in group.groupby(swept, sort=False, dropna=False)] if swept else [group.index]
-        best = min(settings, key=lambda i: _selection_key(df.loc[i]))
-        rows.append(_score_group(df.loc[group.index], df.loc[best], by, swept, tolerance, learned_accuracy,
-                                 seen_accuracy, floor_of))
+        settings = {value if isinstance(value, tuple) else (value,): s.index
+                    for value, s in group.groupby(swept, sort=False, dropna=False)} if swept else {(): group.index}
+        best = selection.choose(_settings(df.loc[group.index], swept)) if swept else ()
+        rows.append(_score_group(df.loc[group.index], df.loc[settings[best]], by, swept, tolerance, seen_accuracy,
+                                 floor_of, scale_floor_of))
     return pd.DataFrame(rows, dtype=object)
 
 
+def _swept_columns(group: pd.DataFrame, chosen: pd.DataFrame, swept: list[str]) -> tuple[dict, dict]:
+    """({each swept field's chosen value and the values tried}, {whether each chosen value is at an edge of those
+    tried at the other chosen swept values, and the rounds the lr grid was extended by})."""
+    values, edges = {}, {}
+    at = chosen.iloc[0]
+    for f in swept:
+        values[f] = at[f]
+        values[f"{f}_tried"] = sorted(set(group[f].map(config_key)), key=value_order)
+        others = group[[all(config_key(run[g]) == config_key(at[g]) for g in swept if g != f)
+                        for _, run in group.iterrows()]]
+        edges[f"{f}_at_edge"] = selection.edge(config_key(at[f]),
+                                               sorted(set(others[f].map(config_key)), key=value_order))
+    edges["lr_rounds"] = max((s or {}).get("lr_round") or 0 for s in group["suite"])
+    return values, edges
+
+
 def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept: list[str], tolerance: float,
-                 learned_accuracy: float, seen_accuracy: float, floor_of) -> dict:
+                 seen_accuracy: float, floor_of, scale_floor_of) -> dict:
     ran = group[group["status"] != "failed"]
     first = (ran if len(ran) else group).iloc[0]  # a failed run may lack the Bayes loss and the rank
     runs = [r for _, r in chosen.iterrows()]
     ok = [r for r in runs if r["status"] == "ok"]
-    floors = {r["run_id"]: floor_of(r) for _, r in ran.iterrows()}  # one per configuration, unless ``by`` mixes them
+    finals = [r["final"] for r in ok]
+    floor_results = {r["run_id"]: floor_of(r) for _, r in ran.iterrows()}  # one per configuration, unless ``by`` mixes
     row: dict[str, Any] = {f: first[f] for f in by}
-    for f in swept:
-        row[f] = chosen.iloc[0][f]
-        row[f"{f}_tried"] = sorted(set(group[f].map(config_key)), key=value_order)
+    values, edges = _swept_columns(group, chosen, swept)
+    row.update(values)
     bayes = mean_ci(ran["bayes_loss"])[0]
-    floor_value, floor_small, floor_fit = (mean_ci(f.get(k) for f in floors.values())[0]
+    floor_value, floor_small, floor_fit = (mean_ci(f.get(k) for f in floor_results.values())[0]
                                            for k in ("floor", "floor_small", "floor_fit"))
-    loss, loss_ci = mean_ci(_final(r, "loss") for r in ok)
-    accuracy, accuracy_ci = mean_ci(_final(r, "accuracy") for r in ok)
-    steps = [_steps_to_learn(r, tolerance, learned_accuracy) for r in runs]
-    n_learned = sum(math.isfinite(s) for s in steps)
+    methods = {f["method"] for f in floor_results.values()}
+    # an estimate without its own uncertainty (a floor cache of an older estimator): unknown, so the tolerance decides
+    floor_se = 0.0 if methods == {"analytic"} else mean_ci(f.get("floor_se") for f in floor_results.values())[0]
+    loss, loss_ci = mean_ci(f.loss for f in finals)
+    accuracy, accuracy_ci = mean_ci(f.accuracy for f in finals)
+
+    # gaps: loss - Bayes on the same tokens, floor - Bayes, and their difference, each with its standard error
+    same_tokens = bool(finals) and all(is_finite(f.test_bayes_loss) for f in finals)
+    gaps = [_bayes_gap(r, r["final"], "loss", same_tokens) for r in ok]
+    bayes_gap, bayes_gap_se = mean_se([g for g, _ in gaps], [s for _, s in gaps])
+    expressivity_gap = floor_value - bayes
+    optimization_gap = bayes_gap - expressivity_gap
+    optimization_gap_se = math.hypot(bayes_gap_se, floor_se)  # NaN when either is unknown
+    learned = is_finite(bayes_gap) and not verdicts.counts(bayes_gap, bayes_gap_se, tolerance)
+    floor_error = any(verdicts.below_noise(g, s, tolerance) for g, s in
+                      ((expressivity_gap, floor_se), (optimization_gap, optimization_gap_se),
+                       (bayes_gap, bayes_gap_se)))
+
+    # trivial baselines on the same tokens: uniform (log V where not recorded) and, where recorded, unigram
+    uniform = [f.test_uniform_loss if is_finite(f.test_uniform_loss) else math.log(r["vocab_size"])
+               for f, r in zip(finals, ok)]
+    gain, gain_se = mean_se([u - f.loss if is_finite(f.loss) else math.nan for u, f in zip(uniform, finals)],
+                            [f.test_loss_se for f in finals])
+    no_learning = not verdicts.counts(gain, gain_se, tolerance)
+    unigram = math.nan
+    if finals and all(is_finite(f.test_unigram_loss) for f in finals):
+        unigram = statistics.fmean(f.test_unigram_loss for f in finals)
+        gain, gain_se = mean_se([f.test_unigram_loss - f.loss if is_finite(f.loss) else math.nan for f in finals],
+                                [f.test_unigram_gap_se for f in finals])
+        no_learning = no_learning or not verdicts.counts(gain, gain_se, tolerance)
+
+    # the reached logit scale, and the floor at that scale
+    scales = [f.logit_scale for f in finals if is_finite(f.logit_scale)]
+    logit_scale = statistics.median(scales) if scales else math.nan
+    scale_floor = scale_floor_of(first, logit_scale) if scales else math.nan
+    scale_gap = scale_floor - floor_value
+
+    steps = [_steps_to_learn(r, tolerance) for r in runs]
     median_steps = statistics.median(steps) if steps else math.inf
-    expressivity_gap, optimization_gap = floor_value - bayes, loss - floor_value
+    trends = [_still_improving(r, tolerance) for r in ok]
+    budget_limited = sum(t[2] for t in trends) * 2 > len(ok)
     n_diverged = sum(r["status"] == "diverged" for r in runs)
-    verdict = _verdict(len(runs), len(ok), n_diverged, n_learned, expressivity_gap, optimization_gap, tolerance)
-    if verdict == "undetermined" and not math.isfinite(bayes):  # no Bayes loss is known (text): nothing to judge
-        verdict = "n/a"
+    verdict = verdicts.verdict(
+        len(runs), len(ok), n_diverged, learned=learned, no_learning=bool(ok) and no_learning,
+        has_bayes=is_finite(bayes), has_floor=is_finite(floor_value),
+        expressivity_counts=verdicts.counts(expressivity_gap, floor_se, tolerance),
+        optimization_counts=verdicts.counts(optimization_gap, optimization_gap_se, tolerance),
+        budget_limited=budget_limited)
+    budgets = [_budget(r) for r in runs if r["history"]]
+    train_steps, train_tokens, examples = (statistics.median(b[i] for b in budgets) if budgets else math.nan
+                                           for i in range(3))
     seen, coverage = _mean(ok, "accuracy_seen"), _mean(ok, "coverage")
+    lrs = [v for v in row.get("lr_tried", [first["lr"]]) if is_finite(v)]
     row.update({
         "n_seeds": len(runs), "n_ok": len(ok), "n_diverged": n_diverged,
-        "n_failed": sum(r["status"] == "failed" for r in runs), "n_runs": len(group),
-        "deterministic": bool(first["deterministic"]), "rank": first["rank"], "bayes_loss": bayes,
-        "floor": floor_value,
-        "floor_method": "+".join(sorted({f["method"] for f in floors.values()})) or "unavailable",
+        "n_failed": sum(r["status"] == "failed" for r in runs), "n_runs": len(group), **edges,
+        "deterministic": bool(first["deterministic"]), "rank": first["rank"],
+        "train_steps": train_steps, "train_tokens": train_tokens, "train_examples_per_symbol": examples,
+        "bayes_loss": bayes,
+        "test_bayes_loss": mean_ci(f.test_bayes_loss for f in finals)[0] if same_tokens else math.nan,
+        "uniform_loss": mean_ci(uniform)[0], "unigram_loss": unigram,
+        "floor": floor_value, "floor_se": floor_se,
+        "floor_method": "+".join(sorted(methods)) or "unavailable",
         "floor_small": floor_small, "floor_fit": floor_fit,
         "loss": loss, "loss_ci": loss_ci, "accuracy": accuracy, "accuracy_ci": accuracy_ci,
         "accuracy_seen": seen, "accuracy_unseen": _mean(ok, "accuracy_unseen"), "coverage": coverage,
-        "val_loss": _mean(ok, "val_loss"), "expressivity_gap": expressivity_gap, "optimization_gap": optimization_gap,
-        "steps_to_learn": int(median_steps) if math.isfinite(median_steps) else None, "n_learned": n_learned,
+        "val_loss": _mean(ok, "val_loss"),
+        "bayes_gap": bayes_gap, "bayes_gap_se": bayes_gap_se,
+        "expressivity_gap": expressivity_gap, "expressivity_gap_se": floor_se,
+        "optimization_gap": optimization_gap, "optimization_gap_se": optimization_gap_se,
+        "logit_scale": logit_scale, "scale_floor": scale_floor, "scale_gap": scale_gap,
+        "direction_gap": optimization_gap - scale_gap,
+        "steps_to_learn": int(median_steps) if math.isfinite(median_steps) else None,
+        "n_learned": sum(math.isfinite(s) for s in steps),
+        "learned_then_lost": any(_learned_then_lost(r, tolerance) for r in ok),
+        "val_slope": 1000 * mean_ci(t[0] for t in trends)[0], "val_slope_se": 1000 * mean_ci(t[1] for t in trends)[0],
+        "budget_limited": budget_limited,
         "learnability": mean_ci(learnability([p.test_loss for p in r["history"]],
-                                             floors[r["run_id"]]["floor"]) for r in ok)[0],
+                                             floor_results[r["run_id"]]["floor"]) for r in ok)[0],
         "verdict": verdict,
+        "evidence": verdicts.evidence(verdict, lrs or [math.nan], row.get("lr", first["lr"]), train_steps, examples,
+                                      edges.get("lr_at_edge")),
         "data_limited": verdict not in ("learned", "diverged", "failed") and coverage < 1
                         and seen >= seen_accuracy > accuracy,
+        "floor_error": floor_error,
     })
     for name in DIAGNOSTICS:
         row[f"{name}_start"] = mean_ci(_start(r, name) for r in ok)[0]

@@ -1,4 +1,5 @@
-"""Statistics over seeds: t-intervals, the exact Wilcoxon signed-rank test, bootstrap intervals, Holm's correction.
+"""Statistics over seeds: t-intervals, standard errors of means, line slopes, the exact Wilcoxon signed-rank test,
+bootstrap intervals, Holm's correction.
 
 Pure functions of plain numbers; missing (None) and non-finite values are dropped where noted.
 """
@@ -42,6 +43,11 @@ def t_quantile(df: int, level: float = 0.95) -> float:
     return (low + high) / 2
 
 
+def is_finite(value) -> bool:
+    """Whether ``value`` is a finite number (None, booleans, NaN and infinities are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def finite(values: Iterable[float | None]) -> list[float]:
     """The finite values, as floats (None, NaN and infinities dropped)."""
     return [float(v) for v in values if v is not None and math.isfinite(v)]
@@ -55,6 +61,41 @@ def mean_ci(values: Iterable[float | None]) -> tuple[float, float]:
     if len(xs) == 1:
         return xs[0], math.nan
     return statistics.fmean(xs), t_quantile(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def mean_se(values: Iterable[float | None], ses: Iterable[float | None] = ()) -> tuple[float, float]:
+    """(mean of the finite ``values``, its standard error): the values' spread (variance / n) plus the mean of each
+    value's own squared standard error (``ses``, where given) / n. When every value is measured on its own sample
+    both terms describe the same noise, so the sum errs on the large side; with one value and no ``ses`` the error
+    is NaN (unknown)."""
+    xs = finite(values)
+    if not xs:
+        return math.nan, math.nan
+    own = [s * s for s in finite(ses)]
+    spread = statistics.variance(xs) if len(xs) > 1 else None
+    if spread is None and not own:
+        return xs[0], math.nan
+    variance = (spread or 0.0) + (statistics.fmean(own) if own else 0.0)
+    return statistics.fmean(xs), math.sqrt(variance / len(xs))
+
+
+def slope(xs: Sequence[float], ys: Sequence[float | None], last: int | None = None) -> tuple[float, float, int]:
+    """(slope, its standard error, degrees of freedom) of the least-squares line through the (x, y) pairs with a
+    finite y (the ``last`` of them, if given). Two pairs: (slope, NaN, 0); fewer: (NaN, NaN, 0)."""
+    pairs = [(float(x), float(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+    pairs = pairs[-last:] if last else pairs
+    n = len(pairs)
+    if n < 2:
+        return math.nan, math.nan, 0
+    mx, my = statistics.fmean(p[0] for p in pairs), statistics.fmean(p[1] for p in pairs)
+    sxx = sum((x - mx) ** 2 for x, _ in pairs)
+    if sxx == 0:
+        return math.nan, math.nan, 0
+    b = sum((x - mx) * (y - my) for x, y in pairs) / sxx
+    if n < 3:
+        return b, math.nan, 0
+    residual = sum((y - my - b * (x - mx)) ** 2 for x, y in pairs)
+    return b, math.sqrt(residual / (n - 2) / sxx), n - 2
 
 
 def bootstrap_ci(values: Iterable[float | None], statistic: Callable[[np.ndarray], float] = np.mean, *,

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .errors import ConfigError
 from .frames import config_key
+from .stats import is_finite
 
 FORMATS = ("md", "csv", "json")
 
@@ -33,7 +34,10 @@ def with_params(name: str, params: Any) -> str:
         else name
 
 
-def _markdown_row(row: Mapping, shown: list[str], swept: list[str]) -> dict[str, str]:
+_EDGE_MARK = {"low": "↓", "high": "↑", "only": "↕"}
+
+
+def _markdown_row(row: Mapping, shown: list[str], swept: list[str], scaled: bool) -> dict[str, str]:
     out = {}
     if "task" in row:
         out["task"] = with_params(row["task"], row.get("task_params"))
@@ -45,27 +49,44 @@ def _markdown_row(row: Mapping, shown: list[str], swept: list[str]) -> dict[str,
     for f in swept:
         tried = row[f"{f}_tried"]
         show = (lambda v: f"{v:.3g}") if f == "lr" else str
-        out[f] = show(row[f])
+        out[f] = show(row[f]) + _EDGE_MARK.get(row[f"{f}_at_edge"] or "", "")
         out[f"{f} tried"] = f"{show(tried[0])}..{show(tried[-1])} ({len(tried)})" if len(tried) > 1 else show(tried[0])
+        if f == "lr" and row["lr_rounds"]:
+            out[f"{f} tried"] += f" +{row['lr_rounds']}r"
+    out["steps"] = _num(row["train_steps"], 0)
+    out["ex/sym"] = _num(row["train_examples_per_symbol"], 0)
     loss, ci = _num(row["loss"]), plain(row["loss_ci"])
     out["loss"] = loss if ci is None else f"{loss}±{ci:.3f}"
     out["acc"] = _num(row["accuracy"])
-    out["bayes"] = _num(row["bayes_loss"])
+    out["base"] = _num(min(row["uniform_loss"], row["unigram_loss"]) if is_finite(row["unigram_loss"])
+                       else row["uniform_loss"])
+    out["bayes"] = _num(row["test_bayes_loss"] if is_finite(row["test_bayes_loss"]) else row["bayes_loss"])
     out["floor"] = ("~" if "estimated" in row["floor_method"] else "") + _num(row["floor"])
     out["expr gap"], out["opt gap"] = _num(row["expressivity_gap"]), _num(row["optimization_gap"])
+    if scaled:
+        out["scale gap"], out["dir gap"] = _num(row["scale_gap"]), _num(row["direction_gap"])
     out["learn"] = _num(row["learnability"], 2)
     steps = row["steps_to_learn"]
     out["learned at"] = f"{'-' if steps is None else steps} ({row['n_learned']}/{row['n_seeds']})"
     out["destroyed"] = f"{_num(row['grad_destroyed_start'])}→{_num(row['grad_destroyed_end'])}"
-    out["verdict"] = row["verdict"] + (" +data" if row["data_limited"] else "")
+    flags = [("+data", row["data_limited"]), ("+budget", row["budget_limited"] and row["verdict"] != "budget-limited"),
+             ("+lost", row["learned_then_lost"]), ("!floor", row["floor_error"])]
+    out["verdict"] = " ".join([row["verdict"], *(name for name, on in flags if on)])
     return out
 
 
 _LABELS = {"vocab_size": "V", "d_model": "D", "embed_dim": "E", "seq_len": "T", "batch_size": "batch"}
 _FOLDED = ("task", "task_params", "head", "head_rank", "head_params")
-_LEGEND = ("floor: ~ estimated by fitting free vectors, otherwise analytic. gaps: expr = floor - bayes, "
-           "opt = loss - floor (nats).\nlearned at: median first step learned (seeds learned). destroyed: destroyed-"
-           "gradient ratio, start→end. +data: data-limited (unseen symbols explain the shortfall).")
+_LEGEND = ("lr: chosen on val; ↑/↓ the top/bottom of the range tried, ↕ the only value tried (the range does not show "
+           "the optimum inside it); +Nr: rounds the lr grid was extended by. steps, ex/sym: training budget (examples "
+           "per symbol). base: best trivial predictor (uniform or unigram) on the test tokens.\n"
+           "bayes: Bayes loss (on the test tokens where recorded). floor: ~ estimated by fitting free vectors, "
+           "otherwise analytic. gaps: expr = floor - bayes, opt = loss - floor, scale = floor at the reached logit "
+           "scale - floor, dir = opt - scale (nats); a gap counts when above the tolerance and 2 standard errors.\n"
+           "learned at: median step from which seeds stayed learned (seeds learned at the end). destroyed: destroyed-"
+           "gradient ratio, start→end. +data: unseen symbols explain the shortfall; +budget: the val loss was still "
+           "falling at the end; +lost: learned earlier, not at the end; !floor: a gap below 0 beyond noise (the floor "
+           "or the Bayes loss is wrong).")
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -73,7 +94,8 @@ def _markdown(df: pd.DataFrame) -> str:
     start = list(df.columns).index("n_seeds")
     fields = [c for c in df.columns[:start] if c not in swept and not c.endswith("_tried") and c not in _FOLDED]
     shown = [f for f in fields if df[f].map(config_key).nunique(dropna=False) > 1]
-    rows = [_markdown_row(row, shown, swept) for _, row in df.iterrows()]
+    scaled = any(is_finite(v) for v in df["scale_gap"])
+    rows = [_markdown_row(row, shown, swept, scaled) for _, row in df.iterrows()]
     return markdown_table(rows, lambda cell: cell[:1] in "-~0123456789") + "\n" + _LEGEND + "\n"
 
 

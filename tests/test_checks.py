@@ -117,7 +117,7 @@ def test_a_resumed_run_neither_counts_nor_overwrites_a_record_it_cannot_read(tmp
     path.write_text(json.dumps(data))
     before = path.read_text()
     with pytest.raises(SpamLangError, match=f"{config.run_id}.json.*kept as it is"):
-        pending(suite, runs_dir)
+        pending(suite.runs, runs_dir)
     with pytest.raises(SpamLangError, match=f"{config.run_id}.json"):
         run_suite(suite, tmp_path / "out", progress=False)
     assert path.read_text() == before and len(list(runs_dir.glob("*.json"))) == 1

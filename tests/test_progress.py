@@ -18,32 +18,32 @@ from tests.test_suite import tiny
 
 def test_one_line_per_finished_run_with_counts_and_elapsed_time(tmp_path):
     lines = []
-    counts = run_suite(load(str(tiny(tmp_path))), tmp_path / "out", progress=False, log=lines.append)
+    counts = run_suite(load(str(tiny(tmp_path))), tmp_path / "out", progress=False, lr_rounds=0, log=lines.append)
     assert counts["ok"] == 6 and len(lines) == 7
     assert lines[0] == f"suite tiny: 6 of 6 runs to do (0 already recorded) -> {tmp_path / 'out' / 'runs'}"
     for k, line in enumerate(lines[1:], 1):
         assert re.fullmatch(rf"\[{k}/6\] spam V=(16|32) (linear|lowrank:2) lr=0.003 seed=[01]: ok, test loss "
                             rf"\d+\.\d{{4}} \| {k} ok, 0 diverged, 0 failed \| \d+m\d\ds", line), line
     again = []
-    run_suite(load(str(tiny(tmp_path))), tmp_path / "out", progress=False, log=again.append)
+    run_suite(load(str(tiny(tmp_path))), tmp_path / "out", progress=False, lr_rounds=0, log=again.append)
     assert again == []  # nothing to do, nothing said
 
 
 def test_run_on_a_non_terminal_reports_progress_summary_and_files(run_cli, tmp_path):
     out = tmp_path / "out"
     path = tiny(tmp_path)
-    r = run_cli("run", path, "--out", out)
+    r = run_cli("run", path, "--out", out, "--lr-rounds", 0)
     assert r.code == 0, r.err
     err = r.err.strip().splitlines()
     assert sum(line.startswith("[") for line in err) == 6
-    assert err[-3].startswith("suite tiny: 6 runs, 0 already recorded, 6 ok")
+    assert err[-3].startswith("suite tiny: 6 runs (0 added by 0 lr round(s)), 0 already recorded, 6 ok")
     assert err[-2].startswith("heads: 1 ") and "verdicts of " in err[-2]
     assert err[-1].startswith("wrote 7 files: ")
     for name in ("leaderboard.md", "leaderboard.csv", "configurations.csv", "leaderboard.html", "learnability.png"):
         assert str(out / name) in err[-1] and (out / name).is_file()
     assert "](learnability.png)" not in r.out  # the terminal gets no image links
-    assert f"- command: `spamlang run {path} --out {out}`" in (out / "leaderboard.md").read_text()
-    assert "[" not in run_cli("run", path, "--out", out, "--quiet").err.split("suite tiny:")[0]
+    assert f"- command: `spamlang run {path} --out {out} --lr-rounds 0`" in (out / "leaderboard.md").read_text()
+    assert "[" not in run_cli("run", path, "--out", out, "--quiet", "--lr-rounds", 0).err.split("suite tiny:")[0]
 
 
 def test_ctrl_c_says_a_rerun_resumes(run_cli, tmp_path, monkeypatch):

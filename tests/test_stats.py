@@ -1,5 +1,5 @@
-"""Statistics over seeds: Holm's correction and the bootstrap interval (t-intervals and Wilcoxon: test_score,
-test_leaderboard)."""
+"""Statistics over seeds: Holm's correction, the bootstrap interval, standard errors of means and line slopes
+(t-intervals and Wilcoxon: test_score, test_leaderboard)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from spamlang.stats import bootstrap_ci, holm
+from spamlang.stats import bootstrap_ci, holm, mean_se, slope
 
 
 def test_holm_adjusts_step_down_and_keeps_the_order():
@@ -27,3 +27,21 @@ def test_bootstrap_interval_is_seeded_and_shrinks_with_more_data():
     assert low_l < 2.0 < high_l and high_l - low_l < (high - low) / 3
     assert bootstrap_ci([1.0, 2.0, None, math.nan], np.median)[0] >= 1.0
     assert all(math.isnan(x) for x in bootstrap_ci([1.0]))
+
+
+def test_mean_se_adds_the_values_own_errors_to_their_spread():
+    assert mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))  # variance 2, / 2 values
+    assert mean_se([1.0, 3.0], [0.2, 0.2]) == pytest.approx((2.0, math.sqrt((2 + 0.04) / 2)))
+    assert mean_se([1.0], [0.3]) == pytest.approx((1.0, 0.3))
+    one = mean_se([1.0, None, math.nan])
+    assert one[0] == 1.0 and math.isnan(one[1])  # one value, no error of its own: unknown
+    assert all(math.isnan(x) for x in mean_se([]))
+
+
+def test_slope_of_a_least_squares_line_with_its_standard_error():
+    assert slope([0, 1, 2, 3], [1.0, 3.0, 5.0, 7.0]) == pytest.approx((2.0, 0.0, 2))
+    b, se, df = slope([0, 1, 2], [0.0, 2.0, 1.0])  # residuals -0.5, 1, -0.5: 1.5 / 1 df / sxx 2
+    assert (b, df) == (pytest.approx(0.5), 1) and se == pytest.approx(math.sqrt(1.5 / 2))
+    assert slope([0, 1, 2, 3, 4], [9.0, 9.0, 1.0, None, 2.0], last=2) == pytest.approx((0.5, math.nan, 0),
+                                                                                        nan_ok=True)
+    assert all(math.isnan(x) for x in slope([0], [1.0])[:2])

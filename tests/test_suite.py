@@ -1,6 +1,7 @@
 """Suites (TOML grids checked before any run) and the runner (resume, failures, kill -9, worker processes, Ray)."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from spamlang.errors import SpamLangError
 from spamlang.runner import run_suite
 from spamlang.suite import builtin_names, load
 from tests.conftest import assert_user_error
+from tests.records import make_record
 
 TINY = textwrap.dedent("""
     [suite]
@@ -102,37 +104,70 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
         return real(config, progress, threads=threads)
 
     monkeypatch.setattr(train_module, "train", flaky)
-    counts = run_suite(suite, out, progress=False)
-    assert counts == {"total": 6, "skipped": 0, "ok": 5, "diverged": 0, "failed": 1}
+    counts = run_suite(suite, out, progress=False, lr_rounds=0)
+    assert counts == {"total": 6, "skipped": 0, "ok": 5, "diverged": 0, "failed": 1, "lr_rounds": 0, "lr_added": 0}
     records = [record.read(p) for p in (out / "runs").glob("*.json")]
     assert len(records) == 6
     failed = [r for r in records if r.status == "failed"]
     assert len(failed) == 1 and "simulated crash" in failed[0].error
     assert all(r.suite.name == "tiny" for r in records)
     monkeypatch.setattr(train_module, "train", real)
-    counts = run_suite(suite, out, progress=False)  # only the failed run is redone
-    assert counts == {"total": 6, "skipped": 5, "ok": 1, "diverged": 0, "failed": 0}
+    counts = run_suite(suite, out, progress=False, lr_rounds=0)  # only the failed run is redone
+    assert counts == {"total": 6, "skipped": 5, "ok": 1, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0}
 
 
 def test_run_cli_prints_leaderboard_and_writes_files(run_cli, tmp_path):
     out = tmp_path / "out"
-    r = run_cli("run", tiny(tmp_path), "--out", out, "--quiet")
+    r = run_cli("run", tiny(tmp_path), "--out", out, "--quiet", "--lr-rounds", "1")
     assert r.code == 0, r.err
     assert "verdict" in r.out and "linear" in r.out
+    assert "18 runs (12 added by 1 lr round(s))" in r.err  # one lr each: one below and one above it
     assert (out / "leaderboard.md").is_file() and (out / "leaderboard.csv").is_file()
-    r2 = run_cli("run", tiny(tmp_path), "--out", out, "--quiet")
-    assert "6 already recorded" in r2.err
+    r2 = run_cli("run", tiny(tmp_path), "--out", out, "--quiet", "--lr-rounds", "1")
+    assert "18 already recorded" in r2.err
+
+
+def fake_train(diverge_above: float):
+    """A stand-in for the harness: a record whose final val loss is lowest at lr 0.1, and that diverges above
+    ``diverge_above``."""
+    def train(config, progress=None, checkpoint=None, threads=None):
+        val = (math.log10(config.lr) + 1) ** 2 + 0.1 * config.seed
+        return make_record(**config.to_dict(), losses=(4.0, 3.0), val_losses=(4.0, val),
+                           status="diverged" if config.lr > diverge_above else "ok")
+    return train
+
+
+@pytest.mark.parametrize("diverge_above, rounds, lrs", [
+    (1.0, 3, [0.00333, 0.01, 0.03, 0.09, 0.27]),  # 0.09 chosen, inside the range after three rounds
+    (0.05, 2, [0.00333, 0.01, 0.03, 0.09]),  # 0.09 diverges: 0.03 is inside
+])
+def test_the_lr_grid_grows_until_the_chosen_lr_is_inside(tmp_path, monkeypatch, diverge_above, rounds, lrs):
+    import spamlang.harness as train_module
+    monkeypatch.setattr(train_module, "train", fake_train(diverge_above))
+    path = tiny(tmp_path)
+    path.write_text(path.read_text().replace('head = ["linear", "lowrank:2"]', 'head = "lowrank:2"\nlr = 0.01'))
+    out = tmp_path / "out"
+    lines = []
+    counts = run_suite(load(str(path)), out, progress=False, lr_rounds=5, log=lines.append)
+    assert counts["lr_rounds"] == rounds and counts["lr_added"] == 2 * (len(lrs) - 1)  # two seeds per lr
+    assert f"lr round 1: 4 of 4 runs to do (0 already recorded) -> {out / 'runs'}" in lines  # one lr each way
+    records = [record.read(p) for p in (out / "runs").glob("*.json")]
+    assert sorted({r.config.lr for r in records}) == lrs
+    assert {r.config.lr: r.suite.lr_round for r in records}[lrs[-1]] == rounds
+    assert run_suite(load(str(path)), out, progress=False, lr_rounds=5)["skipped"] == len(records)  # resumes
+    few = run_suite(load(str(path)), tmp_path / "few", progress=False, lr_rounds=1)
+    assert few["lr_rounds"] == 1 and few["total"] == 6
 
 
 def test_worker_processes(tmp_path):
     out = tmp_path / "out"
-    counts = run_suite(load(str(tiny(tmp_path))), out, workers=2, progress=False)
+    counts = run_suite(load(str(tiny(tmp_path))), out, workers=2, progress=False, lr_rounds=0)
     assert counts["ok"] == 6 and len(list((out / "runs").glob("*.json"))) == 6
 
 
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     path, out = tiny(tmp_path, steps=400), tmp_path / "out"  # runs long enough to kill mid-sweep
-    cmd = [sys.executable, "-m", "spamlang.cli", "run", str(path), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "spamlang.cli", "run", str(path), "--out", str(out), "--quiet", "--lr-rounds", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "runs").glob("*.json"))) < 2:
@@ -152,7 +187,8 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     ray = pytest.importorskip("ray")
     out = tmp_path / "out"
     try:
-        counts = run_suite(load(str(tiny(tmp_path))), out, executor="ray", workers=2, progress=False)
+        counts = run_suite(load(str(tiny(tmp_path))), out, executor="ray", workers=2, progress=False,
+                           lr_rounds=0)
     finally:
         ray.shutdown()
     assert counts["ok"] == 6
@@ -187,7 +223,8 @@ def test_external_task_reaches_worker_processes(run_cli, tmp_path):
     (folder / "alternate.py").write_text(TASK_FILE.replace("{tag}", "workers"))
     path = tmp_path / "alt.toml"
     path.write_text(TINY.format(steps=2).replace('task = "spam"', 'task = "alternate-workers"'))
-    r = run_cli("run", path, "--tasks-dir", folder, "--workers", 2, "--out", tmp_path / "out", "--quiet")
+    r = run_cli("run", path, "--tasks-dir", folder, "--workers", 2, "--out", tmp_path / "out", "--quiet",
+                "--lr-rounds", 0)
     assert r.code == 0, r.err
     recs = [record.read(p) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert len(recs) == 6 and {r.status for r in recs} == {"ok"}

@@ -1,6 +1,7 @@
 """Text corpora as tasks: preparation, BPE at V and its cache, the document split, windows, records, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -134,7 +135,10 @@ def test_training_records_corpus_and_tokenizer_and_scores_na(corpus, tmp_path):
     assert again.final.val_loss == rec.final.val_loss  # same seed, same metrics on the CPU
     write(rec, tmp_path / "runs")
     scored = score(load_runs(tmp_path / "runs"))
-    assert scored.iloc[0]["verdict"] == "n/a"
+    assert scored.iloc[0]["verdict"] == "no-learning"  # 6 steps: no better than the trivial predictors
+    better = dataclasses.replace(rec, final=dataclasses.replace(rec.final, loss=rec.final.test_unigram_loss - 1))
+    write(better, tmp_path / "better")  # well below them: nothing to judge it by
+    assert score(load_runs(tmp_path / "better")).iloc[0]["verdict"] == "n/a"
 
 
 def test_huggingface_tokenizer_folder(corpus, tmp_path):
@@ -204,7 +208,8 @@ def test_leaderboard_of_text_runs_has_tokens_to_target(run_cli, corpus, tmp_path
         record.write(train(config, progress=False), tmp_path / "runs")
     result = run_cli("leaderboard", tmp_path / "runs", "--out", tmp_path / "board")
     assert result.code == 0, result.err
-    assert "## Tokens to target" in result.out and "lowrank:2" in result.out and "| n/a" in result.out
+    assert "## Tokens to target" in result.out and "lowrank:2" in result.out
+    assert "| no-learning" in result.out  # 6 steps: worse than the unigram predictor; never a floor-based verdict
     assert (tmp_path / "board" / "speedup.csv").is_file() and (tmp_path / "board" / "tokens.png").is_file()
 
 

@@ -132,7 +132,8 @@ def suite_file(tmp_path):
 @pytest.mark.parametrize("workers,flag,expected", [(1, None, 1), (2, None, 1), (2, 3, 3)])
 def test_runner_records_each_workers_count(tmp_path, workers, flag, expected):
     out = tmp_path / "out"
-    counts = run_suite(load(suite_file(tmp_path)), out, workers=workers, progress=False, threads=flag)
+    counts = run_suite(load(suite_file(tmp_path)), out, workers=workers, progress=False, lr_rounds=0,
+                       threads=flag)
     assert counts["ok"] == 2
     assert {json.loads(p.read_text())["env"]["threads"] for p in (out / "runs").glob("*.json")} == {expected}
 
