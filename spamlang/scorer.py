@@ -15,10 +15,10 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from . import floors, selection, verdicts
+from . import selection, verdicts
 from .config import EXECUTION_FIELDS, examples_seen
 from .errors import ConfigError, SpamLangError
-from .floors import FloorCache, expressivity_floor
+from .floors import FloorCache, expressivity_floor, floor_at_scale
 from .frames import CONFIG_FIELDS, config_key, python_values, value_order
 from .record import LEARNED_MARGIN
 from .stats import is_finite, mean_ci, mean_se, slope, t_quantile
@@ -149,8 +149,7 @@ def _scale_floors(cache: FloorCache):
     seen: dict[tuple, float] = {}
 
     def scale_floor_of(run: Mapping, scale: float) -> float:
-        floor_at_scale = getattr(floors, "floor_at_scale", None)
-        if floor_at_scale is None or not is_finite(scale):
+        if not is_finite(scale):
             return math.nan
         key = (*(config_key(run[f]) for f in FLOOR_FIELDS), scale)
         if key not in seen:
