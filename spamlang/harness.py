@@ -26,7 +26,7 @@ from .config import RunConfig, examples_seen
 from .diagnostics import gradient_diagnostics, spectrum_share
 from .errors import ConfigError
 from .model import LanguageModel
-from .record import EvalPoint, Final, RunRecord, Timing, environment, is_learned
+from .record import EvalPoint, Final, RunRecord, Timing, environment, learned_from
 from .task import make_task
 from .rng import Rng
 from .threads import choose, step_flops, using
@@ -372,12 +372,10 @@ def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None,
     if checkpoint is not None:
         save_weights(trainer.model, checkpoint)
     last = history[-1]
-    learned_at = next((p.step for p in history
-                       if is_learned(p.test_accuracy, p.test_loss, bayes, task.deterministic)), None)
     final = Final(loss=last.test_loss, accuracy=last.test_accuracy, val_loss=last.val_loss,
                   val_accuracy=last.val_accuracy, accuracy_seen=last.test_accuracy_seen,
                   accuracy_unseen=last.test_accuracy_unseen, coverage=trainer.seen.float().mean().item(),
-                  steps_to_learn=learned_at if status == "ok" else None,
+                  steps_to_learn=learned_from(history, bayes) if status == "ok" else None,
                   steps=steps_done, tokens=steps_done * tokens_per_step,
                   examples_per_symbol=examples_seen(steps_done, c.vocab_size, c.batch_size,
                                                     trainer.symbols_per_sequence),

@@ -24,11 +24,11 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jsonschema
 
-from . import __version__, atomic
+from . import __version__, atomic, verdicts
 from .config import RunConfig
 from .errors import SpamLangError
 
@@ -36,17 +36,38 @@ SCHEMA = "spamlang.run/2"
 #: the schema file of SCHEMA inside the package
 SCHEMA_FILE = "schema/run-2.json"
 STATUSES = ("ok", "diverged", "failed")
-#: when a run counts as learned: test accuracy at least this on a deterministic task, else a loss within this many
-#: nats of the Bayes loss (shared by the harness's ``steps_to_learn`` and the scorer)
-LEARNED_ACCURACY, LEARNED_MARGIN = 0.99, 0.05
+#: nats: a gap to the Bayes loss at most this large counts as learned (shared by the harness's ``steps_to_learn``
+#: and the scorer's tolerance)
+LEARNED_MARGIN = 0.05
 
 
-def is_learned(accuracy: float | None, loss: float | None, bayes_loss: float | None, deterministic: bool,
-               learned_accuracy: float = LEARNED_ACCURACY, margin: float = LEARNED_MARGIN) -> bool:
-    """Whether one evaluation meets the learned criterion (missing numbers never do)."""
-    if deterministic:
-        return accuracy is not None and accuracy >= learned_accuracy
-    return loss is not None and bayes_loss is not None and loss <= bayes_loss + margin
+def bayes_gap(point: Any, bayes_loss: float | None, loss: str = "test_loss",
+              same_tokens: bool = True) -> tuple[float, float]:
+    """(loss - Bayes, its standard error) of one evaluation (an EvalPoint or Final; ``loss``: the name of its test
+    loss): against the Bayes predictor on the very test tokens with the paired error where the record has it (and
+    ``same_tokens``), else against the task's population ``bayes_loss`` with the test loss's own error (records
+    written before these were measured have neither: NaN)."""
+    value = getattr(point, loss)
+    if same_tokens and _finite(point.test_bayes_loss):
+        bayes, se = point.test_bayes_loss, point.test_bayes_gap_se
+    else:
+        bayes, se = bayes_loss, point.test_loss_se
+    if not (_finite(value) and _finite(bayes)):
+        return math.nan, math.nan
+    return value - bayes, se if _finite(se) else math.nan
+
+
+def learned_from(history: Sequence[Any], bayes_loss: float | None, margin: float = LEARNED_MARGIN) -> int | None:
+    """The first evaluation step from which the test loss's gap to the Bayes loss stops counting (within ``margin``
+    or within its noise, :func:`verdicts.counts`) and stays so to the end of ``history``; None when it counts at
+    the end. One rule for the harness's ``steps_to_learn`` and the scorer's."""
+    step = None
+    for point in reversed(history):
+        gap, se = bayes_gap(point, bayes_loss)
+        if not _finite(gap) or verdicts.counts(gap, se, margin):
+            break
+        step = point.step
+    return step
 
 
 #: the losses a run of status ok must hold as finite numbers, in ``final`` and in every evaluation of ``history``
@@ -114,7 +135,8 @@ class Final:
     accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
     accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
     coverage: float | None = metric("share of the vocabulary seen in training", required=True)
-    steps_to_learn: int | None = metric("first evaluation step that met the learned criterion", required=True)
+    steps_to_learn: int | None = metric("first evaluation step from which the test loss stays within the learned "
+                                        "margin (or its noise) of the Bayes loss to the end", required=True)
     tokens_per_second: float | None = metric("training throughput, evaluations excluded", required=True)
     grad_destroyed: float | None = metric("destroyed-gradient ratio at the last evaluation", required=True)
     grad_kept_cos: float | None = metric("kept cosine at the last evaluation", required=True)

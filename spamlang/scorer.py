@@ -20,7 +20,8 @@ from .config import EXECUTION_FIELDS, examples_seen
 from .errors import ConfigError, SpamLangError
 from .floors import FloorCache, expressivity_floor, floor_at_scale
 from .frames import CONFIG_FIELDS, config_key, python_values, value_order
-from .record import LEARNED_MARGIN
+from . import record
+from .record import LEARNED_MARGIN, learned_from
 from .stats import is_finite, mean_ci, mean_se, slope, t_quantile
 from .task import make_task
 
@@ -51,37 +52,15 @@ def learnability(test_losses: list[float], floor: float) -> float:
 
 
 # -- scoring --------------------------------------------------------------------------------------------------------
-def _bayes_gap(run: Mapping, point, loss: str = "test_loss", same_tokens: bool = True) -> tuple[float, float]:
-    """(loss - Bayes, its standard error) of one evaluation (an EvalPoint or Final; ``loss``: the name of its test
-    loss): against the Bayes predictor on the very test tokens with the paired error where the record has it (and
-    ``same_tokens``), else against the task's population Bayes loss with the test loss's own error (records written
-    before these were measured have neither: NaN)."""
-    value = getattr(point, loss)
-    if same_tokens and is_finite(point.test_bayes_loss):
-        bayes, se = point.test_bayes_loss, point.test_bayes_gap_se
-    else:
-        bayes, se = run["bayes_loss"], point.test_loss_se
-    if not (is_finite(value) and is_finite(bayes)):
-        return math.nan, math.nan
-    return value - bayes, se if is_finite(se) else math.nan
-
-
 def _steps_to_learn(run: Mapping, tolerance: float) -> float:
-    """The first evaluation step from which the test stream meets the learned criterion (its gap to the Bayes loss
-    does not count) to the end; inf if it does not at the end, or the run is not ok."""
-    if run["status"] != "ok":
-        return math.inf
-    step = math.inf
-    for point in reversed(run["history"]):
-        gap, se = _bayes_gap(run, point)
-        if not is_finite(gap) or verdicts.counts(gap, se, tolerance):
-            break
-        step = point.step
-    return step
+    """The first evaluation step from which the test stream meets the learned criterion to the end
+    (:func:`record.learned_from`); inf if it does not at the end, or the run is not ok."""
+    step = learned_from(run["history"], run["bayes_loss"], tolerance) if run["status"] == "ok" else None
+    return math.inf if step is None else step
 
 
 def _learned_then_lost(run: Mapping, tolerance: float) -> bool:
-    gaps = [_bayes_gap(run, p) for p in run["history"]]
+    gaps = [record.bayes_gap(p, run["bayes_loss"]) for p in run["history"]]
     return verdicts.learned_then_lost([g for g, _ in gaps], [s for _, s in gaps], tolerance)
 
 
@@ -282,7 +261,7 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
 
     # gaps: loss - Bayes on the same tokens, floor - Bayes, and their difference, each with its standard error
     same_tokens = bool(finals) and all(is_finite(f.test_bayes_loss) for f in finals)
-    gaps = [_bayes_gap(r, r["final"], "loss", same_tokens) for r in ok]
+    gaps = [record.bayes_gap(r["final"], r["bayes_loss"], "loss", same_tokens) for r in ok]
     bayes_gap, bayes_gap_se = mean_se([g for g, _ in gaps], [s for _, s in gaps])
     expressivity_gap = floor_value - bayes
     optimization_gap = bayes_gap - expressivity_gap
