@@ -2,9 +2,9 @@
 
 Small models are overhead-bound: a training step is hundreds of tiny kernels, and with two or more OpenMP threads
 every kernel ends at a barrier where the threads wait on each other. On a machine where anything else runs, one of
-them is often descheduled and the others wait for it; a SpamLang run at V = 2,048, D = 32 was 4-7x slower on two
-threads than on one (``results/perf/threads.md``). Large head-dominated steps (V = 32,768, D = 64) gain from more
-threads, but only on cores that nothing else is using.
+them is often descheduled and the others wait for it: a SpamLang run at V = 2,048, D = 32 was 2.4-7x slower on
+two threads than on one beside other work, and only 1.4x faster on a quiet machine (``results/perf/threads.md``).
+Large head-dominated steps (V = 32,768, D = 64) gain from more threads, but only on cores that nothing else uses.
 
 The rule (:func:`choose`), in order:
 
@@ -28,9 +28,10 @@ from .errors import SpamLangError
 
 #: the environment variable that overrides the rule (a positive integer)
 ENV = "SPAMLANG_THREADS"
-#: below this many FLOPs per step one thread is faster. Measured on a 2-core AMD EPYC (torch 2.13, OpenMP) with the
-#: harness's training step (``results/perf/threads.md``): at 2.2e8 FLOPs/step (V = 2,048, D = 32, T = 8, batch 64)
-#: one thread was 6x faster than two; from 8.2e8 (V = 8,192) on, two threads were about 1.6x faster.
+#: below this many FLOPs per step one thread (``results/perf/threads.md``, a 2-core AMD EPYC, torch 2.13, OpenMP):
+#: there two threads gain little on a quiet machine (1.13x at 2.2e8 FLOPs/step, V = 2,048, D = 32, T = 8, batch 64)
+#: and lose 4-10x on a shared one, and one thread everywhere makes a small run's metrics bitwise the same on every
+#: machine under any load; from 8.2e8 (V = 8,192) two free cores gain 1.3-1.8x.
 SERIAL_FLOPS = 5e8
 
 
