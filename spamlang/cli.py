@@ -486,6 +486,29 @@ def _write_leaderboard(folders, out, formats=(), allow_missing_tasks=False) -> N
     click.echo(f"wrote {len(written)} files: {', '.join(map(str, written))}", err=True)
 
 
+# -- fit ------------------------------------------------------------------------------------------------------------
+@cli.command("fit")
+@click.argument("folders", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the FOLDER, when only one is given).")
+@click.option("--resamples", default=1000, show_default=True, type=click.IntRange(2, 100_000),
+              help="Bootstrap resamples over seeds.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the bootstrap's generator (recorded in fit.csv).")
+@plugin_options
+def fit(folders, out, resamples, seed):
+    """Scaling fits of the run records in FOLDERS: per head and width D, steps-to-learn against V/D as a censored
+    power law with a bootstrap CI over seeds, the critical V/D, and the gradproj control; writes fit.md, fit.csv,
+    control.csv and the figures (PNG and SVG)."""
+    from .leaderboard import load_folders, write_fit
+    if out is None and len(folders) > 1:
+        raise SpamLangError("--out is required with several folders")
+    runs = load_folders(folders)
+    text, written = write_fit(runs, out or folders[0], _command_line(), resamples, seed)
+    click.echo(text, nl=False)
+    click.echo(f"wrote {len(written)} files: {', '.join(map(str, written))}", err=True)
+
+
 #: allocator messages of an out-of-memory RuntimeError (PyTorch's CPU and CUDA allocators)
 _OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.I)
 

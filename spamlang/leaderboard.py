@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from . import __version__, atomic, plots, record
+from . import __version__, atomic, fitreport, plots, record
 from .measure import board as models
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
@@ -44,7 +44,7 @@ from .speedup import format_speedup, speedup_table
 FORMATS = ("md", "csv", "html")
 #: the table files of each format
 TABLE_FILES = {"md": ("leaderboard.md",),
-               "csv": ("leaderboard.csv", "configurations.csv", "speedup.csv", "models.csv"),
+               "csv": ("leaderboard.csv", "configurations.csv", "speedup.csv", "models.csv", "fit.csv", "control.csv"),
                "html": ("leaderboard.html",)}
 #: significance level of the paired test that puts one head design ahead of the next
 ALPHA = 0.05
@@ -255,18 +255,26 @@ _CAPTIONS = {"learnability.png": "Learnability over V and head rank, per head an
 
 
 def markdown(ranking: pd.DataFrame, scored: pd.DataFrame, prov: Mapping, images: Sequence[str] = (),
-             speedup: str = "") -> str:
+             speedup: str = "", fits: str = "") -> str:
     """The leaderboard document: title, provenance, head ranking, configuration table, the tokens-to-target table
-    ``speedup`` (when given) and links to ``images``."""
+    ``speedup`` (when given), the scaling fits section ``fits`` (when given) and links to ``images``."""
     lines = ["# SpamLang leaderboard", "", "## Provenance", ""]
     lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
               for key, value in _provenance_items(prov)]
     lines += ["", "## Head ranking", "", ranking_markdown(ranking), "## Configurations", "", format_table(scored, "md")]
     if speedup:
         lines += ["## Tokens to target", "", speedup]
+    if fits:
+        lines += [fits]
     if images:
-        lines += ["## Plots", ""] + [f"![{_CAPTIONS.get(name, name)}]({name})\n" for name in images]
+        lines += ["## Plots", ""] + [f"![{_caption(name)}]({name})\n" for name in images]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _caption(name: str) -> str:
+    if name in _CAPTIONS:
+        return _CAPTIONS[name]
+    return fitreport.caption(name) if name.startswith(("steps_to_learn", "direction_D")) else name
 
 
 def csv(table: str, prov: Mapping) -> str:
@@ -345,15 +353,17 @@ def summary(ranking: pd.DataFrame, scored: pd.DataFrame, top: int = 3) -> str:
 #: not write is never replaced; models.csv is the table of :mod:`spamlang.measure.board`, headed by its columns
 _SIGNATURES = {"models.csv": b"model,step,", ".md": b"# SpamLang leaderboard", ".csv": b"# command: ",
                ".html": b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SpamLang leaderboard</title>",
-               ".png": b"\x89PNG\r\n\x1a\n"}
+               ".png": b"\x89PNG\r\n\x1a\n", "fit.md": b"# SpamLang scaling fits",
+               ".svg": b'<?xml version="1.0" encoding="utf-8" standalone="no"?>\n<!DOCTYPE svg'}
 
 
 def _is_ours(path: Path) -> bool:
-    """Whether ``path`` is a leaderboard file written by this tool (a PNG: one rendered by matplotlib)."""
+    """Whether ``path`` is a leaderboard file written by this tool (a PNG or SVG: one rendered by matplotlib)."""
     with open(path, "rb") as f:
-        head = f.read(256)
+        head = f.read(1024)
     signature = _SIGNATURES.get(path.name, _SIGNATURES.get(path.suffix))
-    return signature is not None and head.startswith(signature) and (path.suffix != ".png" or b"Matplotlib" in head)
+    image = path.suffix in (".png", ".svg")
+    return signature is not None and head.startswith(signature) and (not image or b"Matplotlib" in head)
 
 
 def check_outputs(out: Path, names: Iterable[str]) -> None:
@@ -378,7 +388,10 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     out = Path(out)
     measured = models.load(runs.attrs.get("measurements", []))
     model_figures = models.figures(measured)
-    check_outputs(out, [*_CAPTIONS, *model_figures, *(name for fmt in formats for name in TABLE_FILES[fmt])])
+    fits = _fits(runs) if not runs.empty else None
+    fit_figures = fitreport.figures(fits, runs) if fits else {}
+    check_outputs(out, [*_CAPTIONS, *_svgs(_CAPTIONS), *model_figures, *fit_figures, *_svgs(fit_figures),
+                        *(name for fmt in formats for name in TABLE_FILES[fmt])])
     if runs.empty:  # measurement records only: the models section alone
         images = {name: plots.save(fig, out / name) for name, fig in model_figures.items()}
         text = "# SpamLang leaderboard\n\n" + models.markdown(measured, list(images))
@@ -395,12 +408,14 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     figures = {"learnability.png": plots.learnability_heatmap(scored),
                "curves.png": plots.learning_curves(scored, chosen),
                "kept_cos.png": plots.kept_cosine(scored),
-               "tokens.png": plots.loss_vs_tokens(speedup, runs), **model_figures}
-    images = {name: plots.save(fig, out / name) for name, fig in figures.items() if fig is not None}
-    written = [out / name for name in images]
+               "tokens.png": plots.loss_vs_tokens(speedup, runs), **fit_figures, **model_figures}
+    images = {name: plots.save_both(fig, out / name) for name, fig in figures.items() if fig is not None}
+    written = [out / n for name in images for n in (name, *_svgs([name]))]
     speedup_text = format_speedup(speedup) if len(speedup) else ""
-    text = markdown(ranking, scored, prov, [name for name in images if name not in model_figures], speedup_text)
-    shown = markdown(ranking, scored, prov, speedup=speedup_text)  # what a terminal shows: no image links
+    fit_text = fitreport.markdown(fits) if fits else ""
+    text = markdown(ranking, scored, prov, [name for name in images if name not in model_figures], speedup_text,
+                    fit_text)
+    shown = markdown(ranking, scored, prov, speedup=speedup_text, fits=fit_text)  # a terminal: no image links
     if measured:
         text += "\n" + models.markdown(measured, [name for name in images if name in model_figures])
         shown += "\n" + models.markdown(measured, [])
@@ -408,6 +423,8 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
              "csv": {"leaderboard.csv": csv(ranking.to_csv(index=False), prov),
                      "configurations.csv": csv(format_table(scored, "csv"), prov),
                      **({"speedup.csv": csv(format_speedup(speedup, "csv"), prov)} if len(speedup) else {}),
+                     **({"fit.csv": csv(fitreport.fit_csv(fits.table), prov),
+                         "control.csv": csv(format_table(fits.control, "csv"), prov)} if fits else {}),
                      **({"models.csv": models.csv(measured)} if measured else {})},
              "html": {"leaderboard.html": to_html(text, images)}}
     return shown, _write_files(out, files, formats, written), summary(ranking, scored)
@@ -419,3 +436,50 @@ def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]
             atomic.write_text(out / name, content)
             written.append(out / name)
     return written
+
+
+# -- scaling fits ---------------------------------------------------------------------------------------------------
+def _svgs(names: Iterable[str]) -> list[str]:
+    """The SVG twin of each PNG name (see :func:`spamlang.plots.save_both`)."""
+    return [str(Path(name).with_suffix(".svg")) for name in names if name.endswith(".png")]
+
+
+def _fits(runs: pd.DataFrame) -> "fitreport.Fits | None":
+    """The scaling fits of ``runs`` where the data allow them (a task with a Bayes loss run over a V grid), else
+    None."""
+    try:
+        return fitreport.fits(runs)
+    except SpamLangError:
+        return None
+
+
+def write_fit(runs: pd.DataFrame, out: str | Path, command: str = "", resamples: int = fitreport.fit.RESAMPLES,
+              seed: int = fitreport.fit.BOOTSTRAP_SEED) -> tuple[str, list[Path]]:
+    """Fit ``runs`` (as :func:`load_folders` returns them; SpamLangError without a task with a Bayes loss or without
+    a V grid) and write ``fit.md``, ``fit.csv``, ``control.csv`` and the fit figures (PNG and SVG) into ``out``,
+    replacing only files this tool wrote; return the Markdown as a terminal shows it (no image links) and the paths
+    written."""
+    if runs.empty:
+        raise SpamLangError("no training runs to fit (only measurement records)")
+    fits = fitreport.fits(runs, resamples, seed)
+    out = Path(out)
+    figures = fitreport.figures(fits, runs)
+    names = ["fit.md", "fit.csv", "control.csv", *figures, *_svgs(figures)]
+    check_outputs(out, names)
+    prov = provenance(runs, command)
+    head = ["# SpamLang scaling fits", "", "## Provenance", ""]
+    head += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in _provenance_items(prov)]
+    head = "\n".join(head) + "\n\n"
+    files = {"fit.md": head + fitreport.markdown(fits, list(figures)),
+             "fit.csv": csv(fitreport.fit_csv(fits.table), prov),
+             "control.csv": csv(format_table(fits.control, "csv"), prov)}
+    rendered = {name: (plots.png(fig), plots.svg(fig)) for name, fig in figures.items()}  # all before any write
+    written = []
+    for name, (data, vector) in rendered.items():
+        atomic.write_bytes(out / name, data)
+        atomic.write_bytes(out / _svgs([name])[0], vector)
+        written += [out / name, out / _svgs([name])[0]]
+    for name, content in files.items():
+        atomic.write_text(out / name, content)
+        written.append(out / name)
+    return head + fitreport.markdown(fits), written

@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from . import atomic
+from .fit import UNIT_LABELS, UNITS
 from .tables import with_params
 
 #: colours of lines by V/rank: plasma without its palest yellow, which vanishes on white
@@ -203,4 +204,128 @@ def loss_vs_tokens(table: pd.DataFrame, runs: pd.DataFrame) -> Figure | None:
     bar = fig.colorbar(ScalarMappable(norm, RATIO_CMAP), ax=axes, label="head rank")
     _power_of_two_ticks(bar.ax.yaxis, [norm.vmin, norm.vmax])
     fig.suptitle("Val loss against training tokens (mean over seeds; band: seed range)")
+    return fig
+
+
+def save_both(fig: Figure, path: str | Path) -> bytes:
+    """Write ``fig`` as a PNG at ``path`` and as an SVG beside it (same name, ``.svg``), each atomically; return the
+    PNG bytes."""
+    path = Path(path)
+    data, vector = png(fig), svg(fig)
+    atomic.write_bytes(path, data)
+    atomic.write_bytes(path.with_suffix(".svg"), vector)
+    return data
+
+
+def svg(fig: Figure) -> bytes:
+    """``fig`` rendered as SVG bytes (no date in its metadata, so the same figure gives the same file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    return buffer.getvalue()
+
+
+def _legend_below(fig: Figure, handles: list, columns: int = 6) -> None:
+    """A figure legend under the axes, outside the data."""
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(columns, len(handles)), fontsize=8,
+               frameon=False)
+
+
+def steps_vs_ratio(table: pd.DataFrame, obs: pd.DataFrame) -> Figure | None:
+    """Steps-to-learn against V/D, log-log, from :func:`spamlang.fit.fit_table` and its observations: one row of
+    panels per unit (examples per symbol, tokens), one column per width D, one colour per head; each seed a marker
+    (filled: learned at that value; open with an upward arrow: not learned, drawn at its budget), the censored
+    power-law fit as a line with its bootstrap 95% band."""
+    if table.empty:
+        return None
+    widths = sorted(table["d_model"].unique())
+    colours = dict(zip(sorted(table["head"].unique()), matplotlib.colormaps["tab10"].colors * 3))
+    fig = Figure(figsize=(max(3.6 * len(widths) + 0.6, 6.0), 6.8), layout="constrained")
+    axes = fig.subplots(len(UNITS), len(widths), squeeze=False, sharex="col")
+    for col, width in enumerate(widths):
+        for row, unit in enumerate(UNITS):
+            ax = axes[row, col]
+            for _, fit in table[table["d_model"] == width].iterrows():
+                seen = obs[(obs["group"] == fit["group"]) & (obs[unit] > 0)]
+                colour = colours[fit["head"]]
+                learned, censored = seen[~seen["censored"]], seen[seen["censored"]]
+                ax.scatter(learned["ratio"], learned[unit], color=colour, s=14, alpha=0.8, linewidths=0)
+                if len(censored):
+                    ax.errorbar(censored["ratio"], censored[unit], yerr=0.35 * censored[unit], lolims=True,
+                                fmt="o", mfc="white", mec=colour, ecolor=colour, ms=4.5, elinewidth=0.8, capsize=2)
+                if np.isfinite(fit[f"b_{unit}"]):
+                    x = np.geomspace(seen["ratio"].min(), seen["ratio"].max(), 50)
+                    ax.plot(x, fit[f"prefactor_{unit}"] * x ** fit[f"b_{unit}"], color=colour, linewidth=1.4)
+                    boot = fit[f"boot_{unit}"]
+                    if len(boot) >= 2:
+                        lines = np.exp(boot[:, :1] + boot[:, 1:] * np.log(x)[None])  # (resamples, points)
+                        low, high = np.quantile(lines, [0.025, 0.975], axis=0)
+                        ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3, which="both")
+            if row == 0:
+                ax.set_title(f"D = {width}", fontsize=10)
+            if row == len(UNITS) - 1:
+                ax.set_xlabel("V / D")
+            if col == 0:
+                ax.set_ylabel(f"{UNIT_LABELS[unit]} to learn")
+    handles = [Line2D([], [], color=c, marker="o", label=h) for h, c in colours.items()]
+    handles += [Line2D([], [], color="0.4", marker="o", mfc="white", linestyle="", label="not learned (at budget)")]
+    _legend_below(fig, handles)
+    fig.suptitle("Steps-to-learn against V/D (censored fit; band: 95% seed bootstrap)")
+    return fig
+
+
+#: the training diagnostics of the direction/scale figure: (EvalPoint field, axis label, log scale)
+DIRECTION_ROWS = (("grad_destroyed", "destroyed ratio", False), ("update_cosine", "update cosine with −G", False),
+                  ("logit_scale", "logit scale (half-range)", True))
+
+
+def direction_scale(obs: pd.DataFrame, runs: pd.DataFrame, width: int) -> Figure | None:
+    """For width ``width``: the destroyed-gradient ratio, the realised update's cosine with −G and the logit scale
+    over training (x: examples per symbol seen) of every configuration in ``obs`` (:func:`spamlang.fit.observations`),
+    one column per head, coloured by V/D; the mean over seeds with a band from the lowest to the highest seed, solid
+    where most seeds learned within the budget, dashed where they did not."""
+    obs = obs[obs["d_model"] == width]
+    if obs.empty:
+        return None
+    by_id = runs.set_index("run_id")["history"]
+    rows = []
+    for _, seen in obs.iterrows():
+        per_step = seen["budget_examples"] / seen["budget_steps"]
+        for p in by_id[seen["run_id"]]:
+            x = p.examples_per_symbol if p.examples_per_symbol is not None else p.step * per_step
+            rows.append({"head": seen["head"], "ratio": seen["ratio"], "x": x,
+                         **{name: getattr(p, name) for name, _, _ in DIRECTION_ROWS}})
+    points = pd.DataFrame(rows).astype({name: float for name, _, _ in DIRECTION_ROWS})
+    points = points[points["x"] > 0]
+    learned = obs.groupby(["head", "ratio"])["learned"].mean() > 0.5
+    heads = sorted(obs["head"].unique())
+    norm = LogNorm(obs["ratio"].min(), obs["ratio"].max() * 1.0001)
+    fig = Figure(figsize=(2.9 * len(heads) + 1.4, 7.2), layout="constrained")
+    axes = fig.subplots(len(DIRECTION_ROWS), len(heads), squeeze=False, sharex=True, sharey="row")
+    for col, head in enumerate(heads):
+        for (ratio,), curve in points[points["head"] == head].groupby(["ratio"]):
+            stats = curve.groupby("x")
+            style = {"color": RATIO_CMAP(norm(ratio)), "linestyle": "-" if learned[(head, ratio)] else "--"}
+            for row, (name, _, _) in enumerate(DIRECTION_ROWS):
+                mean = stats[name].mean()
+                if mean.notna().any():
+                    axes[row, col].plot(mean.index, mean, linewidth=1.2, **style)
+                    axes[row, col].fill_between(mean.index, stats[name].min(), stats[name].max(), alpha=0.12,
+                                                linewidth=0, color=style["color"])
+        axes[0, col].set_title(head, fontsize=10)
+        axes[-1, col].set_xlabel("examples per symbol seen")
+        axes[-1, col].set_xscale("log")
+    for row, (_, label, log) in enumerate(DIRECTION_ROWS):
+        axes[row, 0].set_ylabel(label, fontsize=9)
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+            if log:
+                ax.set_yscale("log")
+    bar = fig.colorbar(ScalarMappable(norm, RATIO_CMAP), ax=axes, label="V / D")
+    _power_of_two_ticks(bar.ax.yaxis, [norm.vmin, norm.vmax])
+    _legend_below(fig, [Line2D([], [], color="0.3", linestyle="-", label="learned within the budget"),
+                        Line2D([], [], color="0.3", linestyle="--", label="not learned")])
+    fig.suptitle(f"Direction and scale over training, D = {width} (mean over seeds; band: seed range)")
     return fig

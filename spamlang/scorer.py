@@ -75,7 +75,7 @@ def _still_improving(run: Mapping, tolerance: float) -> tuple[float, float, bool
     return b, se, verdicts.still_improving(b, se, critical, span, tolerance)
 
 
-def _budget(run: Mapping) -> tuple[float, float, float]:
+def run_budget(run: Mapping) -> tuple[float, float, float]:
     """(steps, tokens, examples per symbol) a run trained for: as its final states them; for older records, from its
     last evaluation, and steps x batch x the task's symbols per sequence / V (NaN where the task is not known here)."""
     final, last = run["final"], run["history"][-1]
@@ -301,7 +301,7 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
         expressivity_counts=verdicts.counts(expressivity_gap, floor_se, tolerance),
         optimization_counts=verdicts.counts(optimization_gap, optimization_gap_se, tolerance),
         budget_limited=budget_limited)
-    budgets = [_budget(r) for r in runs if r["history"]]
+    budgets = [run_budget(r) for r in runs if r["history"]]
     train_steps, train_tokens, examples = (statistics.median(b[i] for b in budgets) if budgets else math.nan
                                            for i in range(3))
     seen, coverage = _mean(ok, "accuracy_seen"), _mean(ok, "coverage")

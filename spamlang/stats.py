@@ -159,3 +159,16 @@ def min_p_value(n: int) -> float:
     """The smallest one-sided p-value the exact signed-rank test can give with ``n`` pairs (every difference
     positive: one sign pattern of 2^n); when it is not below alpha, no data can separate the two designs."""
     return 2.0 ** -n
+
+
+def paired_t(differences: Iterable[float | None]) -> tuple[float, float, int]:
+    """(mean, two-sided p-value of the paired t-test that it is 0, degrees of freedom) of the finite paired
+    ``differences``. Identical differences: p = 0 when they are not 0, 1 when they are; fewer than two: p = NaN."""
+    d = finite(differences)
+    if len(d) < 2:
+        return (d[0] if d else math.nan), math.nan, 0
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    if sd == 0:
+        return mean, 0.0 if mean != 0 else 1.0, len(d) - 1
+    t = abs(mean) / (sd / math.sqrt(len(d)))
+    return mean, max(0.0, 1.0 - _t_coverage(t, len(d) - 1)), len(d) - 1

@@ -152,7 +152,9 @@ def test_leaderboard_command_writes_self_contained_files(run_cli, tmp_path):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
     page = (out / "leaderboard.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<style>" in page
+    # three leaderboard plots and, the runs spanning a V grid, the two scaling-fit figures; each also as SVG
+    assert page.count("data:image/png;base64,") == 5 and "<style>" in page
+    assert {"learnability.svg", "steps_to_learn.svg", "direction_D8.svg"} <= {p.name for p in out.iterdir()}
     assert "src=\"http" not in page and "<link" not in page and "<table>" in page
     ranking = pd.read_csv(out / "leaderboard.csv", comment="#", dtype={"rank": str})
     assert list(ranking["head"]) == ["linear", "lowrank:2"] and list(ranking["rank"]) == ["1", "2"]

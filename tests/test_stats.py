@@ -45,3 +45,11 @@ def test_slope_of_a_least_squares_line_with_its_standard_error():
     assert slope([0, 1, 2, 3, 4], [9.0, 9.0, 1.0, None, 2.0], last=2) == pytest.approx((0.5, math.nan, 0),
                                                                                         nan_ok=True)
     assert all(math.isnan(x) for x in slope([0], [1.0])[:2])
+
+
+def test_paired_t_hand_checked():
+    from spamlang.stats import paired_t
+    mean, p, df = paired_t([1.0, 2.0, 3.0])  # t = 2 / (1 / sqrt 3) = 3.464 with 2 df: p = 0.0742
+    assert (mean, df) == (2.0, 2) and p == pytest.approx(0.0742, abs=5e-4)
+    assert paired_t([0.5, 0.5, None])[1] == 0.0 and paired_t([0.0, 0.0])[1] == 1.0
+    assert math.isnan(paired_t([1.0])[1])
