@@ -13,8 +13,9 @@ Every record is checked against the schema (a file that is not a readable record
 with none is an error); a task whose records come in different versions is refused, since their scores are not
 comparable; a run present in several folders (same run id) is kept once, with a warning. The output folder gets
 ``leaderboard.md``, ``leaderboard.csv`` (head ranking), ``configurations.csv`` (one row per configuration), a
-self-contained ``leaderboard.html`` and the plots as PNG files, each table with the provenance of its runs. Runs of
-tasks without a Bayes loss (text) also get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.speedup`)
+self-contained ``leaderboard.html`` and the plots as PNG and SVG files, each table with the provenance of its runs.
+Runs of a task with a Bayes loss over a V grid also get the scaling fits (``fit.csv``, ``control.csv`` and their
+figures, see :mod:`spamlang.fit`). Runs of tasks without a Bayes loss (text) get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.speedup`)
 and its loss-vs-tokens plot.
 """
 from __future__ import annotations
@@ -248,7 +249,7 @@ def _provenance_items(prov: Mapping) -> list[tuple[str, str]]:
             ("run dates", " to ".join(prov["dates"]) or "-"), ("scored with", prov["scorer"])]
 
 
-_CAPTIONS = {"learnability.png": "Learnability over V and head rank, per head and task",
+_CAPTIONS = {"learnability.png": "Learnability by task and head design (mean over each task's configurations)",
              "curves.png": "Learning curves of the spam task, coloured by V/rank",
              "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)",
              "tokens.png": "Val loss against training tokens by head rank, with seed bands (tasks without a Bayes loss)"}

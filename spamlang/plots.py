@@ -1,4 +1,5 @@
-"""Leaderboard plots: learnability over V and rank, learning curves of the cliff, kept gradient cosine against V/rank.
+"""Leaderboard plots: learnability by task and head, learning curves of the cliff, kept gradient cosine against V/rank,
+steps-to-learn against V/D with its censored fit, direction and scale over training.
 
 Each plot is a pure function of the scorer's tables returning a matplotlib Figure (None when there is nothing to
 draw). Figures are built without pyplot, so they render with the Agg canvas and never touch the caller's backend.
@@ -49,41 +50,39 @@ def _power_of_two_ticks(axis, values) -> None:
     axis.set_minor_locator(FixedLocator([]))
 
 
+def _design(head: str, rank, params) -> str:
+    """A head design label: ``linear``, ``lowrank:2``, ``mos(components=4)``."""
+    return with_params(head if pd.isna(rank) else f"{head}:{int(rank)}", params)
+
+
 def learnability_heatmap(scored: pd.DataFrame) -> Figure | None:
-    """Learnability (colour and value) over V (columns) and effective head rank (rows): one row of panels per task,
-    one panel per head; cells of configurations that differ in other settings are averaged."""
-    data = _table(scored)
+    """Learnability as one task × head-design matrix (colour and value: the mean over the task's configurations,
+    e.g. its V and D; below it, the configurations learned out of those run), sized to stay readable at page width."""
+    data = pd.DataFrame({
+        "task": [with_params(t, p) for t, p in zip(scored["task"], scored["task_params"])],
+        "head": [_design(h, r, p) for h, r, p in zip(scored["head"], scored["head_rank"], scored["head_params"])],
+        "learnability": pd.to_numeric(scored["learnability"]),
+        "learned": scored["verdict"] == "learned"}).dropna(subset=["learnability"])
     if data.empty:
         return None
-    tasks = sorted(data["task"].unique())
-    heads = {t: sorted(data.loc[data["task"] == t, "head"].unique()) for t in tasks}
-    widths = {t: [data[(data["task"] == t) & (data["head"] == h)]["V"].nunique() for h in heads[t]] for t in tasks}
-    heights = [data.loc[data["task"] == t, "rank"].nunique() for t in tasks]
-    total = max(sum(1.5 + 0.75 * w for w in widths[t]) for t in tasks)
-    fig = Figure(figsize=(total + 1.2, 0.4 + sum(1.4 + 0.45 * h for h in heights)), layout="constrained")
-    cmap, norm = matplotlib.colormaps["viridis"], Normalize(0, 1)
-    for subfig, task in zip(fig.subfigures(len(tasks), 1, height_ratios=heights, squeeze=False)[:, 0], tasks):
-        used = sum(1.5 + 0.75 * w for w in widths[task])
-        ratios = [1.5 + 0.75 * w for w in widths[task]] + [total - used + 1.2]  # the last: colour bar and padding
-        axes = subfig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios}, squeeze=False)[0]
-        for ax, head in zip(axes, heads[task]):
-            cells = data[(data["task"] == task) & (data["head"] == head)]
-            grid = cells.pivot_table(index="rank", columns="V", values="learnability", aggfunc="mean", dropna=False)
-            values = grid.to_numpy(dtype=float)
-            ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, origin="lower", aspect="auto")
-            for (r, c), value in np.ndenumerate(values):
-                ax.text(c, r, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if np.isnan(value) or value < 0.6 else "black")
-            ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns], fontsize=8)
-            ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index], fontsize=8)
-            ax.set_xlabel("V", fontsize=9)
-            ax.set_ylabel("rank", fontsize=9)
-            ax.set_title(head, fontsize=9)
-        axes[-1].set_axis_off()
-        subfig.colorbar(ScalarMappable(norm, cmap), ax=axes[-1], location="left", fraction=0.25, aspect=15,
-                        label="learnability")
-        subfig.suptitle(f"task {task}", fontsize=10, x=0.02, ha="left")
-    fig.suptitle("Learnability by vocabulary size V and effective head rank")
+    cells = data.groupby(["task", "head"]).agg(value=("learnability", "mean"), learned=("learned", "sum"),
+                                               configs=("learned", "size"))
+    tasks, heads = sorted(data["task"].unique()), sorted(data["head"].unique())
+    values = cells["value"].unstack("head").reindex(index=tasks, columns=heads).to_numpy(float)
+    fig = Figure(figsize=(min(max(1.9 + 0.95 * len(heads), 5.5), 10), 1.3 + 0.5 * len(tasks)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", norm=Normalize(0, 1), aspect="auto")
+    for (r, c), value in np.ndenumerate(values):
+        text = "-" if np.isnan(value) else f"{value:.2f}"
+        if (tasks[r], heads[c]) in cells.index:
+            cell = cells.loc[(tasks[r], heads[c])]
+            text += f"\n{int(cell['learned'])}/{int(cell['configs'])}"
+        ax.text(c, r, text, ha="center", va="center", fontsize=7.5,
+                color="white" if np.isnan(value) or value < 0.6 else "black")
+    ax.set_xticks(range(len(heads)), heads, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+    fig.colorbar(image, ax=ax, label="learnability", fraction=0.04, pad=0.02)
+    ax.set_title("Learnability by task and head (cell: mean; configurations learned/run)", fontsize=9)
     return fig
 
 
@@ -101,22 +100,23 @@ def learning_curves(scored: pd.DataFrame, chosen: pd.DataFrame, task: str = "spa
     axes = fig.subplots(1, 2)
     for config, group in runs.groupby("config"):
         history = pd.DataFrame([dataclasses.asdict(p) for h in group["history"] for p in h]).groupby("step")
-        curve = history[["test_accuracy", "test_loss"]].mean()
+        metrics = history[["test_accuracy", "test_loss"]]
+        curve, low, high = metrics.mean(), metrics.min(), metrics.max()
         style = {"color": RATIO_CMAP(norm(data.at[config, "ratio"])), "linestyle": styles[data.at[config, "head"]],
                  "linewidth": 1.4, "alpha": 0.9}
-        axes[0].plot(curve.index, curve["test_accuracy"], **style)
-        axes[1].plot(curve.index, curve["test_loss"], **style)
+        for ax, name in zip(axes, ("test_accuracy", "test_loss")):
+            ax.plot(curve.index, curve[name], **style)
+            ax.fill_between(curve.index, low[name], high[name], color=style["color"], alpha=0.12, linewidth=0)
     for ax, label in zip(axes, ("test accuracy", "test loss (nats)")):
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylim(bottom=0)
-    axes[0].legend([Line2D([], [], color="0.3", linestyle=s) for s in styles.values()], list(styles), title="head",
-                   fontsize=8, loc="upper left")
+    _legend_below(fig, [Line2D([], [], color="0.3", linestyle=s, label=h) for h, s in styles.items()])
     bar = fig.colorbar(ScalarMappable(norm, RATIO_CMAP), ax=axes, label="V / rank")
     _power_of_two_ticks(bar.ax.yaxis, [norm.vmin, norm.vmax])
-    fig.suptitle(f"Learning curves of '{task}' (mean over seeds at the chosen lr)")
+    fig.suptitle(f"Learning curves of '{task}' (mean over seeds at the chosen lr; band: seed range)")
     return fig
 
 
@@ -151,7 +151,7 @@ def kept_cosine(scored: pd.DataFrame) -> Figure | None:
     handles += [Line2D([], [], color=c, marker="o", linestyle="", label=h) for h, c in colours.items()]
     if len(markers) > 1:
         handles += [Line2D([], [], color="0.4", marker=m, linestyle="", label=t) for t, m in markers.items()]
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _legend_below(fig, handles, columns=4)
     ax.set_title("How much of the logit gradient reaches the backbone")
     return fig
 
@@ -199,8 +199,7 @@ def loss_vs_tokens(table: pd.DataFrame, runs: pd.DataFrame) -> Figure | None:
         if panels.ngroups > 1:
             ax.set_title(", ".join(f"{f}={v}" for f, v in zip(fields, key if isinstance(key, tuple) else (key,))),
                          fontsize=10)
-    axes[0].legend([Line2D([], [], color="0.3", linestyle=s) for s in styles.values()], list(styles), title="head",
-                   fontsize=8, loc="upper right")
+    _legend_below(fig, [Line2D([], [], color="0.3", linestyle=s, label=h) for h, s in styles.items()])
     bar = fig.colorbar(ScalarMappable(norm, RATIO_CMAP), ax=axes, label="head rank")
     _power_of_two_ticks(bar.ax.yaxis, [norm.vmin, norm.vmax])
     fig.suptitle("Val loss against training tokens (mean over seeds; band: seed range)")
