@@ -421,10 +421,13 @@ def suites(as_json):
 @click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: each run's own, from the suite).")
 @click.option("--lr-rounds", default=3, show_default=True, type=click.IntRange(0, 20),
               help="Rounds that may extend a configuration's lr grid (x3 or /3 past an edge chosen on val); 0: none.")
+@click.option("--extend-budget", type=click.FloatRange(min=1), default=None,
+              help="Rerun each configuration not learned at this many times its budget (default: the suite's "
+                   "extend_budget; 1: none).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else one line per run).")
 @threads_option
 @plugin_options
-def run(suite, out, executor, workers, device, lr_rounds, quiet, threads):
+def run(suite, out, executor, workers, device, lr_rounds, extend_budget, quiet, threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     from pathlib import Path
 
@@ -447,11 +450,12 @@ def run(suite, out, executor, workers, device, lr_rounds, quiet, threads):
     log = None if quiet or bar else lambda line: click.echo(line, err=True)
     try:
         counts = run_suite(spec, out, executor, workers, device, progress=bar, lr_rounds=lr_rounds, threads=threads,
-                           log=log)
+                           log=log, extend_budget=extend_budget)
     except KeyboardInterrupt:
         _fail(f"interrupted; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", 130)
+    budget = f", {counts['budget_added']} by the budget round" if counts["budget_added"] else ""
     click.echo(f"suite {spec.name}: {counts['total']} runs ({counts['lr_added']} added by {counts['lr_rounds']} lr "
-               f"round(s)), {counts['skipped']} already recorded, {counts['ok']} ok, {counts['diverged']} diverged, "
+               f"round(s){budget}), {counts['skipped']} already recorded, {counts['ok']} ok, {counts['diverged']} diverged, "
                f"{counts['failed']} failed -> {out / 'runs'}", err=True)
     _write_leaderboard([out / "runs"], out)
     if counts["failed"]:

@@ -186,6 +186,8 @@ class SuiteInfo:
     source: str = metric("suite file", required=True)
     sweep: tuple[str, ...] = metric("run settings the suite sweeps (chosen on val)", required=True)
     lr_round: int | None = metric("round of the adaptive lr grid that added the run (0: the suite's own grid)")
+    budget_round: int | None = metric("budget round that added the run (0: the suite's own budget; 1: a configuration "
+                                      "not learned there, rerun at the suite's extend_budget times its budget)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,8 @@
 
 Format (see ``benchmarks/suites/smoke.toml``)::
 
-    [suite]                      # name, description, version; optional sweep = ["lr"] (selected on val)
+    [suite]                      # name, description, version; optional sweep = ["lr"] (selected on val) and
+                                 # extend_budget = 4 (rerun what is not learned at 4x the budget, see runner)
     [defaults]                   # RunConfig settings shared by every run
     [[grid]]                     # one or more grids; every list expands as a Cartesian product
     head = ["linear", "lowrank:2"]   # "name:rank" gives a head and its rank
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from .config import ResolvedConfig, RunConfig
 from .errors import SpamLangError
 from .threads import step_flops
 
-SUITE_KEYS = {"name", "description", "version", "sweep"}
+SUITE_KEYS = {"name", "description", "version", "sweep", "extend_budget"}
 NESTED = ("task_params", "head_params")
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
 #: effective CPU throughput used for the cost estimate (FLOP/s on a 2-core machine, measured on the smoke suite)
@@ -44,6 +46,8 @@ class Suite:
     sweep: tuple[str, ...]
     runs: tuple[ResolvedConfig, ...]
     source: str
+    #: the factor by which the runner multiplies the budget of a configuration not learned (None: no extension)
+    extend_budget: float | None = None
 
     def estimated_flops(self) -> float:
         """Training FLOPs of all runs: about 6 x (parameters touched per token) x tokens, head included."""
@@ -156,6 +160,9 @@ def load(name_or_file: str) -> Suite:
     bad = sorted(set(meta) - SUITE_KEYS)
     if bad:
         raise SpamLangError(f"{where}: unknown key 'suite.{bad[0]}' (allowed: {', '.join(sorted(SUITE_KEYS))})")
+    extend = meta.get("extend_budget")
+    if extend is not None:
+        check_extend_budget(extend, f"{where}: suite.extend_budget")
     if not grids:
         raise SpamLangError(f"{where}: a suite needs at least one [[grid]] table")
     for section, table in [("defaults", defaults)] + [(f"grid[{i}]", g) for i, g in enumerate(grids)]:
@@ -189,4 +196,11 @@ def load(name_or_file: str) -> Suite:
     if not runs:
         raise SpamLangError(f"{where}: the grids expand to no runs (an empty list, or everything excluded)")
     return Suite(name=meta.get("name", path.stem), description=meta.get("description", ""),
-                 version=meta.get("version", 1), sweep=sweep, runs=tuple(runs), source=where)
+                 version=meta.get("version", 1), sweep=sweep, runs=tuple(runs), source=where, extend_budget=extend)
+
+
+def check_extend_budget(value: Any, where: str) -> None:
+    """Raise SpamLangError unless ``value`` is a budget factor: a finite number above 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value < math.inf:
+        raise SpamLangError(f"{where} must be a number above 1 (the factor on the budget of a configuration not "
+                            f"learned), got {value!r}")

@@ -5,7 +5,7 @@ import dataclasses
 import math
 
 from spamlang.config import RunConfig
-from spamlang.record import EvalPoint, Final, RunRecord, SuiteInfo, Timing, environment
+from spamlang.record import EvalPoint, Final, RunRecord, SuiteInfo, Timing, environment, learned_from
 from spamlang.task import make_task
 
 
@@ -18,7 +18,8 @@ def make_record(*, losses=(4.0, 1.0, 0.01), accuracies=None, val_losses=None, st
     ``destroyed`` at step 0 and ``destroyed[1]`` after, with a kept cosine of ``kept_cos`` (default
     sqrt(1 - destroyed²)). Bayes loss, determinism and task version default to the task's; ``suite`` is a dict of
     SuiteInfo fields (version and source optional); ``measured`` a dict of the optional metrics (``test_loss_se``,
-    ``test_bayes_loss``, ``logit_scale``, ...) of the final, and of the last evaluation where it has them."""
+    ``test_bayes_loss``, ``logit_scale``, ...) of the final, and of the last evaluation where it has them. The final's
+    ``steps_to_learn`` follows from the history, as the harness's does."""
     c = RunConfig(**config)
     suite = SuiteInfo(**{"version": 1, "source": "test", **suite, "sweep": tuple(suite["sweep"])}) if suite else None
     if status == "failed":
@@ -38,12 +39,14 @@ def make_record(*, losses=(4.0, 1.0, 0.01), accuracies=None, val_losses=None, st
     history = (*history[:-1], dataclasses.replace(history[-1], **{k: v for k, v in (measured or {}).items()
                                                                    if k in point_fields}))
     last = history[-1]
+    bayes = task.bayes_loss(c.vocab_size, c.seq_len) if bayes_loss is None else bayes_loss
     final = Final(loss=last.test_loss, accuracy=last.test_accuracy, val_loss=last.val_loss,
                   val_accuracy=last.val_accuracy, accuracy_seen=last.test_accuracy_seen, accuracy_unseen=0.0,
-                  coverage=coverage, steps_to_learn=None, tokens_per_second=1e5, grad_destroyed=last.grad_destroyed,
+                  coverage=coverage, steps_to_learn=learned_from(history, bayes) if status == "ok" else None,
+                  tokens_per_second=1e5, grad_destroyed=last.grad_destroyed,
                   grad_kept_cos=last.grad_kept_cos, grad_baseline=baseline, **(measured or {}))
     return RunRecord(run_id=c.run_id, config=c, task_version=task_version or task.version,
-                     bayes_loss=task.bayes_loss(c.vocab_size, c.seq_len) if bayes_loss is None else bayes_loss,
+                     bayes_loss=bayes,
                      deterministic=task.deterministic if deterministic is None else deterministic,
                      rank=rank if rank is not None else c.head_rank or c.d_model, status=status, history=history,
                      final=final, timing=Timing(steps=100 * (len(losses) - 1), train_seconds=1.0, eval_seconds=0.1,

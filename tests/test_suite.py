@@ -105,7 +105,8 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "train", flaky)
     counts = run_suite(suite, out, progress=False, lr_rounds=0)
-    assert counts == {"total": 6, "skipped": 0, "ok": 5, "diverged": 0, "failed": 1, "lr_rounds": 0, "lr_added": 0}
+    assert counts == {"total": 6, "skipped": 0, "ok": 5, "diverged": 0, "failed": 1, "lr_rounds": 0, "lr_added": 0,
+                      "budget_added": 0}
     records = [record.read(p) for p in (out / "runs").glob("*.json")]
     assert len(records) == 6
     failed = [r for r in records if r.status == "failed"]
@@ -113,7 +114,8 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
     assert all(r.suite.name == "tiny" for r in records)
     monkeypatch.setattr(train_module, "train", real)
     counts = run_suite(suite, out, progress=False, lr_rounds=0)  # only the failed run is redone
-    assert counts == {"total": 6, "skipped": 5, "ok": 1, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0}
+    assert counts == {"total": 6, "skipped": 5, "ok": 1, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0,
+                      "budget_added": 0}
 
 
 def test_run_cli_prints_leaderboard_and_writes_files(run_cli, tmp_path):
@@ -228,3 +230,71 @@ def test_external_task_reaches_worker_processes(run_cli, tmp_path):
     assert r.code == 0, r.err
     recs = [record.read(p) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert len(recs) == 6 and {r.status for r in recs} == {"ok"}
+
+
+def budget_train(learns_at: dict, best_lr: float = 0.01):
+    """A stand-in for the harness whose runs learn (test loss reaches the Bayes loss 0) when their budget (steps, or
+    examples per symbol where set) reaches ``learns_at[head]``, and whose final val loss is lowest at ``best_lr``."""
+    def train(config, progress=None, checkpoint=None, threads=None):
+        budget = config.examples_per_symbol if config.examples_per_symbol is not None else config.steps
+        learned = budget >= learns_at[config.head]
+        val = (math.log10(config.lr / best_lr)) ** 2 + 0.01 * config.seed
+        return make_record(**config.to_dict(), losses=(4.0, 0.0 if learned else 3.0), val_losses=(4.0, val))
+    return train
+
+
+@pytest.mark.parametrize("budget", ["steps", "examples_per_symbol"])
+def test_failures_get_a_larger_budget_at_the_chosen_lr_and_its_neighbours(tmp_path, monkeypatch, budget):
+    import spamlang.harness as train_module
+    monkeypatch.setattr(train_module, "train", budget_train({"linear": 1, "lowrank": 12}))
+    path = tiny(tmp_path, extra="")
+    text = path.read_text().replace('description = "test suite"', 'description = "test suite"\nextend_budget = 4')
+    text = text.replace('seed = [0, 1]', 'seed = [0, 1]\nlr = [0.003, 0.01, 0.03]')
+    if budget == "examples_per_symbol":
+        text = text.replace("steps = 3\n", "examples_per_symbol = 3\n")
+    path.write_text(text)
+    out, lines = tmp_path / "out", []
+    counts = run_suite(load(str(path)), out, progress=False, lr_rounds=2, log=lines.append)
+    # only lowrank:2 at V = 32 (learns from a budget of 12, not 3) is extended: 3 lrs x 2 seeds at 4 x the budget
+    assert counts["budget_added"] == 6 and counts["lr_added"] == 0 and counts["total"] == 18 + 6
+    assert any(line.startswith("budget round 1 (4x budget): 6 of 6 runs to do") for line in lines)
+    records = [record.read(p) for p in (out / "runs").glob("*.json")]
+    extended = [r for r in records if r.suite.budget_round == 1]
+    assert {(r.config.head, r.config.vocab_size, getattr(r.config, budget), r.config.lr) for r in extended} == \
+        {("lowrank", 32, 12, lr) for lr in (0.00333, 0.01, 0.03)}
+    assert {r.config.seed for r in extended} == {0, 1} and all(r.suite.lr_round == 0 for r in extended)
+    assert all(r.final.steps_to_learn is not None for r in extended)
+    assert {r.suite.budget_round for r in records if r not in extended} == {0}
+    again = run_suite(load(str(path)), out, progress=False, lr_rounds=2)  # resumes: nothing to add
+    assert again["skipped"] == again["total"] == 24 and again["ok"] == 0
+    assert len(list((out / "runs").glob("*.json"))) == 24
+    off = run_suite(load(str(path)), tmp_path / "off", progress=False, lr_rounds=0, extend_budget=1)
+    assert off["budget_added"] == 0 and off["total"] == 18
+
+
+def test_the_lr_rounds_apply_to_the_extended_budget(tmp_path, monkeypatch):
+    import spamlang.harness as train_module
+    monkeypatch.setattr(train_module, "train", budget_train({"linear": 100, "lowrank": 100}, best_lr=1.0))
+    path = tiny(tmp_path)
+    path.write_text(path.read_text().replace('head = ["linear", "lowrank:2"]', 'head = "lowrank:2"\nlr = 0.03'))
+    out = tmp_path / "out"
+    counts = run_suite(load(str(path)), out, progress=False, lr_rounds=1, extend_budget=2)
+    records = [record.read(p) for p in (out / "runs").glob("*.json")]
+    base = sorted({r.config.lr for r in records if r.suite.budget_round == 0})
+    assert base == [0.01, 0.03, 0.09]  # the suite's lr and one round up and down
+    extended = {(r.config.lr, r.suite.lr_round) for r in records if r.suite.budget_round == 1}
+    # chosen 0.09 (the top edge): the extension tries 0.03, 0.09, 0.27, then one lr round tries 0.81
+    assert extended == {(0.03, 0), (0.09, 0), (0.27, 0), (0.81, 1)}
+    assert all(r.config.steps == 6 for r in records if r.suite.budget_round == 1)
+    assert counts["budget_added"] == 6 and counts["lr_added"] == 4 + 2
+
+
+@pytest.mark.parametrize("value", ['"4"', "1", "0.5", "true", "inf", "[4]"])
+def test_extend_budget_must_be_a_factor_above_one(run_cli, tmp_path, value):
+    path = tiny(tmp_path)
+    path.write_text(path.read_text().replace('description = "test suite"',
+                                             f'description = "test suite"\nextend_budget = {value}'))
+    assert_user_error(run_cli("run", path, "--out", tmp_path / "out"), "suite.extend_budget must be a number above 1")
+    assert not (tmp_path / "out").exists()
+    r = run_cli("run", tiny(tmp_path), "--out", tmp_path / "out", "--extend-budget", "0.5")
+    assert r.code == 2 and "--extend-budget" in r.err and not (tmp_path / "out").exists()
