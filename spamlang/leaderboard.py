@@ -178,6 +178,38 @@ def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA)
     return table[columns]
 
 
+def own_budget(scored: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``scored`` at their suite's own budget: a configuration the runner's budget round added (run only
+    for the heads that failed) would rank those heads on settings the others never ran."""
+    if "budget_round" not in scored.columns:
+        return scored
+    return scored[[not r for r in scored["budget_round"]]]
+
+
+def without_copy_tasks(scored: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows of ``scored`` on tasks where no head starts with the answer: the tasks on which a head that shares the
+    input embedding starts with the copy solution (``copy_at_init``, see :mod:`spamlang.tying`) are left out for
+    every head, so that the ranking stays paired; None when no row starts with it."""
+    if "copy_at_init" not in scored.columns or not any(scored["copy_at_init"]):
+        return None
+    return scored[[not c for c in scored["copies_input"]]]
+
+
+def copy_free_ranking_markdown(scored: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The section that ranks the heads again without the copy tasks (empty when no row starts with the copy
+    solution), with the tasks it leaves out."""
+    kept = without_copy_tasks(scored)
+    if kept is None:
+        return ""
+    left_out = sorted({with_params(t, p) for t, p, c in zip(scored["task"], scored["task_params"],
+                                                             scored["copies_input"]) if c})
+    note = (f"embed_init/tying: a head that shares the input embedding starts with the copy solution on "
+            f"{', '.join(left_out)} (its logit for the current token is ‖e_x‖², the largest), so the ranking above "
+            f"counts those tasks for it at initialisation. The ranking below leaves them out for every head.")
+    ranking = ranking_markdown(head_ranking(kept, runs)) if len(kept) else "(no other tasks)\n"
+    return f"## Head ranking without copy tasks\n\n{note}\n\n{ranking}"
+
+
 # -- provenance -----------------------------------------------------------------------------------------------------
 def provenance(runs: pd.DataFrame, command: str) -> dict:
     """Where the numbers come from: the command, folders, suites, task versions, commits, devices, library versions
@@ -256,13 +288,15 @@ _CAPTIONS = {"learnability.png": "Learnability by task and head design (mean ove
 
 
 def markdown(ranking: pd.DataFrame, scored: pd.DataFrame, prov: Mapping, images: Sequence[str] = (),
-             speedup: str = "", fits: str = "") -> str:
-    """The leaderboard document: title, provenance, head ranking, configuration table, the tokens-to-target table
-    ``speedup`` (when given), the scaling fits section ``fits`` (when given) and links to ``images``."""
+             speedup: str = "", fits: str = "", rankings: str = "") -> str:
+    """The leaderboard document: title, provenance, head ranking (and the further ``rankings`` sections, when given),
+    configuration table, the tokens-to-target table ``speedup`` (when given), the scaling fits section ``fits`` (when
+    given) and links to ``images``."""
     lines = ["# SpamLang leaderboard", "", "## Provenance", ""]
     lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
               for key, value in _provenance_items(prov)]
-    lines += ["", "## Head ranking", "", ranking_markdown(ranking), "## Configurations", "", format_table(scored, "md")]
+    lines += ["", "## Head ranking", "", ranking_markdown(ranking)] + ([rankings] if rankings else [])
+    lines += ["## Configurations", "", format_table(scored, "md")]
     if speedup:
         lines += ["## Tokens to target", "", speedup]
     if fits:
@@ -403,7 +437,8 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
                 f"models: {len(measured)} measurement(s); no training runs to rank")
     scored = score(runs, cache=FloorCache(out / CACHE_NAME))
     chosen = chosen_runs(scored, runs)
-    ranking = head_ranking(scored, runs)
+    ranking = head_ranking(own_budget(scored), runs)
+    rankings = copy_free_ranking_markdown(own_budget(scored), runs)
     prov = provenance(runs, command)
     speedup = speedup_table(runs[runs["bayes_loss"].map(lambda b: b is None or not math.isfinite(b))])
     figures = {"learnability.png": plots.learnability_heatmap(scored),
@@ -415,8 +450,9 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     speedup_text = format_speedup(speedup) if len(speedup) else ""
     fit_text = fitreport.markdown(fits) if fits else ""
     text = markdown(ranking, scored, prov, [name for name in images if name not in model_figures], speedup_text,
-                    fit_text)
-    shown = markdown(ranking, scored, prov, speedup=speedup_text, fits=fit_text)  # a terminal: no image links
+                    fit_text, rankings)
+    shown = markdown(ranking, scored, prov, speedup=speedup_text, fits=fit_text,
+                     rankings=rankings)  # a terminal: no image links
     if measured:
         text += "\n" + models.markdown(measured, [name for name in images if name in model_figures])
         shown += "\n" + models.markdown(measured, [])

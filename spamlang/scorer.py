@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from . import selection, verdicts
+from . import selection, tying, verdicts
+from .budget import extended_budget
 from .config import EXECUTION_FIELDS, examples_seen
 from .errors import ConfigError, SpamLangError
 from .floors import FloorCache, expressivity_floor, floor_at_scale
@@ -170,7 +171,8 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
 
     Columns: the ``by`` fields; each swept field's chosen value, ``<field>_tried`` and ``<field>_at_edge`` (``low``,
     ``high`` or ``only`` when the chosen value is an edge of the values tried at the other chosen swept values, else
-    None); ``lr_rounds`` (rounds by which ``spamlang run`` extended the lr grid); ``n_seeds``, ``n_ok``,
+    None); ``lr_rounds`` (rounds by which ``spamlang run`` extended the lr grid); ``budget_round`` (0: the suite's own
+    budget, 1: added by the runner's budget round); ``n_seeds``, ``n_ok``,
     ``n_diverged``, ``n_failed``, ``n_runs``; the budget: ``train_steps``, ``train_tokens`` and
     ``train_examples_per_symbol`` (over the chosen runs); ``bayes_loss`` (population), ``test_bayes_loss``
     (the Bayes predictor on the test tokens, where recorded), ``uniform_loss`` and ``unigram_loss`` (trivial
@@ -188,7 +190,11 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     improving); ``learnability`` (mean over ok seeds, see :func:`learnability`); ``verdict`` (one of VERDICTS, see
     :func:`verdicts.verdict`), ``evidence`` (the lr range and budget behind it), ``data_limited`` and ``floor_error``
     (a gap below 0 beyond its noise: the floor, or the Bayes loss, is wrong); gradient diagnostics at the first
-    evaluation (``_start``) and at the end (``_end``); ``tokens_per_second``; ``error`` (of a failed run).
+    evaluation (``_start``) and at the end (``_end``); ``tokens_per_second``; ``error`` (of a failed run);
+    ``extended_budget`` (for a configuration not learned at its own budget, what the budget round's larger budget
+    showed, see :func:`spamlang.budget.extended_budget`); where the table has task and head: ``copies_input`` (the
+    task's target is the current input token) and ``copy_at_init`` (and the head shares the input embedding, so the
+    run starts with the copy solution; see :mod:`spamlang.tying`).
 
     A gap counts when it exceeds both ``tolerance`` and NOISE_SE of its standard errors (see :mod:`verdicts`).
     Learned: the gap to the Bayes loss at the final evaluation does not count. No-learning: the loss's gain over the
@@ -220,7 +226,13 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
         best = selection.choose(_settings(df.loc[group.index], swept)) if swept else ()
         rows.append(_score_group(df.loc[group.index], df.loc[settings[best]], by, swept, tolerance, seen_accuracy,
                                  floor_of, scale_floor_of))
-    return pd.DataFrame(rows, dtype=object)
+    scored = pd.DataFrame(rows, dtype=object)
+    scored["extended_budget"] = pd.Series(extended_budget(scored), index=scored.index, dtype=object)
+    if {"task", "head"} <= set(scored.columns):
+        params = scored["task_params"] if "task_params" in scored.columns else [None] * len(scored)
+        scored["copies_input"] = [tying.copies_input(t, p) for t, p in zip(scored["task"], params)]
+        scored["copy_at_init"] = [c and tying.shares_embedding(h) for c, h in zip(scored["copies_input"], scored["head"])]
+    return scored
 
 
 def _swept_columns(group: pd.DataFrame, chosen: pd.DataFrame, swept: list[str]) -> tuple[dict, dict]:
@@ -236,6 +248,7 @@ def _swept_columns(group: pd.DataFrame, chosen: pd.DataFrame, swept: list[str]) 
         edges[f"{f}_at_edge"] = selection.edge(config_key(at[f]),
                                                sorted(set(others[f].map(config_key)), key=value_order))
     edges["lr_rounds"] = max((s or {}).get("lr_round") or 0 for s in group["suite"])
+    edges["budget_round"] = min((s or {}).get("budget_round") or 0 for s in group["suite"])
     return values, edges
 
 

@@ -96,7 +96,35 @@ def _markdown(df: pd.DataFrame) -> str:
     shown = [f for f in fields if df[f].map(config_key).nunique(dropna=False) > 1]
     scaled = any(is_finite(v) for v in df["scale_gap"])
     rows = [_markdown_row(row, shown, swept, scaled) for _, row in df.iterrows()]
-    return markdown_table(rows, lambda cell: cell[:1] in "-~0123456789") + "\n" + _LEGEND + "\n"
+    legend = _LEGEND + _with_extended_budget(df, rows) + _with_copy_mark(df, rows)
+    return markdown_table(rows, lambda cell: cell[:1] in "-~0123456789") + "\n" + legend + "\n"
+
+
+def _with_copy_mark(df: pd.DataFrame, rows: list[dict[str, str]]) -> str:
+    """Mark the verdict of each configuration that starts with the copy solution (``copy_at_init``); return the
+    legend's note on tying (empty when no row starts with it)."""
+    marks = list(df["copy_at_init"]) if "copy_at_init" in df.columns else []
+    if not any(marks):
+        return ""
+    for row, mark in zip(rows, marks):
+        if mark:
+            row["verdict"] += " +copy@init"
+    return ("\nembed_init/tying: +copy@init marks a head that shares the input embedding on a task whose target is "
+            "the current input token: its logit for that token starts at ‖e_x‖², the largest, so the copy solution "
+            "is present at initialisation and the row does not show whether the head learns.")
+
+
+def _with_extended_budget(df: pd.DataFrame, rows: list[dict[str, str]]) -> str:
+    """Add the ``at larger budget`` column to ``rows`` when a configuration has one (see
+    :func:`spamlang.budget.extended_budget`); return its legend sentence (empty when there is none)."""
+    cells = list(df["extended_budget"]) if "extended_budget" in df.columns else []
+    if not any(cells):
+        return ""
+    for row, cell in zip(rows, cells):
+        row["at larger budget"] = cell or ""
+    return ("\nat larger budget: for a configuration not learned at the suite's budget, the same configuration rerun "
+            "at a larger budget (the suite's extend_budget, at the chosen lr and its neighbours; its own row is "
+            "below).")
 
 
 def markdown_table(rows: list[Mapping[str, str]], numeric: Callable[[str], bool]) -> str:

@@ -77,6 +77,13 @@ class Task:
         this)). Default: the number of predictable positions; a task whose sequences repeat fewer symbols says so."""
         return int(self.predictable_mask(seq_len).sum())
 
+    def copies_input(self) -> bool:
+        """Whether the most likely next token at every predictable position is the current input token (x[t+1] =
+        x[t]). A head that shares the input embedding (``Head.shares_embedding``) then starts with the copy solution:
+        its logit for the current token is about ‖e_x‖², the largest of the row, so the task cannot show whether that
+        head learns (docs/science.md, "Tying and copy tasks"). Default: False."""
+        return False
+
     def bayes_loss(self, vocab_size: int, seq_len: int) -> float:
         """Exact Bayes-optimal cross-entropy, nats per predictable position."""
         if self.deterministic:

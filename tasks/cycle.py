@@ -39,6 +39,9 @@ class Cycle(Task):
     def symbols_per_sequence(self, seq_len):
         return self.k  # the sequence's k distinct symbols
 
+    def copies_input(self):
+        return self.k == 1  # a 1-cycle repeats its symbol
+
     def predictable_mask(self, seq_len):
         return torch.arange(seq_len) >= self.k
 

@@ -27,6 +27,9 @@ class Spam(Task):
     def symbols_per_sequence(self, seq_len):
         return 1  # one symbol per sequence
 
+    def copies_input(self):
+        return True
+
     def log_prob(self, tokens, vocab_size):
         return log_prob_of_rule(tokens, tokens[:, :1].expand_as(tokens), self.predictable_mask(tokens.shape[1]))
 

@@ -36,6 +36,9 @@ class SpamNoisy(Task):
     def symbols_per_sequence(self, seq_len):
         return 1  # one symbol per sequence
 
+    def copies_input(self):
+        return self.p < 1  # the symbol stays the most likely next token unless every token is noise
+
     def _next_probs(self, vocab_size: int) -> tuple[float, float]:
         """(probability of the symbol, probability of each other token)."""
         other = self.p / vocab_size

@@ -479,3 +479,25 @@ def test_tiny_trained_runs_get_the_right_verdicts(tmp_path, one_thread):
         assert 0 < row["grad_destroyed_start"] < 1 and 0 < row["grad_destroyed_end"] < 1
     assert (tmp_path / CACHE_NAME).is_file()
     assert json.loads(format_table(df, "json"))[0]["verdict"] == df.iloc[0]["verdict"]
+
+
+def test_a_failure_shows_what_the_larger_budget_showed(tmp_path):
+    suite = {"name": "s", "sweep": ["lr"], "budget_round": 0}
+    extended = {**suite, "budget_round": 1}
+    base = dict(task="spam", vocab_size=64, batch_size=16, examples_per_symbol=8)
+    records = [*seeds(head="lowrank", head_rank=2, losses=(4.0, 3.0), suite=suite, **base),
+               *seeds(head="lowrank", head_rank=2, suite=extended, **{**base, "examples_per_symbol": 32}),
+               *seeds(head="linear", losses=(4.0, 3.0), suite=suite, **base),
+               *seeds(head="linear", losses=(4.0, 2.0), suite=extended, **{**base, "examples_per_symbol": 32}),
+               *seeds(head="tied", suite=suite, **base)]
+    table = scored(tmp_path, *records)
+    cell = {(row["head"], row["examples_per_symbol"]): row["extended_budget"] for _, row in table.iterrows()}
+    assert cell[("lowrank", 8)] == "learned at 4× budget (32 examples/symbol)"
+    assert cell[("linear", 8)].startswith("not learned at 4× budget (32 examples/symbol): ")
+    assert cell[("tied", 8)] is None and cell[("lowrank", 32)] is None  # learned; itself the larger budget
+    assert list(table["budget_round"]).count(1) == 2
+    text = format_table(table, "md")
+    assert "learned at 4× budget (32 examples/symbol)" in text and "at larger budget:" in text
+    assert "at larger budget" not in format_table(scored(tmp_path / "b", *records[:3]), "md")
+    from spamlang.leaderboard import own_budget
+    assert sorted(own_budget(table)["head"]) == ["linear", "lowrank", "tied"]  # the ranking's rows

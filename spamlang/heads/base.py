@@ -26,6 +26,9 @@ class Head(nn.Module):
     uses_rank: ClassVar[bool] = False
     #: a frozen dataclass of the head's extra parameters (declared with ``spamlang.param``), or None.
     Params: ClassVar[type | None] = None
+    #: whether the output matrix is the backbone's input embedding (then a task whose target is the current input
+    #: token, ``Task.copies_input``, starts solved)
+    shares_embedding: ClassVar[bool] = False
 
     def __init__(self, vocab_size: int, d_model: int, rank: int | None, embedding: nn.Embedding, params=None):
         super().__init__()

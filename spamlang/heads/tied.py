@@ -11,6 +11,7 @@ class TiedHead(LinearHead):
     """Tied head: W is the input embedding (V x D, needs embed_dim == d_model), logits h Wᵀ."""
 
     name = "tied"
+    shares_embedding = True
 
     def __init__(self, vocab_size, d_model, rank, embedding, params=None):
         Head.__init__(self, vocab_size, d_model, rank, embedding, params)
