@@ -298,3 +298,32 @@ def test_extend_budget_must_be_a_factor_above_one(run_cli, tmp_path, value):
     assert not (tmp_path / "out").exists()
     r = run_cli("run", tiny(tmp_path), "--out", tmp_path / "out", "--extend-budget", "0.5")
     assert r.code == 2 and "--extend-budget" in r.err and not (tmp_path / "out").exists()
+
+
+def test_the_cliff_suites_hold_examples_per_symbol_and_span_v_over_d():
+    for name, top in (("cliff", 4096), ("cliff-gpu", 262144)):
+        suite = load(name)
+        runs = suite.runs
+        assert suite.extend_budget == 4 and {c.task for c in runs} == {"spam"} and {c.seed for c in runs} == {0, 1, 2}
+        assert {c.d_model for c in runs} == {16, 32, 64} and max(c.vocab_size for c in runs) == top
+        ratios = {c.vocab_size / c.d_model for c in runs}
+        assert min(ratios) <= 4 and max(ratios) >= 256
+        assert {(c.head, c.head_rank) for c in runs} == {("linear", None), ("tied", None), ("lowrank", 2),
+                                                          ("lowrank", 8), ("gradproj", 2), ("gradproj", 8)}
+        assert {c.examples_per_symbol for c in runs} == {16}
+        assert all(len({c.lr for c in runs if (c.vocab_size, c.d_model, c.head, c.head_rank, c.seed) == key}) >= 2
+                   for key in {(c.vocab_size, c.d_model, c.head, c.head_rank, c.seed) for c in runs})
+        for c in runs:  # >= 8 evaluations per run, and every run's test stream has >= 512 positions
+            assert c.steps // c.eval_every >= 8 and c.eval_sequences * (c.seq_len - 1) >= 512
+
+
+def test_the_heads_suite_tunes_lr_per_head_on_every_task():
+    from spamlang.heads.base import HEADS
+    from spamlang.task import TASKS
+    suite = load("heads")
+    runs = suite.runs
+    assert suite.version >= 2 and len({c.seed for c in runs}) >= 3
+    assert {c.head for c in runs} == set(HEADS.names())
+    assert {c.task for c in runs} == set(TASKS.names()) - {"text"}
+    assert all(c.examples_per_symbol is not None for c in runs) and len({c.steps for c in runs}) == 1
+    assert all(len({c.lr for c in runs if (c.task, c.head) == (r.task, r.head)}) >= 2 for r in runs)
