@@ -323,7 +323,10 @@ def test_the_heads_suite_tunes_lr_per_head_on_every_task():
     suite = load("heads")
     runs = suite.runs
     assert suite.version >= 2 and len({c.seed for c in runs}) >= 3
-    assert {c.head for c in runs} == set(HEADS.names())
-    assert {c.task for c in runs} == set(TASKS.names()) - {"text"}
+    def builtin(registry, package):  # other tests register tasks and heads of their own
+        return {name for name in registry.names() if registry.get(name).__module__.startswith(package)}
+
+    assert {c.head for c in runs} == builtin(HEADS, "spamlang.heads.")
+    assert {c.task for c in runs} == builtin(TASKS, "spamlang.tasks.") - {"text"}  # text needs a corpus
     assert all(c.examples_per_symbol is not None for c in runs) and len({c.steps for c in runs}) == 1
     assert all(len({c.lr for c in runs if (c.task, c.head) == (r.task, r.head)}) >= 2 for r in runs)
