@@ -28,9 +28,10 @@ from .record import LEARNED_MARGIN, learned_from
 from .scorer import run_budget
 from .stats import holm, is_finite, paired_t
 
-#: settings that may change along a V grid of one (head, D) group: V itself, the budget that follows it, and the
-#: evaluation cadence and warm-up a suite may scale with the budget
-AXIS_FIELDS = ("vocab_size", "steps", "examples_per_symbol", "eval_every", "warmup")
+#: settings that may change along a V grid of one (head, D) group: V itself, the budget that follows it, the batch a
+#: suite may scale with V (``cliff``: V / 16, so that the steps stay fixed) and the evaluation cadence and warm-up a
+#: suite may scale with the budget
+AXIS_FIELDS = ("vocab_size", "steps", "examples_per_symbol", "batch_size", "eval_every", "warmup")
 #: the units steps-to-learn is fitted in: training examples per symbol, training tokens
 UNITS = ("examples", "tokens")
 UNIT_LABELS = {"examples": "examples per symbol", "tokens": "tokens"}

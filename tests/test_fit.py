@@ -153,6 +153,15 @@ def test_a_larger_budget_replaces_the_smaller_one_at_its_v(tmp_path):
     assert obs["group"].nunique() == 1
 
 
+def test_a_batch_scaled_with_v_stays_one_group(tmp_path):
+    """The cliff suite's design: batch V / 16 at a constant budget in examples per symbol."""
+    runs = [make_record(task="spam", vocab_size=r * D, d_model=D, seed=s, batch_size=r * D // 16,
+                        examples_per_symbol=16, losses=learning_at(200 * r), suite={"name": "c", "sweep": ["lr"]})
+            for r in (4, 16, 64) for s in range(3)]
+    obs = fit.check_grid(fit.observations(load_runs(write(tmp_path, runs))))
+    assert obs["group"].nunique() == 1 and sorted(set(obs["ratio"])) == [4, 16, 64]
+
+
 def test_groups_by_head_and_width_and_refuses_a_single_v(tmp_path):
     runs = power_law_runs() + power_law_runs("lowrank", 2)
     table = fit.fit_table(fit.observations(load_runs(write(tmp_path / "grid", runs))), resamples=50)
