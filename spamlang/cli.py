@@ -346,14 +346,16 @@ def _check_tasks(runs, allow: bool) -> None:
 # -- score --------------------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("folder", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
+              help="md: the main columns and a legend; csv: every column; json: a list of records, every column.")
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option("--by", default=None, metavar="FIELDS",
               help="Comma-separated config fields that define a configuration (default: all but seed and lr).")
 @click.option("--tolerance", default=0.05, show_default=True, type=FiniteFloat(0),
               help="Nats within which a loss counts as at the floor / the floor at the Bayes loss.")
 @allow_missing_option
 @plugin_options
-def score(folder, fmt, by, tolerance, allow_missing_tasks):
+def score(folder, fmt, as_json, by, tolerance, allow_missing_tasks):
     """Learnability table of the run records under FOLDER: floors, gaps, verdicts, diagnostics."""
     from pathlib import Path
 
@@ -365,7 +367,7 @@ def score(folder, fmt, by, tolerance, allow_missing_tasks):
     runs = load_runs(folder)
     _check_tasks(runs, allow_missing_tasks)
     scored = run(runs, by=fields, tolerance=tolerance, cache=FloorCache(Path(folder) / CACHE_NAME))
-    click.echo(format_table(scored, fmt), nl=False)
+    click.echo(format_table(scored, "json" if as_json else fmt), nl=False)
 
 
 @cli.command()
@@ -424,21 +426,42 @@ def suites(as_json):
 @click.option("--extend-budget", type=click.FloatRange(min=1), default=None,
               help="Rerun each configuration not learned at this many times its budget (default: the suite's "
                    "extend_budget; 1: none).")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Keep only the runs whose KEY equals VALUE (repeatable): a run setting (vocab_size=512, lr=0.01, "
+                   "head=lowrank, head=lowrank:2) or a task or head parameter (task_params.k=16). Filters on different "
+                   "keys must all hold; values repeated for one key are alternatives.")
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Keep only the first N runs of the suite's grid (after --filter, in the suite's order); lr rounds "
+                   "may still add runs around them (--lr-rounds 0 for none).")
+@click.option("--dry-run", is_flag=True,
+              help="Train nothing and write nothing: list the selected runs, which are already recorded in OUT/runs, "
+                   "and the estimated wall time of the rest (calibrated on this machine's records in OUT/runs when "
+                   "there are some).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object on stdout instead of the tables: the plan with --dry-run, else the closing "
+                   "summary (counts, files written, head ranking).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else one line per run).")
 @threads_option
 @plugin_options
-def run(suite, out, executor, workers, device, lr_rounds, extend_budget, quiet, threads):
+def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters, limit, dry_run, as_json, quiet,
+        threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
+    import dataclasses
     from pathlib import Path
 
     from .config import check_device
     from .harness import resolve_device
+    from .plan import parse_filters, select
     from .resources import check_run, run_memory
     from .runner import run_suite
     from .suite import load
     spec = load(suite)
+    if filters or limit:
+        spec = dataclasses.replace(spec, runs=tuple(select(spec.runs, parse_filters(filters), limit)))
     if device:
         check_device(device)
+    if dry_run:
+        return _dry_run(spec, Path(out or Path("out") / spec.name), device, lr_rounds, as_json)
     if executor == "local":
         for name in {device} if device else {c.device for c in spec.runs}:
             resolve_device(name)  # refuse it before any run
@@ -457,9 +480,33 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, quiet, 
     click.echo(f"suite {spec.name}: {counts['total']} runs ({counts['lr_added']} added by {counts['lr_rounds']} lr "
                f"round(s){budget}), {counts['skipped']} already recorded, {counts['ok']} ok, {counts['diverged']} diverged, "
                f"{counts['failed']} failed -> {out / 'runs'}", err=True)
-    _write_leaderboard([out / "runs"], out)
+    board = _write_leaderboard([out / "runs"], out, as_json=as_json)
+    if as_json:
+        _print_json({"suite": spec.name, "source": spec.source, "runs_dir": str(out / "runs"), **counts,
+                     **_board_json(board)})
     if counts["failed"]:
         sys.exit(1)
+
+
+def _dry_run(spec, out, device: str | None, lr_rounds: int, as_json: bool) -> None:
+    """Print what ``spamlang run`` would do (see :func:`spamlang.plan.plan`); nothing is trained or written."""
+    from .errors import ConfigError
+    from .harness import device_name, resolve_device
+    from .plan import calibrate, plan, plan_text, recorded_runs
+    try:
+        name = device_name(resolve_device(device or spec.runs[0].device))
+    except ConfigError:  # not on this machine: no record of it here to calibrate on
+        name = None
+    runs_dir = out / "runs"
+    result = plan(spec.runs, runs_dir, calibrate(recorded_runs(runs_dir), name))
+    if as_json:
+        return _print_json({"suite": spec.name, "source": spec.source, "lr_rounds": lr_rounds, **result})
+    click.echo(f"suite {spec.name} ({spec.source}) -> {runs_dir}")
+    click.echo(plan_text(spec.runs, result), nl=False)
+    if lr_rounds:
+        click.echo(f"lr rounds (up to {lr_rounds}) may add runs beyond these; nothing was trained")
+    else:
+        click.echo("nothing was trained")
 
 
 # -- leaderboard --------------------------------------------------------------------------------------------------
@@ -469,25 +516,47 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, quiet, 
               help="Output folder (default: the FOLDER, when only one is given).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["md", "csv", "html"]),
               help="Table files to write (repeatable; default md, csv and html). The PNG plots are always written.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object on stdout instead of the Markdown: files, summary, ranking and "
+                   "configurations (lists of records with the CSV files' column names).")
 @allow_missing_option
 @plugin_options
-def leaderboard(folders, out, formats, allow_missing_tasks):
+def leaderboard(folders, out, formats, as_json, allow_missing_tasks):
     """Rank head designs over the run records in one or more result FOLDERS (merged; one task version each) and
     write leaderboard.md, leaderboard.csv, configurations.csv, a self-contained leaderboard.html and PNG plots."""
     if out is None and len(folders) > 1:
         raise SpamLangError("--out is required with several folders")
-    _write_leaderboard(folders, out or folders[0], formats, allow_missing_tasks)
+    board = _write_leaderboard(folders, out or folders[0], formats, allow_missing_tasks, as_json=as_json)
+    if as_json:
+        _print_json(_board_json(board, configurations=True))
 
 
-def _write_leaderboard(folders, out, formats=(), allow_missing_tasks=False) -> None:
-    """Write the leaderboard of FOLDERS into OUT, print it, then (on stderr) what was learned and every file."""
+def _write_leaderboard(folders, out, formats=(), allow_missing_tasks=False, as_json=False):
+    """Write the leaderboard of FOLDERS into OUT, print it (unless ``as_json``), then (on stderr) what was learned and
+    every file; return what :func:`spamlang.leaderboard.write` returns."""
     from .leaderboard import FORMATS, load_folders, write
     runs = load_folders(folders)
     _check_tasks(runs, allow_missing_tasks)
-    text, written, learned = write(runs, out, formats or FORMATS, command=_command_line())
-    click.echo(text, nl=False)
-    click.echo(learned, err=True)
-    click.echo(f"wrote {len(written)} files: {', '.join(map(str, written))}", err=True)
+    board = write(runs, out, formats or FORMATS, command=_command_line())
+    if not as_json:
+        click.echo(board.text, nl=False)
+    click.echo(board.summary, err=True)
+    click.echo(f"wrote {len(board.files)} files: {', '.join(map(str, board.files))}", err=True)
+    return board
+
+
+def _board_json(board, configurations: bool = False) -> dict:
+    """The leaderboard's JSON fields: files written, the summary line, the head ranking (and the configurations
+    table) as lists of records with the tables' column names, null for a missing number."""
+    import json
+
+    from .tables import format_table
+
+    def records(table):
+        return [] if table is None else json.loads(format_table(table, "json"))
+
+    out = {"files": [str(p) for p in board.files], "summary": board.summary, "ranking": records(board.ranking)}
+    return {**out, "configurations": records(board.scored)} if configurations else out
 
 
 # -- fit ------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 
@@ -411,11 +411,20 @@ def check_outputs(out: Path, names: Iterable[str]) -> None:
                             f"(move it away or choose another --out)")
 
 
-def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS, command: str = "") -> \
-        tuple[str, list[Path], str]:
+class Written(NamedTuple):
+    """What :func:`write` made: the Markdown leaderboard as a terminal shows it (the file's text without the plot
+    links), the paths written, the one-line :func:`summary`, and the head ranking and scored configurations (None
+    when there were only measurement records)."""
+    text: str
+    files: list[Path]
+    summary: str
+    ranking: pd.DataFrame | None = None
+    scored: pd.DataFrame | None = None
+
+
+def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS, command: str = "") -> Written:
     """Score ``runs`` (as :func:`load_folders` returns them; floors cached in ``out``), write the leaderboard files
-    of ``formats`` and the PNG plots into ``out``, and return the Markdown leaderboard as a terminal shows it (the
-    file's text without the plot links), the paths written and the one-line :func:`summary`."""
+    of ``formats`` and the PNG plots into ``out``, and return what was made (see :class:`Written`)."""
     formats = list(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -433,8 +442,8 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
         files = {"md": {"leaderboard.md": text}, "csv": {"models.csv": models.csv(measured)},
                  "html": {"leaderboard.html": to_html(text, images)}}
         written = _write_files(out, files, formats, [out / name for name in images])
-        return (f"# SpamLang leaderboard\n\n{models.markdown(measured, [])}", written,
-                f"models: {len(measured)} measurement(s); no training runs to rank")
+        return Written(f"# SpamLang leaderboard\n\n{models.markdown(measured, [])}", written,
+                       f"models: {len(measured)} measurement(s); no training runs to rank")
     scored = score(runs, cache=FloorCache(out / CACHE_NAME))
     chosen = chosen_runs(scored, runs)
     ranking = head_ranking(own_budget(scored), runs)
@@ -464,7 +473,7 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
                          "control.csv": csv(format_table(fits.control, "csv"), prov)} if fits else {}),
                      **({"models.csv": models.csv(measured)} if measured else {})},
              "html": {"leaderboard.html": to_html(text, images)}}
-    return shown, _write_files(out, files, formats, written), summary(ranking, scored)
+    return Written(shown, _write_files(out, files, formats, written), summary(ranking, scored), ranking, scored)
 
 
 def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]) -> list[Path]:

@@ -66,13 +66,19 @@ def pending(configs: Iterable[RunConfig], runs_dir: Path) -> list[RunConfig]:
     """
     for tmp in runs_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-    todo = []
-    for config in configs:
-        path = runs_dir / f"{config.run_id}.json"
-        rec = record.read_replaceable(path)
-        if rec is None or rec.status == "failed" or rec.task_version != TASKS.get(config.task).version:
-            todo.append(config)
-    return todo
+    return [config for config in configs if run_state(config, runs_dir) != "recorded"]
+
+
+def run_state(config: RunConfig, runs_dir: Path) -> str:
+    """What ``runs_dir`` holds of ``config``: ``recorded`` (an ok or diverged record of the task's current version,
+    which a run skips), ``failed``, ``stale`` (a record of another task version) or ``new``. A file in the record's
+    place that is not one this version reads raises SpamLangError (see :func:`spamlang.record.read_replaceable`)."""
+    rec = record.read_replaceable(runs_dir / f"{config.run_id}.json")
+    if rec is None:
+        return "new"
+    if rec.status == "failed":
+        return "failed"
+    return "recorded" if rec.task_version == TASKS.get(config.task).version else "stale"
 
 
 def _configurations(configs: Iterable[RunConfig]) -> list[dict[float, list[RunConfig]]]:
