@@ -10,7 +10,7 @@ from .task import TASKS, Targets, Task, make_task, register_task
 #: the Python API that lives downstream of the tasks, imported on first use so that importing a task or the scorer
 #: never loads the trainer (data flows one way)
 _LAZY = {"train": ("harness", "train"), "RunRecord": ("record", "RunRecord"), "load_runs": ("frames", "load_runs"),
-         "history": ("frames", "history"), "score": ("scorer", "score"), "format_table": ("tables", "format_table")}
+         "history": ("frames", "history"), "score": ("scorer", "score_frame"), "format_table": ("tables", "format_table")}
 
 
 def __getattr__(name: str):

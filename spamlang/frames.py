@@ -115,11 +115,12 @@ def python_values(runs: pd.DataFrame) -> pd.DataFrame:
     out = runs.astype(object)
     for column, kind in RUN_TYPES.items():
         if column in out.columns:
-            out[column] = pd.Series([None if _missing(v) else kind(v) for v in out[column]], out.index, object)
+            out[column] = pd.Series([None if is_missing(v) else kind(v) for v in out[column]], out.index, object)
     return out
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """Whether ``value`` stands for a missing one: None, ``pd.NA`` or NaN."""
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
@@ -128,11 +129,11 @@ def _typed(frame: pd.DataFrame, types: dict[str, type]) -> pd.DataFrame:
     bool ones in complete bool columns; other columns are left as objects."""
     for column, kind in types.items():
         values = frame[column]
-        complete = not any(map(_missing, values))
+        complete = not any(map(is_missing, values))
         if kind is bool and complete:
             frame[column] = values.astype(bool)
         elif kind in (int, float):
-            numbers = pd.to_numeric(values.map(lambda v: math.nan if _missing(v) else v), errors="raise")
+            numbers = pd.to_numeric(values.map(lambda v: math.nan if is_missing(v) else v), errors="raise")
             frame[column] = numbers.astype("int64" if kind is int and complete else "float64")
     return frame
 

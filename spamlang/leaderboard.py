@@ -13,9 +13,11 @@ Every record is checked against the schema (a file that is not a readable record
 with none is an error); a task whose records come in different versions is refused, since their scores are not
 comparable; a run present in several folders (same run id) is kept once, with a warning. The output folder gets
 ``leaderboard.md``, ``leaderboard.csv`` (head ranking), ``configurations.csv`` (one row per configuration), a
-self-contained ``leaderboard.html`` and the plots as PNG and SVG files, each table with the provenance of its runs.
-Runs of a task with a Bayes loss over a V grid also get the scaling fits (``fit.csv``, ``control.csv`` and their
-figures, see :mod:`spamlang.fit`). Runs of tasks without a Bayes loss (text) get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.speedup`)
+self-contained ``leaderboard.html`` and the plots as PNG and SVG files. The Markdown and HTML pages state the
+provenance of their runs; the CSV files are plain tables (``pandas.read_csv(path)``) whose provenance is in
+``leaderboard.provenance.json``. Runs of a task with a Bayes loss over a V grid also get the scaling fits
+(``fit.csv``, ``control.csv`` and their figures, see :mod:`spamlang.fit`). Runs of tasks without a Bayes loss (text)
+get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.speedup`)
 and its loss-vs-tokens plot.
 """
 from __future__ import annotations
@@ -314,8 +316,44 @@ def _caption(name: str) -> str:
 
 def csv(table: str, prov: Mapping) -> str:
     """A CSV ``table`` headed by its provenance as ``# ``-comment lines (read it with ``pandas.read_csv(...,
-    comment='#')``)."""
+    comment='#')``), as ``spamlang fit`` writes its tables; the leaderboard's are plain, with
+    :data:`PROVENANCE_FILE`."""
     return "".join(f"# {key}: {value}\n" for key, value in _provenance_items(prov)) + table
+
+
+#: the JSON file beside the CSV tables that holds their provenance (the CSV files are plain tables for ``read_csv``)
+PROVENANCE_FILE = "leaderboard.provenance.json"
+PROVENANCE_SCHEMA = "spamlang.leaderboard-provenance/1"
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def provenance_sidecar(prov: Mapping, tables: Mapping[str, str], out: Path) -> str:
+    """The text of :data:`PROVENANCE_FILE`: ``schema``, the provenance of the runs (see :func:`provenance`) and, in
+    ``tables``, the sha256 of each CSV table about to be written to ``out``, with that of the file of the same name
+    it replaces (so that a file is still known as the tool's own if the writing stops between the two), and that of
+    an earlier table left in ``out`` and not rewritten."""
+    hashes = {}
+    for name in dict.fromkeys([*tables, *TABLE_FILES["csv"]]):  # a table of an earlier run, not rewritten, stays known
+        current = out / name
+        before = [_sha256(current.read_bytes())] if current.is_file() and _is_ours(current) else []
+        new = [_sha256(tables[name].encode())] if name in tables else []
+        if new or before:
+            hashes[name] = list(dict.fromkeys([*new, *before]))
+    return json.dumps({"schema": PROVENANCE_SCHEMA, **prov, "tables": hashes}, indent=1) + "\n"
+
+
+def _recorded_hashes(out: Path) -> dict[str, list[str]]:
+    """The CSV hashes that ``out``'s provenance file lists (none when it is missing or not the tool's)."""
+    path = out / PROVENANCE_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() and _is_ours(path) else {}
+    except (OSError, ValueError):
+        return {}
+    return data.get("tables", {}) if isinstance(data.get("tables"), dict) else {}
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -385,20 +423,27 @@ def summary(ranking: pd.DataFrame, scored: pd.DataFrame, top: int = 3) -> str:
 
 
 #: how each file the leaderboard writes begins (by name, else by suffix), so that a file of that name the tool did
-#: not write is never replaced; models.csv is the table of :mod:`spamlang.measure.board`, headed by its columns
+#: not write is never replaced; models.csv is the table of :mod:`spamlang.measure.board`, headed by its columns. The
+#: other CSV tables are known by their sha256 in :data:`PROVENANCE_FILE` (or, written by older versions, by their
+#: ``# command: `` first line).
 _SIGNATURES = {"models.csv": b"model,step,", ".md": b"# SpamLang leaderboard", ".csv": b"# command: ",
+               PROVENANCE_FILE: b'{\n "schema": "' + PROVENANCE_SCHEMA.encode() + b'"',
                ".html": b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SpamLang leaderboard</title>",
                ".png": b"\x89PNG\r\n\x1a\n", "fit.md": b"# SpamLang scaling fits",
                ".svg": b'<?xml version="1.0" encoding="utf-8" standalone="no"?>\n<!DOCTYPE svg'}
 
 
 def _is_ours(path: Path) -> bool:
-    """Whether ``path`` is a leaderboard file written by this tool (a PNG or SVG: one rendered by matplotlib)."""
+    """Whether ``path`` is a leaderboard file written by this tool (a PNG or SVG: one rendered by matplotlib; a CSV
+    table: one whose sha256 the provenance file lists)."""
     with open(path, "rb") as f:
         head = f.read(1024)
     signature = _SIGNATURES.get(path.name, _SIGNATURES.get(path.suffix))
-    image = path.suffix in (".png", ".svg")
-    return signature is not None and head.startswith(signature) and (not image or b"Matplotlib" in head)
+    if signature is not None and head.startswith(signature):
+        return path.suffix not in (".png", ".svg") or b"Matplotlib" in head
+    if path.suffix == ".csv" and path.name != "models.csv":
+        return _sha256(path.read_bytes()) in _recorded_hashes(path.parent).get(path.name, [])
+    return False
 
 
 def check_outputs(out: Path, names: Iterable[str]) -> None:
@@ -435,7 +480,8 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     fits = _fits(runs) if not runs.empty else None
     fit_figures = fitreport.figures(fits, runs) if fits else {}
     check_outputs(out, [*_CAPTIONS, *_svgs(_CAPTIONS), *model_figures, *fit_figures, *_svgs(fit_figures),
-                        *(name for fmt in formats for name in TABLE_FILES[fmt])])
+                        *(name for fmt in formats for name in TABLE_FILES[fmt]),
+                        *([PROVENANCE_FILE] if "csv" in formats and not runs.empty else [])])
     if runs.empty:  # measurement records only: the models section alone
         images = {name: plots.save(fig, out / name) for name, fig in model_figures.items()}
         text = "# SpamLang leaderboard\n\n" + models.markdown(measured, list(images))
@@ -465,13 +511,13 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     if measured:
         text += "\n" + models.markdown(measured, [name for name in images if name in model_figures])
         shown += "\n" + models.markdown(measured, [])
+    tables = {"leaderboard.csv": ranking.to_csv(index=False), "configurations.csv": format_table(scored, "csv"),
+              **({"speedup.csv": format_speedup(speedup, "csv")} if len(speedup) else {}),
+              **({"fit.csv": fitreport.fit_csv(fits.table), "control.csv": format_table(fits.control, "csv")}
+                 if fits else {}),
+              **({"models.csv": models.csv(measured)} if measured else {})}
     files = {"md": {"leaderboard.md": text},
-             "csv": {"leaderboard.csv": csv(ranking.to_csv(index=False), prov),
-                     "configurations.csv": csv(format_table(scored, "csv"), prov),
-                     **({"speedup.csv": csv(format_speedup(speedup, "csv"), prov)} if len(speedup) else {}),
-                     **({"fit.csv": csv(fitreport.fit_csv(fits.table), prov),
-                         "control.csv": csv(format_table(fits.control, "csv"), prov)} if fits else {}),
-                     **({"models.csv": models.csv(measured)} if measured else {})},
+             "csv": {PROVENANCE_FILE: provenance_sidecar(prov, tables, out), **tables},  # the hashes first
              "html": {"leaderboard.html": to_html(text, images)}}
     return Written(shown, _write_files(out, files, formats, written), summary(ranking, scored), ranking, scored)
 

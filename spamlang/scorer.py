@@ -20,7 +20,7 @@ from .budget import extended_budget
 from .config import EXECUTION_FIELDS, examples_seen
 from .errors import ConfigError, SpamLangError
 from .floors import FloorCache, expressivity_floor, floor_at_scale
-from .frames import CONFIG_FIELDS, config_key, python_values, value_order
+from .frames import CONFIG_FIELDS, RUN_TYPES, is_missing, config_key, python_values, value_order
 from . import record
 from .record import LEARNED_MARGIN, learned_from
 from .stats import is_finite, mean_ci, mean_se, slope, t_quantile
@@ -159,6 +159,47 @@ def _final(run: Mapping, field: str) -> float | None:
 def _start(run: Mapping, field: str) -> float | None:
     """A diagnostic's value at the first evaluation that has it."""
     return next((getattr(p, field) for p in run["history"] if getattr(p, field) is not None), None)
+
+
+#: columns of the score table that hold counts or flags (the run settings' types come from frames.RUN_TYPES), and
+#: those that hold text; every other column whose values are numbers is float
+INT_COLUMNS = ("task_version", "n_seeds", "n_ok", "n_diverged", "n_failed", "n_runs", "lr_rounds", "rank",
+               "train_steps", "train_tokens", "steps_to_learn", "n_learned")
+BOOL_COLUMNS = ("deterministic", "learned_then_lost", "budget_limited", "data_limited", "floor_error")
+TEXT_COLUMNS = ("floor_method", "verdict", "evidence", "error")
+
+
+def typed(scored: pd.DataFrame) -> pd.DataFrame:
+    """:func:`score`'s table with pandas dtypes: counts ``int64`` (``Int64`` where a value is missing), flags
+    ``bool`` (``boolean`` where missing), other numbers ``float64`` with NaN; text, lists and dicts stay objects with
+    None for missing."""
+    types = {**RUN_TYPES, **{c: int for c in INT_COLUMNS}, **{c: bool for c in BOOL_COLUMNS},
+             **{c: str for c in TEXT_COLUMNS}}
+    out = scored.copy()
+    for column in out.columns:
+        values = list(out[column])
+        present = [v for v in values if not is_missing(v)]
+        kind = types.get(column, str if column.endswith(("_at_edge", "_tried")) else None)
+        complete = len(present) == len(values)
+        if kind is int:
+            out[column] = pd.array([None if is_missing(v) else int(v) for v in values], dtype="Int64")
+        elif kind is bool:
+            out[column] = pd.array([None if is_missing(v) else bool(v) for v in values], dtype="boolean")
+        elif kind is float or (kind is None and all(is_finite(v) or isinstance(v, float) for v in present)):
+            out[column] = pd.to_numeric(pd.Series([math.nan if is_missing(v) else v for v in values], out.index,
+                                                  dtype=object)).astype("float64")
+            continue
+        else:
+            continue
+        if complete:
+            out[column] = out[column].astype("int64" if kind is int else bool)
+    return out
+
+
+def score_frame(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str] = (), **options) -> \
+        pd.DataFrame:
+    """:func:`score` as a frame for pandas (``spamlang.score``): the same table with the dtypes of :func:`typed`."""
+    return typed(score(df, by, sweep, **options))
 
 
 def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str] = (), *,

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from .errors import ConfigError
-from .frames import config_key
+from .frames import config_key, is_missing
 from .stats import is_finite
 
 FORMATS = ("md", "csv", "json")
@@ -146,6 +146,7 @@ def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
     lists and dicts as JSON) or ``json`` (a list of objects with every field, null for missing numbers)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    df = df.astype(object).map(lambda v: None if is_missing(v) else plain(v))  # a typed table (spamlang.score) too
     if fmt == "json":
         rows = [{k: plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
         return json.dumps(rows, indent=2) + "\n"

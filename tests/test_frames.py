@@ -11,6 +11,7 @@ import pytest
 import spamlang
 from spamlang import record
 from spamlang.frames import EVAL_TYPES, head_spec, history, load_runs, python_values
+from spamlang.scorer import score
 from tests.records import make_record
 
 
@@ -71,11 +72,24 @@ def test_history_has_one_row_per_evaluation(tmp_path):
     pd.testing.assert_frame_equal(history(load_runs(tmp_path)), h)
 
 
-def test_the_scorer_reads_the_typed_frame(tmp_path):
+def test_the_scorer_reads_the_typed_frame_and_returns_one(tmp_path):
     write_runs(tmp_path)
-    scored = spamlang.score(load_runs(tmp_path)).set_index("head")
-    assert scored.loc["lowrank", "head_rank"] == 2 and type(scored.loc["lowrank", "head_rank"]) is int
-    assert scored.loc["linear", "head_rank"] is None and scored.loc["mos", "verdict"] == "failed"
+    runs = load_runs(tmp_path)
+    scored = spamlang.score(runs)
+    by_head = scored.set_index("head")
+    assert by_head.loc["lowrank", "head_rank"] == 2 and by_head.loc["linear", "head_rank"] is pd.NA
+    assert by_head.loc["mos", "verdict"] == "failed"
+    dtypes = scored.dtypes
+    assert dtypes["head_rank"] == "Int64" and dtypes["vocab_size"] == "int64" and dtypes["n_seeds"] == "int64"
+    assert dtypes["loss"] == "float64" and dtypes["floor"] == "float64" and dtypes["lr"] == "float64"
+    assert dtypes["budget_limited"] in ("bool", "boolean") and dtypes["verdict"] == object
+    assert math.isnan(by_head.loc["mos", "loss"])  # the failed run's configuration: NaN, not None
+    assert {"loss", "learnability", "n_seeds", "head_rank"} <= set(scored.select_dtypes("number").columns)
+    assert not scored.select_dtypes("number").corr().empty
+    internal = score(runs)  # the scorer's own form: Python values, None for missing
+    assert internal.dtypes.eq(object).all() and internal.set_index("head").loc["linear", "head_rank"] is None
+    for fmt in ("md", "csv", "json"):
+        assert spamlang.format_table(scored, fmt) == spamlang.format_table(internal, fmt)
 
 
 def test_public_names_are_listed():

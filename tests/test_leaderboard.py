@@ -156,10 +156,15 @@ def test_leaderboard_command_writes_self_contained_files(run_cli, tmp_path):
     assert page.count("data:image/png;base64,") == 5 and "<style>" in page
     assert {"learnability.svg", "steps_to_learn.svg", "direction_D8.svg"} <= {p.name for p in out.iterdir()}
     assert "src=\"http" not in page and "<link" not in page and "<table>" in page
-    ranking = pd.read_csv(out / "leaderboard.csv", comment="#", dtype={"rank": str})
-    assert list(ranking["head"]) == ["linear", "lowrank:2"] and list(ranking["rank"]) == ["1", "2"]
-    assert (out / "leaderboard.csv").read_text().startswith("# command: spamlang leaderboard")
-    assert len(pd.read_csv(out / "configurations.csv", comment="#")) == 6
+    ranking = pd.read_csv(out / "leaderboard.csv")  # plain tables: no comment lines, numbers typed
+    assert list(ranking["head"]) == ["linear", "lowrank:2"] and list(ranking["rank"].astype(str)) == ["1", "2"]
+    assert ranking["learnability"].dtype == "float64" and ranking["seeds"].dtype == "int64"
+    configurations = pd.read_csv(out / "configurations.csv")
+    assert len(configurations) == 6 and configurations["loss"].dtype == "float64"
+    sidecar = json.loads((out / "leaderboard.provenance.json").read_text())
+    assert sidecar["schema"] == "spamlang.leaderboard-provenance/1" and sidecar["runs"] == 18
+    assert sidecar["command"].startswith("spamlang leaderboard") and sidecar["devices"] == ["cpu"]
+    assert set(sidecar["tables"]) == {"leaderboard.csv", "configurations.csv"}
     assert not list(out.glob(".*.tmp"))
 
 

@@ -118,6 +118,46 @@ def test_leaderboard_never_replaces_a_file_it_did_not_write(run_cli, tmp_path):
     assert_user_error(run_cli("leaderboard", runs, "--out", out), "models.csv")
 
 
+def test_csv_tables_are_known_by_the_hashes_in_the_provenance_file(run_cli, tmp_path):
+    runs = write_all(tmp_path / "runs", grid(seeds=1, vocab=(16,)))
+    out = tmp_path / "board"
+    assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 0
+    table = (out / "leaderboard.csv").read_text()
+    (out / "leaderboard.csv").write_text(table + "mine,1\n")  # edited by hand: no longer the tool's file
+    assert_user_error(run_cli("leaderboard", runs, "--out", out, "--format", "csv"), "leaderboard.csv",
+                      "not written by")
+    assert (out / "leaderboard.csv").read_text() == table + "mine,1\n"
+    (out / "leaderboard.csv").write_text("# command: spamlang leaderboard runs\nrank,head\n")  # an older version's
+    assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 0
+    assert (out / "leaderboard.csv").read_text() == table
+    sidecar = out / "leaderboard.provenance.json"
+    sidecar.write_text("{}")  # not the tool's provenance file: neither it nor the tables it would vouch for are replaced
+    assert_user_error(run_cli("leaderboard", runs, "--out", out, "--format", "csv"), "not written by")
+    sidecar.unlink()  # without it, nothing says the tables are the tool's
+    assert_user_error(run_cli("leaderboard", runs, "--out", out, "--format", "csv"), "leaderboard.csv")
+
+
+def test_a_table_stays_known_when_the_writing_stops_after_the_provenance_file(run_cli, tmp_path, monkeypatch):
+    from spamlang import atomic, leaderboard
+    runs = write_all(tmp_path / "runs", grid(seeds=1, vocab=(16,)))
+    out = tmp_path / "board"
+    assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 0
+    write_all(runs, grid(seeds=1, vocab=(32,)))  # more runs: new tables
+    real = atomic.write_text
+
+    def stop_after_sidecar(path, text):
+        if path.suffix == ".csv":
+            raise KeyboardInterrupt
+        real(path, text)
+
+    monkeypatch.setattr(atomic, "write_text", stop_after_sidecar)
+    assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 130
+    assert (out / "leaderboard.csv").read_text().count("\n") == 3  # the old table, the new provenance file
+    assert json.loads((out / leaderboard.PROVENANCE_FILE).read_text())["runs"] == 4
+    monkeypatch.setattr(atomic, "write_text", real)
+    assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 0
+
+
 def test_train_never_replaces_a_file_that_is_not_its_record(run_cli, tmp_path, monkeypatch):
     from spamlang.config import RunConfig
     args = ["train", "--task", "spam", "--vocab-size", 16, "--d-model", 8, "--layers", 1, "--steps", 2,

@@ -38,10 +38,11 @@ def test_run_on_a_non_terminal_reports_progress_summary_and_files(run_cli, tmp_p
     assert sum(line.startswith("[") for line in err) == 6
     assert err[-3].startswith("suite tiny: 6 runs (0 added by 0 lr round(s)), 0 already recorded, 6 ok")
     assert err[-2].startswith("heads: 1 ") and "verdicts of " in err[-2]
-    # 3 plots and 2 fit figures (V spans a grid), each PNG and SVG; md, 4 CSV (ranking, configurations, fit,
-    # control) and html
-    assert err[-1].startswith("wrote 16 files: ")
-    for name in ("leaderboard.md", "leaderboard.csv", "configurations.csv", "leaderboard.html", "learnability.png"):
+    # 3 plots and 2 fit figures (V spans a grid), each PNG and SVG; md, the provenance file, 4 CSV (ranking,
+    # configurations, fit, control) and html
+    assert err[-1].startswith("wrote 17 files: ")
+    for name in ("leaderboard.md", "leaderboard.csv", "configurations.csv", "leaderboard.provenance.json",
+                 "leaderboard.html", "learnability.png"):
         assert str(out / name) in err[-1] and (out / name).is_file()
     assert "](learnability.png)" not in r.out  # the terminal gets no image links
     assert f"- command: `spamlang run {path} --out {out} --lr-rounds 0`" in (out / "leaderboard.md").read_text()
