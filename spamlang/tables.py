@@ -141,12 +141,18 @@ def markdown_table(rows: list[Mapping[str, str]], numeric: Callable[[str], bool]
     return "\n".join([line({c: c for c in columns}), rule, *map(line, rows)]) + "\n"
 
 
+def python_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a Python value in every cell (None for missing, ``int`` for a whole count), in object columns."""
+    return pd.DataFrame({column: pd.Series([None if is_missing(v) else plain(v) for v in df[column]], df.index,
+                                           dtype=object) for column in df.columns}, index=df.index)
+
+
 def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
     """``score``'s table as text: ``md`` (aligned Markdown of the main columns and a legend), ``csv`` (every column,
     lists and dicts as JSON) or ``json`` (a list of objects with every field, null for missing numbers)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    df = df.astype(object).map(lambda v: None if is_missing(v) else plain(v))  # a typed table (spamlang.score) too
+    df = python_cells(df)  # a typed table (spamlang.score) too
     if fmt == "json":
         rows = [{k: plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
         return json.dumps(rows, indent=2) + "\n"

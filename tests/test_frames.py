@@ -1,6 +1,8 @@
 """Run frames: typed columns, NaN for missing, the head label, one row per evaluation, and the public names."""
 from __future__ import annotations
 
+import io
+import json
 import math
 import re
 from pathlib import Path
@@ -88,8 +90,11 @@ def test_the_scorer_reads_the_typed_frame_and_returns_one(tmp_path):
     assert not scored.select_dtypes("number").corr().empty
     internal = score(runs)  # the scorer's own form: Python values, None for missing
     assert internal.dtypes.eq(object).all() and internal.set_index("head").loc["linear", "head_rank"] is None
-    for fmt in ("md", "csv", "json"):
-        assert spamlang.format_table(scored, fmt) == spamlang.format_table(internal, fmt)
+    assert spamlang.format_table(scored) == spamlang.format_table(internal)  # the same values, typed or not
+    assert json.loads(spamlang.format_table(scored, "json")) == json.loads(spamlang.format_table(internal, "json"))
+    pd.testing.assert_frame_equal(*(pd.read_csv(io.StringIO(spamlang.format_table(frame, "csv")))
+                                    for frame in (scored, internal)), check_dtype=False)
+    assert "| lowrank:2 " in spamlang.format_table(scored) and "2.0" not in spamlang.format_table(scored, "csv")
 
 
 def test_public_names_are_listed():
