@@ -34,7 +34,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 
-from . import __version__, atomic, fitreport, plots, record
+from . import __version__, atomic, fitreport, page, plots, record
 from .measure import board as models
 from .errors import SpamLangError
 from .floors import CACHE_NAME, FloorCache
@@ -356,12 +356,6 @@ def _recorded_hashes(out: Path) -> dict[str, list[str]]:
     return data.get("tables", {}) if isinstance(data.get("tables"), dict) else {}
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{padding:3px 8px;border-bottom:1px solid #ddd}
-th{background:#f3f3f3;text-align:left}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right}
-code{background:#f3f3f3;padding:1px 4px}img{max-width:100%;display:block;margin:1em 0}p{font-size:13px;color:#555}"""
-
-
 def _inline(text: str) -> str:
     return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
 
@@ -372,7 +366,7 @@ def _html_table(lines: list[str]) -> str:
     head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td{' class=num' if r else ''}>{_inline(c)}</td>" for c, r in zip(row, right))
                    + "</tr>" for row in cells[2:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return page.board(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def _html_heading(line: str) -> str:
@@ -382,12 +376,14 @@ def _html_heading(line: str) -> str:
 
 def _html_image(line: str, images: Mapping[str, bytes]) -> str:
     alt, name = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip()).groups()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
+    data = base64.b64encode(images[name]).decode()
+    return page.plot(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
 
 
 def to_html(text: str, images: Mapping[str, bytes]) -> str:
-    """The Markdown that :func:`markdown` writes as one self-contained HTML page (inline CSS, ``images`` embedded as
-    base64 PNG)."""
+    """The Markdown that :func:`markdown` writes as one self-contained HTML page (inline CSS and script, ``images``
+    embedded as base64 PNG): sortable, filterable tables that scroll sideways on a narrow screen (see
+    :mod:`spamlang.page`)."""
     def kind(line: str) -> str:
         return next((k for k, p in (("table", "|"), ("item", "- "), ("heading", "#"), ("image", "![")) if
                      line.startswith(p)), "text" if line.strip() else "blank")
@@ -406,7 +402,8 @@ def to_html(text: str, images: Mapping[str, bytes]) -> str:
         elif k == "image":
             parts += [_html_image(line, images) for line in group]
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SpamLang leaderboard</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
+            f"{page.VIEWPORT}<style>{page.STYLE}</style></head>\n<body>\n" + "\n".join(parts) +
+            f"\n<script>{page.SCRIPT}</script>\n</body></html>\n")
 
 
 def summary(ranking: pd.DataFrame, scored: pd.DataFrame, top: int = 3) -> str:
