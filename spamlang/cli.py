@@ -582,6 +582,28 @@ def fit(folders, out, resamples, seed):
     click.echo(f"wrote {len(written)} files: {', '.join(map(str, written))}", err=True)
 
 
+# -- doctor -------------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--seconds", default=2.0, show_default=True, type=click.FloatRange(0, 60),
+              help="How long the throughput check trains a small model on the CPU (0: skip it).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, ok, detail}.")
+def doctor(seconds, as_json):
+    """Check this machine for SpamLang: versions and optional extras, the thread policy, devices, bf16 autocast and
+    torch.compile, free memory and disk, the tasks, heads and built-in suites, and a short training throughput. Exit
+    status 1 when something SpamLang needs is broken (a missing extra or GPU is reported, not an error)."""
+    from .doctor import run_checks
+    checks = run_checks(seconds)
+    if as_json:
+        _print_json(checks)
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            click.echo(f"{'ok ' if c.ok else 'BAD'}  {c.name:<{width}}  {c.detail}")
+    bad = [c.name for c in checks if not c.ok]
+    if bad:
+        _fail(f"{len(bad)} check(s) failed: {', '.join(bad)}", code=1)
+
+
 #: allocator messages of an out-of-memory RuntimeError (PyTorch's CPU and CUDA allocators)
 _OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.I)
 
