@@ -21,10 +21,12 @@ from .params import REQUIRED, mapping, param
 from .task import make_task
 
 #: fields that say how a run executes, not what it computes; they are left out of the run id.
-EXECUTION_FIELDS = ("device", "compile")
+EXECUTION_FIELDS = ("device", "compile", "precision")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adamw", "sgd")
+#: autocast precision of the forward pass and loss (see harness.Trainer.autocast)
+PRECISIONS = ("auto", "fp32", "bf16")
 #: SGD momentum unless set; the only value allowed with AdamW, which has no momentum setting
 SGD_MOMENTUM = 0.9
 
@@ -70,7 +72,9 @@ class RunConfig:
     seed: int = param(0, "Training seed (init and data).", low=0, high=2**32, high_open=True)
     eval_seed: int = param(0, "Seed of the held-out streams, combined with the seed (each seed has its own).", low=0, high=2**32, high_open=True)
     device: str = param("auto", "auto, cpu, cuda[:N] or mps.")
-    compile: bool = param(False, "torch.compile the backbone (CUDA).")
+    compile: bool = param(False, "torch.compile the backbone (CUDA, or CPU with a C compiler).")
+    precision: str = param("auto", "Autocast precision of the forward pass: auto (bf16 on CUDA, fp32 elsewhere), fp32, "
+                           "or bf16 on any device (the loss accumulates in fp32 either way).", choices=PRECISIONS)
 
     def __post_init__(self):
         object.__setattr__(self, "task_params", dict(self.task_params))

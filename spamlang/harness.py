@@ -159,8 +159,10 @@ class Trainer:
         self.seen = torch.zeros(config.vocab_size, dtype=torch.bool, device=self.device)
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast when the config's precision is bf16, or auto on CUDA; otherwise nothing (fp32)."""
+        precision = self.config.precision
+        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def split(self, tokens: torch.Tensor, hidden=None):

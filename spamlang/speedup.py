@@ -29,7 +29,7 @@ from .tables import markdown_table, with_params
 
 #: the fields that tell the compared heads apart, or are chosen per head (lr), or vary within one cell (seed)
 HEAD_FIELDS = ("head", "head_rank", "head_params")
-NOT_GROUPED = (*HEAD_FIELDS, "seed", "lr", "device", "compile")
+NOT_GROUPED = (*HEAD_FIELDS, "seed", "lr", "device", "compile", "precision")
 BOOTSTRAP = 2000
 FORMATS = ("md", "csv", "json")
 
