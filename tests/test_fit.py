@@ -240,7 +240,8 @@ def test_fit_cli_bad_input(run_cli, tmp_path):
 def test_leaderboard_includes_the_fits(tmp_path):
     from spamlang.leaderboard import write as write_board
     runs = load_folders([write(tmp_path / "runs", power_law_runs(ratios=(4, 16, 32)))])
-    text, written, _ = write_board(runs, tmp_path / "board", command="test")
+    board = write_board(runs, tmp_path / "board", command="test")
+    text, written = board.text, board.files
     assert "## Scaling fits over V/D" in text and "## Gradient-only control" in text and "| linear" in text
     names = {p.name for p in written}
     assert {"fit.csv", "steps_to_learn.png", "steps_to_learn.svg", "learnability.svg"} <= names

@@ -164,7 +164,7 @@ def test_leaderboard_command_writes_self_contained_files(run_cli, tmp_path):
     sidecar = json.loads((out / "leaderboard.provenance.json").read_text())
     assert sidecar["schema"] == "spamlang.leaderboard-provenance/1" and sidecar["runs"] == 18
     assert sidecar["command"].startswith("spamlang leaderboard") and sidecar["devices"] == ["cpu"]
-    assert set(sidecar["tables"]) == {"leaderboard.csv", "configurations.csv"}
+    assert set(sidecar["tables"]) == {"leaderboard.csv", "configurations.csv", "fit.csv", "control.csv"}
     assert not list(out.glob(".*.tmp"))
 
 

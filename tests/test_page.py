@@ -44,7 +44,7 @@ def test_the_page_is_self_contained_with_a_filter_and_scroller_per_table(board):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text) and "<link" not in text  # nothing fetched
     boards = re.findall(r'<div class="board"><input type="search" class="filter"[^>]*><span class="count"></span>'
                         r'<div class="scroll"><table>', text)
-    assert len(boards) == text.count("<table>") == 2  # the head ranking and the configurations
+    assert len(boards) == text.count("<table>") >= 2  # the head ranking, the configurations, the fits
     assert text.count('<div class="plot"><img') == text.count("<img") >= 3
 
 
@@ -88,9 +88,15 @@ PROBE_TAIL = """<script>window.addEventListener("load", function () {
     var s = b.querySelector(".scroll");
     out.tables.push({scroll: s.scrollWidth, width: s.clientWidth});
   });
-  if (boards.length) {
-    var b = boards[boards.length - 1], t = b.querySelector("table"), head = t.tHead.rows[0].cells;
-    var c = Array.prototype.map.call(head, function (h) { return h.textContent; }).indexOf(%s);
+  var names = function (b) {
+    return Array.prototype.map.call(b.querySelector("table").tHead.rows[0].cells, function (h) {
+      return h.textContent; });
+  };
+  var wanted = %s;
+  var found = Array.prototype.filter.call(boards, function (b) { return names(b).indexOf(wanted) >= 0; });
+  if (found.length) {  // the first table with the column
+    var b = found[0], t = b.querySelector("table"), head = t.tHead.rows[0].cells;
+    var c = names(b).indexOf(wanted);
     var column = function () {
       return Array.prototype.filter.call(t.tBodies[0].rows, function (r) { return !r.hidden; })
         .map(function (r) { return r.cells[c].textContent; });
@@ -139,7 +145,7 @@ def test_headers_sort_and_the_box_filters_in_a_browser(board, tmp_path, width):
     assert seen["inner"] <= max(width, 500)  # headless Chromium lays a page out at least 500 px wide
     assert seen["page"] <= seen["inner"]  # nothing wider than the window: wide tables scroll in their own box
     if width == 390:
-        assert seen["tables"][-1]["scroll"] > seen["tables"][-1]["width"]  # the configurations scroll sideways
+        assert max(t["scroll"] - t["width"] for t in seen["tables"]) > 0  # the configurations scroll sideways
     asc, desc = seen["asc"], seen["desc"]
     assert seen["before"] != asc and sorted(seen["before"]) == sorted(asc) and seen["ascSort"] == "ascending"
     assert [number(c) for c in asc] == sorted(number(c) for c in asc)
