@@ -235,7 +235,7 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
               progress: bool = True, lr_rounds: int = LR_ROUNDS, threads: int | None = None,
               log: Callable[[str], None] | None = None, extend_budget: float | None = None) -> dict:
     """Run what is missing of ``suite`` into ``out/runs``, then extend each configuration's lr grid for up to
-    ``lr_rounds`` rounds; then, with a budget factor (``extend_budget``, default the suite's; 1: none), rerun the
+    ``lr_rounds`` rounds (none when the suite does not sweep ``lr``); then, with a budget factor (``extend_budget``, default the suite's; 1: none), rerun the
     configurations not learned at that factor times their budget (:func:`budget_extensions`) and extend their lr grids
     the same way. Return counts {total, skipped, ok, diverged, failed, lr_rounds (rounds that added runs), lr_added
     (runs they added), budget_added (runs the budget round added, before its lr rounds)}.
@@ -257,6 +257,7 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     info = record.SuiteInfo(name=suite.name, version=suite.version, source=suite.source, sweep=tuple(suite.sweep))
     counts = {"total": 0, "skipped": 0, "ok": 0, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0,
               "budget_added": 0}
+    lr_rounds = lr_rounds if "lr" in suite.sweep else 0
     rounds = _Rounds(runs_dir, executor, workers, device, threads, lr_rounds, log, counts, time.monotonic())
     with tqdm(total=len(suite.runs), unit="run", disable=not progress, desc=f"suite {suite.name}") as bar:
         configs = rounds.run(list(suite.runs), dataclasses.replace(info, budget_round=0), bar, f"suite {suite.name}")

@@ -159,6 +159,9 @@ def test_the_lr_grid_grows_until_the_chosen_lr_is_inside(tmp_path, monkeypatch, 
     assert run_suite(load(str(path)), out, progress=False, lr_rounds=5)["skipped"] == len(records)  # resumes
     few = run_suite(load(str(path)), tmp_path / "few", progress=False, lr_rounds=1)
     assert few["lr_rounds"] == 1 and few["total"] == 6
+    path.write_text(path.read_text().replace("[suite]", "[suite]\nsweep = []"))  # lr fixed: no rounds at all
+    fixed = run_suite(load(str(path)), tmp_path / "fixed", progress=False, lr_rounds=5)
+    assert fixed["lr_rounds"] == 0 and fixed["total"] == 2
 
 
 def test_worker_processes(tmp_path):
