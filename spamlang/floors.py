@@ -45,6 +45,9 @@ RESTARTS = 2
 SMALL_TARGETS = 512 * 512
 #: significant digits a floor's logit scale is rounded to
 SCALE_DIGITS = 3
+#: the largest V whose floor at a finite logit scale is fitted (a fit of V x V logits, sampled and refitted up to
+#: MAX_CONTEXTS contexts: ~30 s at V = 2,048 and ~10 min at V = 4,096 on one CPU core); above it, None
+SCALE_FIT_MAX_V = 2048
 #: the largest odd polygon tried by :func:`polygon_bound` (the best has 7 to 43 vertices at V <= 2048, scale <= 30)
 POLYGON_VERTICES = 255
 
@@ -419,7 +422,8 @@ def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
     (:func:`one_vs_rest_loss`, ``floor_se`` 0); ``scale`` = inf gives the unconstrained floor. On a deterministic
     task at forward rank >= 2 the floor lies between :func:`one_vs_rest_loss` and :func:`polygon_bound` (``bound``),
     which replaces a fit that lands above it. ``scale`` is rounded to SCALE_DIGITS significant digits (``scale`` in
-    the result), so that runs at nearly the same scale share a cached floor.
+    the result), so that runs at nearly the same scale share a cached floor. A floor that would need a fit above
+    V = SCALE_FIT_MAX_V is not computed (``floor`` None).
     """
     if not scale >= 0:
         raise ValueError(f"scale must be a non-negative number, got {scale}")
@@ -427,10 +431,13 @@ def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
     if math.isinf(scale):
         return expressivity_floor(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
                                   contexts=contexts, seed=seed, cache=cache)
+    forward_rank = HEADS.get(head_name).forward_rank(d_model, rank)
+    analytic = task.deterministic and forward_rank is not None and forward_rank >= vocab_size - 1
+    if not analytic and vocab_size > SCALE_FIT_MAX_V:
+        return {"floor": None, "floor_se": None, "method": f"not fitted above V = {SCALE_FIT_MAX_V}", "scale": scale}
 
     def compute() -> dict:
-        forward_rank = HEADS.get(head_name).forward_rank(d_model, rank)
-        if task.deterministic and forward_rank is not None and forward_rank >= vocab_size - 1:
+        if analytic:
             return {"floor": one_vs_rest_loss(vocab_size, scale), "floor_se": 0.0, "method": "analytic",
                     "scale": scale}
         return {**_fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts,

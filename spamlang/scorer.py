@@ -271,8 +271,10 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     scored["extended_budget"] = pd.Series(extended_budget(scored), index=scored.index, dtype=object)
     if {"task", "head"} <= set(scored.columns):
         params = scored["task_params"] if "task_params" in scored.columns else [None] * len(scored)
-        scored["copies_input"] = [tying.copies_input(t, p) for t, p in zip(scored["task"], params)]
-        scored["copy_at_init"] = [c and tying.shares_embedding(h) for c, h in zip(scored["copies_input"], scored["head"])]
+        copies = [tying.copies_input(t, p) for t, p in zip(scored["task"], params)]
+        scored["copies_input"] = pd.Series(copies, index=scored.index, dtype=object)
+        scored["copy_at_init"] = pd.Series([c and tying.shares_embedding(h) for c, h in zip(copies, scored["head"])],
+                                           index=scored.index, dtype=object)
     return scored
 
 

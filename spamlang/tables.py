@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from .errors import ConfigError
+from .floors import SCALE_FIT_MAX_V
 from .frames import config_key, is_missing
 from .stats import is_finite
 
@@ -82,7 +83,8 @@ _LEGEND = ("lr: chosen on val; ↑/↓ the top/bottom of the range tried, ↕ th
            "per symbol). base: best trivial predictor (uniform or unigram) on the test tokens.\n"
            "bayes: Bayes loss (on the test tokens where recorded). floor: ~ estimated by fitting free vectors, "
            "otherwise analytic. gaps: expr = floor - bayes, opt = loss - floor, scale = floor at the reached logit "
-           "scale - floor, dir = opt - scale (nats); a gap counts when above the tolerance and 2 standard errors.\n"
+           f"scale - floor (not fitted above V = {SCALE_FIT_MAX_V:,}), dir = opt - scale (nats); a gap counts when above the tolerance "
+           "and 2 standard errors.\n"
            "learned at: median step from which seeds stayed learned (seeds learned at the end). destroyed: destroyed-"
            "gradient ratio, start→end. +data: unseen symbols explain the shortfall; +budget: the val loss was still "
            "falling at the end; +lost: learned earlier, not at the end; !floor: a gap below 0 beyond noise (the floor "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from spamlang import floors
 from spamlang.floors import (FloorCache, build_head, circle_loss, entropy, expressivity_floor, fit, floor_at_scale,
                              half_range, one_vs_rest_loss, polygon_bound, polygon_losses, tempered)
 from spamlang.task import Targets, Task, make_task
@@ -228,6 +229,14 @@ def test_a_full_rank_head_at_scale_has_the_one_vs_rest_floor():
     assert analytic["floor"] == pytest.approx(math.log1p(15 * math.exp(-4.0)))
     fitted = fit(targets_of(torch.eye(16, dtype=torch.float64)), build_head("linear", 16, 15, None), scale=2.0)
     assert fitted.excess == pytest.approx(analytic["floor"], abs=1e-3)  # the fit finds the analytic optimum
+
+
+def test_no_fit_at_scale_above_the_size_limit_but_the_analytic_floor_at_any_size():
+    big = floors.SCALE_FIT_MAX_V * 2
+    skipped = floor_at_scale(make_task("spam"), big, 2, "lowrank", 16, 2, scale=5.0)
+    assert skipped["floor"] is None and "not fitted" in skipped["method"]
+    analytic = floor_at_scale(make_task("spam"), big, 2, "linear", big, None, scale=5.0)
+    assert analytic["floor"] == pytest.approx(floors.one_vs_rest_loss(big, 5.0))
 
 
 def test_the_floor_at_scale_rises_as_the_scale_shrinks_and_is_unconstrained_at_infinity():
