@@ -230,8 +230,11 @@ def test_leaderboard_merges_measurement_folders(run_cli, folder, tmp_path):
     again = run_cli("leaderboard", tmp_path / "m", "--out", tmp_path / "board")  # its own files, models.csv too
     assert again.code == 0, again.err
     (tmp_path / "runs").mkdir()
-    for run_id in ("47bcb4a6e8cb3879", "de61745a25975586", "df76c51898881cd0"):  # spam, V = 128, linear head
-        shutil.copy(RESULTS / f"{run_id}.json", tmp_path / "runs")
+    configs = {p: json.loads(p.read_text())["config"] for p in sorted(RESULTS.glob("*.json"))}
+    published = [p for p, c in configs.items() if (c["task"], c["vocab_size"], c["head"]) == ("spam", 128, "linear")][:3]
+    assert len(published) == 3
+    for path in published:
+        shutil.copy(path, tmp_path / "runs")
     mixed = run_cli("leaderboard", tmp_path / "runs", tmp_path / "m", "--out", tmp_path / "both")
     assert mixed.code == 0, mixed.err
     assert "## Head ranking" in mixed.out and "## Models" in mixed.out
