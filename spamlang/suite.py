@@ -59,9 +59,10 @@ def builtin_names() -> list[str]:
 
 
 def locate(name_or_file: str) -> Path:
-    """A path to a suite file, or the built-in suite of that name."""
+    """A path to a suite file, or the built-in suite of that name (a folder of that name, such as a suite's results,
+    does not hide it)."""
     path = Path(name_or_file)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise SpamLangError(f"suite file not found: {path}")
         return path

@@ -92,6 +92,15 @@ def test_unknown_suite_name(run_cli):
     assert_user_error(run_cli("run", "no-such-suite"), "unknown suite 'no-such-suite'")
 
 
+def test_a_folder_named_after_a_builtin_suite_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()  # e.g. the results of an earlier `spamlang run smoke --out smoke`
+    assert load("smoke").name == "smoke"
+    with pytest.raises(SpamLangError, match="unknown suite 'results'"):
+        (tmp_path / "results").mkdir()
+        load("results")
+
+
 def test_run_resume_and_failures(tmp_path, monkeypatch):
     suite = load(str(tiny(tmp_path)))
     out = tmp_path / "out"
