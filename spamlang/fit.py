@@ -307,8 +307,8 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
     ``d_model``, ``r``, ``budget_examples``, ``n`` (seeds shared by all three), mean final test ``loss_<head>`` and
     seeds ``learned_<head>`` for each, and against each of ``lowrank`` and ``linear``: ``dloss_<other>`` (mean
     gradproj - other), ``p_loss_<other>``, ``dsteps_<other>`` (mean difference of log steps-to-learn, a seed not
-    learned at its budget), ``p_steps_<other>`` (two-sided paired t-tests, Holm-adjusted over every test of the
-    table) and ``like``: ``linear`` (differs from lowrank, not from linear), ``lowrank`` (the reverse), ``between``
+    learned at its budget), ``p_steps_<other>`` (two-sided paired t-tests, Holm-adjusted over the four tests of
+    the row, the family that decides its ``like``) and ``like``: ``linear`` (differs from lowrank, not from linear), ``lowrank`` (the reverse), ``between``
     (differs from both), ``no contrast`` (from neither). A loss difference counts when its adjusted p < ``alpha`` and
     its mean exceeds ``tolerance`` nats; a steps difference when its adjusted p < ``alpha``."""
     configs = configurations(runs)
@@ -317,7 +317,7 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
         f = config["fields"]
         setting = json.dumps([config_key(f[k]) for k in f if k not in HEAD_FIELDS], default=str)
         index[(setting, f["head"], f["head_rank"])] = config
-    rows, tests = [], []
+    rows = []
     for (setting, head, rank), config in index.items():
         lowrank, linear = index.get((setting, "lowrank", rank)), index.get((setting, "linear", None))
         if head != "gradproj" or lowrank is None or linear is None:
@@ -334,20 +334,18 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
             losses = [x for x in map(_loss, arm) if math.isfinite(x)]
             row[f"loss_{name}"] = statistics.fmean(losses) if losses else math.nan
             row[f"learned_{name}"] = sum(bool(o and o["learned"]) for o in map(_observation, arm))
+        tests = [f"p_{metric}_{other}" for other in ("lowrank", "linear") for metric in ("loss", "steps")]
         for other in ("lowrank", "linear"):
             for metric, value in (("loss", _loss), ("steps", _log_steps)):
                 mean, p, _ = paired_t(_paired(arms["gradproj"], arms[other], value))
                 row[f"d{metric}_{other}"], row[f"p_{metric}_{other}"] = mean, p
-                tests.append((len(rows), f"p_{metric}_{other}"))
+        row.update(zip(tests, holm([row[name] for name in tests])))
         rows.append(row)
     columns = ["task", "task_params", "vocab_size", "d_model", "r", "budget_examples", "n", "loss_gradproj",
                "loss_lowrank", "loss_linear", "learned_gradproj", "learned_lowrank", "learned_linear",
                *(f"{k}_{o}" for o in ("lowrank", "linear") for k in ("dloss", "p_loss", "dsteps", "p_steps")), "like"]
     if not rows:
         return pd.DataFrame(columns=columns)
-    adjusted = holm([rows[i][name] for i, name in tests])
-    for (i, name), p in zip(tests, adjusted):
-        rows[i][name] = p
     for row in rows:
         differs = {other: (row[f"p_loss_{other}"] < alpha and abs(row[f"dloss_{other}"]) > tolerance)
                    or row[f"p_steps_{other}"] < alpha for other in ("lowrank", "linear")}

@@ -77,8 +77,8 @@ _CONTROL_LEGEND = (
     "gradproj:r (full-rank forward, rank-r gradient) against lowrank:r (rank-r forward and gradient) and linear, at "
     "each one's lr chosen on val and the same budget, seeds paired: loss: mean final test loss; learned: seeds "
     "learned within the budget; Δloss and Δlog steps: mean over seeds of gradproj minus the other head (a seed not "
-    "learned counts at its budget, a lower bound), p: two-sided paired t-test, Holm-adjusted over every test of the "
-    "table. like: linear when gradproj differs from lowrank and not from linear, lowrank the reverse, between when it "
+    "learned counts at its budget, a lower bound), p: two-sided paired t-test, Holm-adjusted over the row's four "
+    "tests. like: linear when gradproj differs from lowrank and not from linear, lowrank the reverse, between when it "
     "differs from both, no contrast when from neither (a loss difference counts at p < {alpha} and beyond {tol} "
     "nats, a steps difference at p < {alpha}).")
 

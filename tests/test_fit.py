@@ -187,6 +187,18 @@ def test_control_says_which_head_gradproj_behaves_like(tmp_path):
     assert "| linear" in fitreport.control_markdown(control)
 
 
+def test_control_corrects_each_configuration_as_its_own_family(tmp_path):
+    """A difference of about 3.5 nats with a seed spread of 0.5 (raw p = 0.007 over 3 seeds) counts at each of 8 V:
+    the Holm family is the row's four tests, not the table's 32 (which would give p = 0.2 and 'no contrast')."""
+    vocabs = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    runs = [run for seed in range(3) for vocab in vocabs for run in (
+        spam_run(vocab, seed, 300, final=0.01), spam_run(vocab, seed, 300, head="gradproj", head_rank=2, final=0.01),
+        spam_run(vocab, seed, 300, head="lowrank", head_rank=2, final=3.0 + 0.5 * seed))]
+    control = fit.control_table(load_runs(write(tmp_path, runs)))
+    assert len(control) == len(vocabs) and set(control["like"]) == {"linear"}
+    assert (control["p_loss_lowrank"] < 0.05).all() and (control["p_loss_lowrank"] > 0.01).all()
+
+
 def test_control_without_contrast_and_without_gradproj(tmp_path):
     runs = [spam_run(64, s, 300, head=h, head_rank=r) for s in range(3)
             for h, r in (("linear", None), ("lowrank", 2), ("gradproj", 2))]
