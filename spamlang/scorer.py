@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import warnings
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from . import selection, tying, verdicts
 from .budget import extended_budget
@@ -204,7 +206,7 @@ def score_frame(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterab
 
 def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str] = (), *,
           tolerance: float = TOLERANCE, seen_accuracy: float = SEEN_ACCURACY,
-          cache: FloorCache | None = None) -> pd.DataFrame:
+          cache: FloorCache | None = None, progress: bool | None = None) -> pd.DataFrame:
     """One row per configuration (the ``by`` fields; default: every config field but seed, the swept ones and the
     execution ones, plus the task version), its seeds aggregated at the swept values (``lr``, those named in
     ``sweep`` and those the records' suite swept) with the lowest mean final val loss
@@ -243,7 +245,8 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     training, accuracy on the seen ones >= ``seen_accuracy`` and overall below it.
 
     Floors are looked up in and added to ``cache`` (a :class:`~spamlang.floors.FloorCache`; one with a path keeps
-    them on disk); without one, they are computed afresh and kept in memory only.
+    them on disk); without one, they are computed afresh and kept in memory only. A floor not cached is a fit of
+    seconds to minutes, so a bar over the configurations shows on stderr (``progress``; default: when a terminal).
     """
     if df.empty:
         raise SpamLangError("no runs to score")
@@ -261,7 +264,9 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     floor_of, scale_floor_of = _floors(cache), _scale_floors(cache)
     keys = pd.DataFrame({f: df[f].map(config_key) for f in by + swept}, index=df.index)
     rows = []
-    for _, group in sorted(keys.groupby(by, sort=False, dropna=False), key=lambda g: tuple(map(value_order, g[0]))):
+    groups = sorted(keys.groupby(by, sort=False, dropna=False), key=lambda g: tuple(map(value_order, g[0])))
+    for _, group in tqdm(groups, desc="scoring", unit="config", leave=False,
+                         disable=not (sys.stderr.isatty() if progress is None else progress)):
         settings = {value if isinstance(value, tuple) else (value,): s.index
                     for value, s in group.groupby(swept, sort=False, dropna=False)} if swept else {(): group.index}
         best = selection.choose(_settings(df.loc[group.index], swept)) if swept else ()

@@ -55,6 +55,14 @@ def test_learned(tmp_path):
     assert row["n_seeds"] == 3 and row["n_learned"] == 3 and row["steps_to_learn"] == 200
 
 
+def test_scoring_shows_a_bar_over_configurations_on_request(tmp_path, capsys):
+    scored(tmp_path, *seeds(), *seeds(vocab_size=128), progress=True)
+    err = capsys.readouterr().err
+    assert "scoring:" in err and "0/2 [" in err  # the total: one configuration per V
+    scored(tmp_path / "quiet", *seeds(), progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_learned_is_judged_on_the_mean_gap_at_the_end_with_its_noise(tmp_path):
     one_slow = scored(tmp_path / "a", *seeds(3), make_record(seed=3, losses=(4.0, 1.0, 0.5))).iloc[0]
     assert one_slow["verdict"] == "learned" and one_slow["n_learned"] == 3  # mean gap 0.13 within 2 SE (0.12)
