@@ -211,6 +211,14 @@ threads_option = click.option(
 
 
 # -- train --------------------------------------------------------------------------------------------------------
+tracker_option = click.option(
+    "--tracker", type=click.Choice(["tensorboard", "wandb", "mlflow"]), default=None,
+    help="Also log each evaluation (step, losses, accuracies, gradient diagnostics) and the final record to this "
+         "experiment tracker, one tracker run per training run: TensorBoard event files in OUT/tensorboard/<run_id>, "
+         "W&B runs in OUT/wandb (or $WANDB_DIR; WANDB_MODE=offline for no network), MLflow runs at "
+         "$MLFLOW_TRACKING_URI (default OUT/mlflow.db). Needs the tracker's extra, e.g. pip install 'spamlang[wandb]'.")
+
+
 def train_options(fn):
     """One option per run setting, generated from RunConfig's declarations (name, type, default, range, help)."""
     from .config import RunConfig
@@ -238,15 +246,17 @@ def train_options(fn):
 @click.option("--save-checkpoint", is_flag=True, help="Also save the weights as <run_id>.pt (for 'spamlang probe').")
 @click.option("--json", "as_json", is_flag=True, help="Print the record on stdout and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@tracker_option
 @threads_option
 @plugin_options
-def train(params, head_param, out, save_checkpoint, as_json, quiet, threads, **settings):
+def train(params, head_param, out, save_checkpoint, as_json, quiet, tracker, threads, **settings):
     """Train one model on one task and write its run record."""
     from pathlib import Path
 
     from . import record
     from .config import RunConfig
     from .params import parse_assignments
+    from . import tracking
     from .harness import resolve_device, train as run
     from .resources import check_run
     if settings["examples_per_symbol"] is not None and \
@@ -258,9 +268,14 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, threads, **s
     check_run(config, device.type, device.index)
     record.read_replaceable(Path(out) / f"{config.run_id}.json")  # a file there that is not our record stays
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
+    if tracker:
+        tracking.check(tracker)
+        logged = tracking.start(tracking.TrackerSpec(tracker, str(out)), config)
     rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint,
-              threads=threads)
+              threads=threads, on_eval=logged.log_point if tracker else None)
     path = record.write(rec, out)
+    if tracker:
+        logged.finish(rec)
     if as_json:
         return click.echo(rec.to_json(indent=2))
     f = rec.final
@@ -441,14 +456,16 @@ def suites(as_json):
               help="Print one JSON object on stdout instead of the tables: the plan with --dry-run, else the closing "
                    "summary (counts, files written, head ranking).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else one line per run).")
+@tracker_option
 @threads_option
 @plugin_options
 def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters, limit, dry_run, as_json, quiet,
-        threads):
+        tracker, threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     import dataclasses
     from pathlib import Path
 
+    from . import tracking
     from .config import check_device
     from .harness import resolve_device
     from .plan import parse_filters, select
@@ -460,6 +477,8 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters
         spec = dataclasses.replace(spec, runs=tuple(select(spec.runs, parse_filters(filters), limit)))
     if device:
         check_device(device)
+    if tracker:
+        tracking.check(tracker)
     if dry_run:
         return _dry_run(spec, Path(out or Path("out") / spec.name), device, lr_rounds, as_json)
     if executor == "local":
@@ -473,7 +492,8 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters
     log = None if quiet or bar else lambda line: click.echo(line, err=True)
     try:
         counts = run_suite(spec, out, executor, workers, device, progress=bar, lr_rounds=lr_rounds, threads=threads,
-                           log=log, extend_budget=extend_budget)
+                           log=log, extend_budget=extend_budget,
+                           tracker=tracking.TrackerSpec(tracker, str(out.resolve()), spec.name) if tracker else None)
     except KeyboardInterrupt:
         _fail(f"interrupted; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", 130)
     budget = f", {counts['budget_added']} by the budget round" if counts["budget_added"] else ""
