@@ -410,22 +410,38 @@ def speedup(folder, reference, fmt, plot):
 
 # -- suites and run -----------------------------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of {name, description, runs, flops, seconds, flops_per_second, "
+                   "calibration_runs, basis}.")
+@click.option("--calibrate-on", "folders", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Results folders whose DIR/runs records time this machine (repeatable; default: every out/*/runs "
+                   "and results/*/runs below the current folder).")
 @plugin_options
-def suites(as_json):
-    """List the built-in suites with their run counts and estimated cost."""
-    from .suite import CPU_FLOPS, builtin_names, load
+def suites(as_json, folders):
+    """List the built-in suites with their run counts and estimated cost: the wall time of their runs one at a time,
+    from their training FLOPs at the rate this machine's records show (as spamlang run --dry-run)."""
+    from pathlib import Path
+
+    from .harness import device_name, resolve_device
+    from .plan import duration, estimate, machine_rate
+    from .suite import builtin_names, load
+    dirs = [Path(f) / "runs" for f in folders] or sorted([*Path("out").glob("*/runs"), *Path("results").glob("*/runs")])
+    rate = machine_rate(dirs, device_name(resolve_device("auto")))
     rows = []
     for name in builtin_names():
         suite = load(name)
-        flops = suite.estimated_flops()
+        flops, seconds = estimate(suite.runs, rate)
         rows.append({"name": name, "description": suite.description, "runs": len(suite.runs), "flops": flops,
-                     "cpu_minutes": flops / CPU_FLOPS / 60})
+                     "seconds": seconds, "flops_per_second": rate.flops_per_second,
+                     "calibration_runs": rate.records, "basis": rate.basis})
     if as_json:
         return _print_json(rows)
-    click.echo(f"{'suite':<10} {'runs':>5} {'train FLOPs':>12} {'~CPU min':>9}  description")
+    click.echo(f"{'suite':<10} {'runs':>5} {'train FLOPs':>12} {'~wall':>9}  description")
     for r in rows:
-        click.echo(f"{r['name']:<10} {r['runs']:>5} {r['flops']:>12.2e} {r['cpu_minutes']:>9.1f}  {r['description']}")
+        click.echo(f"{r['name']:<10} {r['runs']:>5} {r['flops']:>12.2e} {duration(r['seconds']):>9}  "
+                   f"{r['description']}")
+    click.echo(f"~wall: the suite's own grid one run at a time (lr and budget rounds add runs; --workers divides it) "
+               f"at {rate.flops_per_second:.2e} FLOP/s, {rate.basis}")
 
 
 @cli.command()
