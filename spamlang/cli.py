@@ -109,8 +109,8 @@ param_option = click.option("--param", "-p", "params", multiple=True, metavar="K
 @tasks.command("validate")
 @click.argument("name")
 @param_option
-@click.option("--vocab-size", "-V", default=64, show_default=True, type=int)
-@click.option("--seq-len", "-T", default=16, show_default=True, type=int)
+@click.option("--vocab-size", "-V", default=64, show_default=True, type=int, help="Vocabulary size V of the check.")
+@click.option("--seq-len", "-T", default=16, show_default=True, type=int, help="Tokens per sequence of the check.")
 @click.option("--num-sequences", "-n", default=4000, show_default=True, type=int,
               help="Monte-Carlo sample size (>= 2).")
 @plugin_options
@@ -132,7 +132,8 @@ def tasks_validate(name, params, vocab_size, seq_len, num_sequences):
 @click.option("--vocab-size", "-V", required=True, type=int, help="Vocabulary size V (2 <= V < 2**31).")
 @click.option("--seq-len", "-T", required=True, type=int, help="Tokens per sequence (>= 2).")
 @click.option("--num-sequences", "-n", required=True, type=int, help="Number of sequences (>= 1).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the generated stream (the same seed gives the same tokens).")
 @click.option("--format", "fmt", type=click.Choice(["npy", "bin", "parquet"]), default="npy", show_default=True,
               help="npy: N x T array; bin: nanoGPT's flat uint16 (uint32 above V = 65536) memmap; parquet: one row "
                    "per sequence, column input_ids (needs pyarrow).")
@@ -160,7 +161,8 @@ def generate(task, vocab_size, seq_len, num_sequences, seed, fmt, out, force, qu
               show_default=True, help="What one document is in a plain-text file.")
 @click.option("--vocab-size", "-V", "vocab_sizes", multiple=True, type=int,
               help="Also train the BPE tokenizer at this V and tokenize the splits into the cache (repeatable).")
-@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the assignment of documents to train, val and test.")
 @click.option("--holdout", default=0.05, show_default=True, type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
               help="Share of documents in each of val and test.")
 @click.option("--force", is_flag=True, help="Replace a folder that holds a previous prepared corpus and nothing else.")
@@ -280,15 +282,16 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, tracker, thr
         return click.echo(rec.to_json(indent=2))
     f = rec.final
     click.echo(f"{rec.status}: test loss {f.loss:.4f} (Bayes {rec.bayes_loss:.4f}), accuracy "
-               f"{f.accuracy:.4f}, steps to learn {f.steps_to_learn}, {f.tokens_per_second:,.0f} tokens/s, "
+               f"{f.accuracy:.4f}, {'not learned' if f.steps_to_learn is None else f'learned at step {f.steps_to_learn}'}, {f.tokens_per_second:,.0f} tokens/s, "
                f"grad kept cos {f.grad_kept_cos:.3f} -> {path}")
 
 
 # -- probe --------------------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("checkpoint_or_run", type=click.Path())
-@click.option("--batches", default=4, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--batches", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="Batches of diag_tokens predictable positions (a stream of their own) the diagnostics average over.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @plugin_options
 def probe(checkpoint_or_run, batches, as_json):
     """Gradient diagnostics and logit-gradient spectrum of a trained model (a <run_id>.json or .pt)."""
@@ -389,7 +392,8 @@ def score(folder, fmt, as_json, by, tolerance, allow_missing_tasks):
 @click.argument("folder", type=click.Path())
 @click.option("--reference", default="linear", show_default=True, metavar="HEAD[:RANK]",
               help="The head the others are compared with.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
+              help="Output format of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also write the loss-vs-tokens PNG here.")
 @plugin_options
 def speedup(folder, reference, fmt, plot):
@@ -448,7 +452,8 @@ def suites(as_json, folders):
 @click.argument("suite")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: out/<suite name>; the published ones live in results/).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes on this machine; ray: one Ray task per run (pip install 'spamlang[ray]').")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Runs in parallel (local: worker processes).")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: each run's own, from the suite).")
