@@ -109,8 +109,8 @@ param_option = click.option("--param", "-p", "params", multiple=True, metavar="K
 @tasks.command("validate")
 @click.argument("name")
 @param_option
-@click.option("--vocab-size", "-V", default=64, show_default=True, type=int)
-@click.option("--seq-len", "-T", default=16, show_default=True, type=int)
+@click.option("--vocab-size", "-V", default=64, show_default=True, type=int, help="Vocabulary size V of the check.")
+@click.option("--seq-len", "-T", default=16, show_default=True, type=int, help="Tokens per sequence of the check.")
 @click.option("--num-sequences", "-n", default=4000, show_default=True, type=int,
               help="Monte-Carlo sample size (>= 2).")
 @plugin_options
@@ -132,7 +132,8 @@ def tasks_validate(name, params, vocab_size, seq_len, num_sequences):
 @click.option("--vocab-size", "-V", required=True, type=int, help="Vocabulary size V (2 <= V < 2**31).")
 @click.option("--seq-len", "-T", required=True, type=int, help="Tokens per sequence (>= 2).")
 @click.option("--num-sequences", "-n", required=True, type=int, help="Number of sequences (>= 1).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the generated stream (the same seed gives the same tokens).")
 @click.option("--format", "fmt", type=click.Choice(["npy", "bin", "parquet"]), default="npy", show_default=True,
               help="npy: N x T array; bin: nanoGPT's flat uint16 (uint32 above V = 65536) memmap; parquet: one row "
                    "per sequence, column input_ids (needs pyarrow).")
@@ -160,7 +161,8 @@ def generate(task, vocab_size, seq_len, num_sequences, seed, fmt, out, force, qu
               show_default=True, help="What one document is in a plain-text file.")
 @click.option("--vocab-size", "-V", "vocab_sizes", multiple=True, type=int,
               help="Also train the BPE tokenizer at this V and tokenize the splits into the cache (repeatable).")
-@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the assignment of documents to train, val and test.")
 @click.option("--holdout", default=0.05, show_default=True, type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
               help="Share of documents in each of val and test.")
 @click.option("--force", is_flag=True, help="Replace a folder that holds a previous prepared corpus and nothing else.")
@@ -211,6 +213,14 @@ threads_option = click.option(
 
 
 # -- train --------------------------------------------------------------------------------------------------------
+tracker_option = click.option(
+    "--tracker", type=click.Choice(["tensorboard", "wandb", "mlflow"]), default=None,
+    help="Also log each evaluation (step, losses, accuracies, gradient diagnostics) and the final record to this "
+         "experiment tracker, one tracker run per training run: TensorBoard event files in OUT/tensorboard/<run_id>, "
+         "W&B runs in OUT/wandb (or $WANDB_DIR; WANDB_MODE=offline for no network), MLflow runs at "
+         "$MLFLOW_TRACKING_URI (default OUT/mlflow.db). Needs the tracker's extra, e.g. pip install 'spamlang[wandb]'.")
+
+
 def train_options(fn):
     """One option per run setting, generated from RunConfig's declarations (name, type, default, range, help)."""
     from .config import RunConfig
@@ -238,15 +248,17 @@ def train_options(fn):
 @click.option("--save-checkpoint", is_flag=True, help="Also save the weights as <run_id>.pt (for 'spamlang probe').")
 @click.option("--json", "as_json", is_flag=True, help="Print the record on stdout and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@tracker_option
 @threads_option
 @plugin_options
-def train(params, head_param, out, save_checkpoint, as_json, quiet, threads, **settings):
+def train(params, head_param, out, save_checkpoint, as_json, quiet, tracker, threads, **settings):
     """Train one model on one task and write its run record."""
     from pathlib import Path
 
     from . import record
     from .config import RunConfig
     from .params import parse_assignments
+    from . import tracking
     from .harness import resolve_device, train as run
     from .resources import check_run
     if settings["examples_per_symbol"] is not None and \
@@ -258,22 +270,28 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, threads, **s
     check_run(config, device.type, device.index)
     record.read_replaceable(Path(out) / f"{config.run_id}.json")  # a file there that is not our record stays
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
+    if tracker:
+        tracking.check(tracker)
+        logged = tracking.start(tracking.TrackerSpec(tracker, str(out)), config)
     rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint,
-              threads=threads)
+              threads=threads, on_eval=logged.log_point if tracker else None)
     path = record.write(rec, out)
+    if tracker:
+        logged.finish(rec)
     if as_json:
         return click.echo(rec.to_json(indent=2))
     f = rec.final
     click.echo(f"{rec.status}: test loss {f.loss:.4f} (Bayes {rec.bayes_loss:.4f}), accuracy "
-               f"{f.accuracy:.4f}, steps to learn {f.steps_to_learn}, {f.tokens_per_second:,.0f} tokens/s, "
+               f"{f.accuracy:.4f}, {'not learned' if f.steps_to_learn is None else f'learned at step {f.steps_to_learn}'}, {f.tokens_per_second:,.0f} tokens/s, "
                f"grad kept cos {f.grad_kept_cos:.3f} -> {path}")
 
 
 # -- probe --------------------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("checkpoint_or_run", type=click.Path())
-@click.option("--batches", default=4, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--batches", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="Batches of diag_tokens predictable positions (a stream of their own) the diagnostics average over.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @plugin_options
 def probe(checkpoint_or_run, batches, as_json):
     """Gradient diagnostics and logit-gradient spectrum of a trained model (a <run_id>.json or .pt)."""
@@ -374,7 +392,8 @@ def score(folder, fmt, as_json, by, tolerance, allow_missing_tasks):
 @click.argument("folder", type=click.Path())
 @click.option("--reference", default="linear", show_default=True, metavar="HEAD[:RANK]",
               help="The head the others are compared with.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
+              help="Output format of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also write the loss-vs-tokens PNG here.")
 @plugin_options
 def speedup(folder, reference, fmt, plot):
@@ -395,29 +414,46 @@ def speedup(folder, reference, fmt, plot):
 
 # -- suites and run -----------------------------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of {name, description, runs, flops, seconds, flops_per_second, "
+                   "calibration_runs, basis}.")
+@click.option("--calibrate-on", "folders", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Results folders whose DIR/runs records time this machine (repeatable; default: every out/*/runs "
+                   "and results/*/runs below the current folder).")
 @plugin_options
-def suites(as_json):
-    """List the built-in suites with their run counts and estimated cost."""
-    from .suite import CPU_FLOPS, builtin_names, load
+def suites(as_json, folders):
+    """List the built-in suites with their run counts and estimated cost: the wall time of their runs one at a time,
+    from their training FLOPs at the rate this machine's records show (as spamlang run --dry-run)."""
+    from pathlib import Path
+
+    from .harness import device_name, resolve_device
+    from .plan import duration, estimate, machine_rate
+    from .suite import builtin_names, load
+    dirs = [Path(f) / "runs" for f in folders] or sorted([*Path("out").glob("*/runs"), *Path("results").glob("*/runs")])
+    rate = machine_rate(dirs, device_name(resolve_device("auto")))
     rows = []
     for name in builtin_names():
         suite = load(name)
-        flops = suite.estimated_flops()
+        flops, seconds = estimate(suite.runs, rate)
         rows.append({"name": name, "description": suite.description, "runs": len(suite.runs), "flops": flops,
-                     "cpu_minutes": flops / CPU_FLOPS / 60})
+                     "seconds": seconds, "flops_per_second": rate.flops_per_second,
+                     "calibration_runs": rate.records, "basis": rate.basis})
     if as_json:
         return _print_json(rows)
-    click.echo(f"{'suite':<10} {'runs':>5} {'train FLOPs':>12} {'~CPU min':>9}  description")
+    click.echo(f"{'suite':<10} {'runs':>5} {'train FLOPs':>12} {'~wall':>9}  description")
     for r in rows:
-        click.echo(f"{r['name']:<10} {r['runs']:>5} {r['flops']:>12.2e} {r['cpu_minutes']:>9.1f}  {r['description']}")
+        click.echo(f"{r['name']:<10} {r['runs']:>5} {r['flops']:>12.2e} {duration(r['seconds']):>9}  "
+                   f"{r['description']}")
+    click.echo(f"~wall: the suite's own grid one run at a time (lr and budget rounds add runs; --workers divides it) "
+               f"at {rate.flops_per_second:.2e} FLOP/s, {rate.basis}")
 
 
 @cli.command()
 @click.argument("suite")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: out/<suite name>; the published ones live in results/).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes on this machine; ray: one Ray task per run (pip install 'spamlang[ray]').")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Runs in parallel (local: worker processes).")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: each run's own, from the suite).")
@@ -441,14 +477,16 @@ def suites(as_json):
               help="Print one JSON object on stdout instead of the tables: the plan with --dry-run, else the closing "
                    "summary (counts, files written, head ranking).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else one line per run).")
+@tracker_option
 @threads_option
 @plugin_options
 def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters, limit, dry_run, as_json, quiet,
-        threads):
+        tracker, threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     import dataclasses
     from pathlib import Path
 
+    from . import tracking
     from .config import check_device
     from .harness import resolve_device
     from .plan import parse_filters, select
@@ -460,6 +498,8 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters
         spec = dataclasses.replace(spec, runs=tuple(select(spec.runs, parse_filters(filters), limit)))
     if device:
         check_device(device)
+    if tracker:
+        tracking.check(tracker)
     if dry_run:
         return _dry_run(spec, Path(out or Path("out") / spec.name), device, lr_rounds, as_json)
     if executor == "local":
@@ -473,7 +513,8 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters
     log = None if quiet or bar else lambda line: click.echo(line, err=True)
     try:
         counts = run_suite(spec, out, executor, workers, device, progress=bar, lr_rounds=lr_rounds, threads=threads,
-                           log=log, extend_budget=extend_budget)
+                           log=log, extend_budget=extend_budget,
+                           tracker=tracking.TrackerSpec(tracker, str(out.resolve()), spec.name) if tracker else None)
     except KeyboardInterrupt:
         _fail(f"interrupted; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", 130)
     budget = f", {counts['budget_added']} by the budget round" if counts["budget_added"] else ""

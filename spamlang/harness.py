@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -322,28 +323,35 @@ def _sync(device: torch.device) -> None:
 
 
 def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Path | None = None,
-          threads: int | None = None) -> RunRecord:
+          threads: int | None = None, on_eval: Callable[[EvalPoint], None] | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> RunRecord:
     """Train one model as ``config`` says and return its run record.
 
     With ``checkpoint``, the trained weights are saved there (``torch.save`` of tensors only). Torch runs on
     ``threads`` intra-op threads (default: the thread policy's choice for this run, see :mod:`spamlang.threads`),
-    recorded as ``env.threads``; the caller's thread count is restored after.
+    recorded as ``env.threads``; the caller's thread count is restored after. ``on_eval`` is called with each
+    evaluation point as it is made (step 0 included), ``on_step`` with (steps done, steps) after each training step.
     """
     count = choose(step_flops(config)) if threads is None else threads
     started = datetime.datetime.now(datetime.timezone.utc)
     with using(count):
         trainer = Trainer(config)
         with precision(trainer.device):
-            return _train(trainer, started, progress, checkpoint, count)
+            return _train(trainer, started, progress, checkpoint, count, on_eval or _ignore, on_step or _ignore)
 
 
-def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None,
-           checkpoint: str | Path | None, threads: int) -> RunRecord:
+def _ignore(*args) -> None:
+    pass
+
+
+def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None, checkpoint: str | Path | None,
+           threads: int, on_eval: Callable[[EvalPoint], None], on_step: Callable[[int, int], None]) -> RunRecord:
     task, c = trainer.task, trainer.config
     bayes = task.bayes_loss(c.vocab_size, c.seq_len)
     tokens_per_step = c.batch_size * c.seq_len
     check_every = 1 if trainer.device.type == "cpu" else 16  # each check of the loss waits for the device
     history = [trainer.eval_point(0, 0, None, learning_rate(c, 0))]
+    on_eval(history[0])
     status, steps_done, eval_seconds, loss = "ok", 0, 0.0, float("nan")
     bar = tqdm(total=c.steps, disable=not (sys.stderr.isatty() if progress is None else progress), unit="step",
                desc=f"{c.task} V={c.vocab_size} {c.head}{c.head_rank or ''}", leave=False)
@@ -352,6 +360,7 @@ def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None,
         loss = trainer.train_step(step)
         steps_done += 1
         bar.update(1)
+        on_step(steps_done, c.steps)
         evaluate = steps_done % c.eval_every == 0 or steps_done == c.steps
         if (evaluate or steps_done % check_every == 0) and not math.isfinite(loss.item()):
             status = "diverged"
@@ -362,6 +371,7 @@ def _train(trainer: Trainer, started: datetime.datetime, progress: bool | None,
             point = trainer.eval_point(steps_done, steps_done * tokens_per_step, loss.item(), learning_rate(c, step))
             eval_seconds += time.perf_counter() - t0
             history.append(point)
+            on_eval(point)
             if not all(math.isfinite(loss) for loss in (point.val_loss, point.test_loss)):
                 status = "diverged"
                 break

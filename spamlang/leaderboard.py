@@ -375,14 +375,17 @@ def _html_heading(line: str) -> str:
 
 
 def _html_image(line: str, images: Mapping[str, bytes]) -> str:
+    """An image line's plot as an ``img`` with the image inline: its SVG (vector) where ``images`` holds one, else
+    its PNG."""
     alt, name = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip()).groups()
-    data = base64.b64encode(images[name]).decode()
-    return page.plot(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+    vector = images.get(str(Path(name).with_suffix(".svg")))
+    kind, data = ("svg+xml", vector) if vector is not None else ("png", images[name])
+    return page.plot(f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{base64.b64encode(data).decode()}">')
 
 
 def to_html(text: str, images: Mapping[str, bytes]) -> str:
     """The Markdown that :func:`markdown` writes as one self-contained HTML page (inline CSS and script, ``images``
-    embedded as base64 PNG): sortable, filterable tables that scroll sideways on a narrow screen (see
+    embedded in base64, as SVG where ``images`` also holds ``<name>.svg``, else PNG): sortable, filterable tables that scroll sideways on a narrow screen (see
     :mod:`spamlang.page`)."""
     def kind(line: str) -> str:
         return next((k for k, p in (("table", "|"), ("item", "- "), ("heading", "#"), ("image", "![")) if
@@ -515,7 +518,7 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
               **({"models.csv": models.csv(measured)} if measured else {})}
     files = {"md": {"leaderboard.md": text},
              "csv": {PROVENANCE_FILE: provenance_sidecar(prov, tables, out), **tables},  # the hashes first
-             "html": {"leaderboard.html": to_html(text, images)}}
+             "html": {"leaderboard.html": to_html(text, {**images, **_vectors(out, images)})}}
     return Written(shown, _write_files(out, files, formats, written), summary(ranking, scored), ranking, scored)
 
 
@@ -528,6 +531,11 @@ def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]
 
 
 # -- scaling fits ---------------------------------------------------------------------------------------------------
+def _vectors(out: Path, images: Iterable[str]) -> dict[str, bytes]:
+    """The SVG files written beside the PNG ``images`` in ``out``, by name."""
+    return {name: (out / name).read_bytes() for name in _svgs(images) if (out / name).is_file()}
+
+
 def _svgs(names: Iterable[str]) -> list[str]:
     """The SVG twin of each PNG name (see :func:`spamlang.plots.save_both`)."""
     return [str(Path(name).with_suffix(".svg")) for name in names if name.endswith(".png")]

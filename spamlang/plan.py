@@ -151,6 +151,18 @@ def calibrate(records: Iterable[record.RunRecord], device: str | None) -> Rate:
     return Rate(CPU_FLOPS, 0, "the nominal CPU rate: no recorded run of this machine to calibrate on")
 
 
+def machine_rate(runs_dirs: Iterable[Path], device: str | None) -> Rate:
+    """:func:`calibrate` on the readable records of every folder in ``runs_dirs``."""
+    return calibrate([rec for folder in runs_dirs for rec in recorded_runs(folder)], device)
+
+
+def estimate(runs: Iterable[RunConfig], rate: Rate) -> tuple[float, float]:
+    """(training FLOPs, estimated wall seconds one run at a time) of ``runs`` at ``rate``: the one cost model of
+    ``spamlang suites`` and ``spamlang run --dry-run``."""
+    flops = sum(run_flops(c) for c in runs)
+    return flops, flops / rate.flops_per_second
+
+
 def recorded_runs(runs_dir: Path) -> list[record.RunRecord]:
     """The readable run records in ``runs_dir`` (others are left out)."""
     found = []
@@ -170,12 +182,12 @@ def plan(runs: Sequence[ResolvedConfig], runs_dir: Path, rate: Rate) -> dict:
     rows = []
     for config in runs:
         state = run_state(config, runs_dir)
-        flops = run_flops(config)
+        flops, seconds = estimate([config], rate)
         rows.append({"run_id": config.run_id, "task": config.task, "task_params": dict(config.task_params),
                      "vocab_size": config.vocab_size, "head_spec": head_spec(config.head, config.head_rank,
                                                                               config.head_params),
                      "lr": config.lr, "seed": config.seed, "steps": config.steps, "device": config.device,
-                     "state": state, "flops": flops, "seconds": flops / rate.flops_per_second})
+                     "state": state, "flops": flops, "seconds": seconds})
     todo = [r for r in rows if r["state"] != "recorded"]
     return {"runs_dir": str(runs_dir), "selected": len(rows), "recorded": len(rows) - len(todo), "to_run": len(todo),
             "flops": sum(r["flops"] for r in todo), "seconds": sum(r["seconds"] for r in todo),
@@ -183,7 +195,8 @@ def plan(runs: Sequence[ResolvedConfig], runs_dir: Path, rate: Rate) -> dict:
             "runs": rows}
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A wall time as people read it: seconds, minutes or hours."""
     if seconds < 90:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
@@ -206,9 +219,9 @@ def plan_text(runs: Sequence[ResolvedConfig], result: dict) -> str:
                               if row["task_params"] else "")
         lines.append([str(i), row["run_id"], task, str(row["vocab_size"]), row["head_spec"],
                       *(str(getattr(config, name)) for name in extra), f"{row['lr']:g}", str(row["seed"]),
-                      str(row["steps"]), row["state"], "-" if row["state"] == "recorded" else _duration(row["seconds"])])
+                      str(row["steps"]), row["state"], "-" if row["state"] == "recorded" else duration(row["seconds"])])
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *lines])
     return (f"{text}\n{result['selected']} run(s) selected, {result['recorded']} already recorded, {result['to_run']} "
-            f"to run: {result['flops']:.2e} training FLOPs, ~{_duration(result['seconds'])} one run at a time at "
+            f"to run: {result['flops']:.2e} training FLOPs, ~{duration(result['seconds'])} one run at a time at "
             f"{result['flops_per_second']:.2e} FLOP/s ({result['basis']})\n")

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from . import record
+from . import record, tracking
 from .config import EXECUTION_FIELDS, RunConfig
 from .errors import SpamLangError
 from .selection import LR_FACTOR, LR_ROUNDS, next_lrs, outward
@@ -41,20 +41,62 @@ from .selection import choose as choose_setting
 from .suite import Suite, check_extend_budget
 from .task import TASKS
 from .threads import choose, idle_cores, step_flops
+from .tracking import TrackerSpec
 
 EXECUTORS = ("local", "ray")
 
 
-def execute(config: dict, suite_info: record.SuiteInfo, threads: int) -> record.RunRecord:
-    """Train one run on ``threads`` intra-op threads and return its record; an exception becomes a ``failed``
-    record (never raised)."""
+def execute(config: dict, suite_info: record.SuiteInfo, threads: int, tracker: TrackerSpec | None = None,
+            number: int = 0, on_step: Callable[[int, int, int], None] | None = None) -> record.RunRecord:
+    """Train one run on ``threads`` intra-op threads and return its record; an exception (of the run or of its
+    ``tracker``, which logs each evaluation and the record) becomes a ``failed`` record (never raised). ``on_step``
+    (default: this worker process's slot of the live step counts, if any) is called with (``number``, steps done,
+    steps) after each step."""
     from .harness import train
     cfg = RunConfig.from_dict(config)
+    on_step, run = on_step or _live_step, None
     try:
-        rec = train(cfg, progress=False, threads=threads)
+        run = tracking.start(tracker, cfg.resolve()) if tracker else None
+        rec = train(cfg, progress=False, threads=threads, on_eval=run and run.log_point,
+                    on_step=lambda step, steps: on_step(number, step, steps))
     except Exception as exc:
         rec = record.RunRecord.failed(cfg, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8), threads)
-    return dataclasses.replace(rec, suite=suite_info)
+    finally:
+        on_step(number, 0, 0)  # the run is no longer in flight
+    rec = dataclasses.replace(rec, suite=suite_info)
+    if run is not None:
+        try:
+            run.finish(rec)
+        except Exception as exc:
+            rec = record.RunRecord.failed(cfg, f"tracker {tracker.name}: {type(exc).__name__}: {exc}",
+                                          traceback.format_exc(limit=8), threads)
+            rec = dataclasses.replace(rec, suite=suite_info)
+    return rec
+
+
+#: this worker process's slot in the live step counts shared with the driver: (array, slot), see :class:`Live`
+_WORKER_SLOT: tuple | None = None
+
+
+def _live_step(number: int, step: int, steps: int) -> None:
+    if _WORKER_SLOT is not None:
+        array, slot = _WORKER_SLOT
+        array[3 * slot:3 * slot + 3] = [number, step, steps]
+
+
+class Live:
+    """The step counts of the runs in flight, in memory shared with the local worker processes: one slot (run
+    number, steps done, steps) per worker, claimed by each worker as it starts."""
+
+    def __init__(self, ctx, workers: int):
+        self.array = ctx.Array("q", 3 * workers, lock=False)
+        self.claimed = ctx.Value("i", 0)
+
+    def in_flight(self) -> dict[int, tuple[int, int]]:
+        """{run number: (steps done, steps)} of the runs training now."""
+        values = list(self.array)
+        slots = (values[i:i + 3] for i in range(0, len(values), 3))
+        return {number: (step, steps) for number, step, steps in slots if steps > 0}
 
 
 def pending(configs: Iterable[RunConfig], runs_dir: Path) -> list[RunConfig]:
@@ -166,31 +208,48 @@ def _threads(config: dict, workers: int, override: int | None, cores: int | None
     return choose(step_flops(RunConfig.from_dict(config)), workers, cores, override, idle)
 
 
-def _local(configs: list[dict], info: record.SuiteInfo, workers: int,
-           threads: int | None) -> Iterator[record.RunRecord]:
+def _local(configs: list[dict], info: record.SuiteInfo, workers: int, threads: int | None,
+           tracker: TrackerSpec | None = None, first: int = 1,
+           show: Callable[[dict[int, tuple[int, int]]], None] = lambda live: None,
+           poll: float = 0.5) -> Iterator[record.RunRecord]:
+    """Run ``configs`` (numbered from ``first``) on ``workers`` local processes (in this one when 1), yielding each
+    record as it finishes; ``show`` is called with the step counts of the runs in flight (see
+    :meth:`Live.in_flight`): after each step in this process, else every ``poll`` seconds."""
     if workers == 1:
-        for config in configs:
-            yield execute(config, info, _threads(config, 1, threads))
+        for number, config in enumerate(configs, first):
+            yield execute(config, info, _threads(config, 1, threads), tracker, number,
+                          lambda n, step, steps: show({n: (step, steps)} if steps else {}))
         return
     idle = idle_cores()  # once, before any worker starts
     counts = [_threads(config, workers, threads, idle=idle) for config in configs]  # a bad value fails before any run
     ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
-    futures = [pool.submit(execute, config, info, n) for config, n in zip(configs, counts)]
+    live = Live(ctx, workers)
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                  initargs=(live.array, live.claimed))
+    futures = {pool.submit(execute, config, info, n, tracker, number)
+               for number, (config, n) in enumerate(zip(configs, counts), first)}
     try:
-        for future in cf.as_completed(futures):
-            yield future.result()
+        while futures:
+            done, futures = cf.wait(futures, timeout=poll, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+            show(live.in_flight())
     except BaseException:
         _stop(pool)
         raise
     pool.shutdown()
 
 
-def _worker_init() -> None:
-    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`), and give tqdm a thread lock
-    (its default is a named semaphore, which a stopped worker would leak)."""
+def _worker_init(array=None, claimed=None) -> None:
+    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`), give tqdm a thread lock
+    (its default is a named semaphore, which a stopped worker would leak), and claim their slot of the live step
+    counts (``array``, ``claimed``: see :class:`Live`)."""
+    global _WORKER_SLOT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tqdm.set_lock(threading.RLock())
+    if array is not None:
+        with claimed.get_lock():
+            _WORKER_SLOT, claimed.value = (array, claimed.value), claimed.value + 1
 
 
 def _stop(pool: cf.ProcessPoolExecutor, timeout: float = 1.0) -> None:
@@ -207,20 +266,32 @@ def _stop(pool: cf.ProcessPoolExecutor, timeout: float = 1.0) -> None:
     pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this only releases the queues
 
 
-def _ray(configs: list[dict], info: record.SuiteInfo, workers: int,
-         threads: int | None) -> Iterator[record.RunRecord]:
-    """Each run is a Ray task asking for the CPUs it trains on (its share of the largest node's cores)."""
+def ray_request(cluster: dict, cpus: int) -> dict:
+    """The resources one Ray task asks for, given ``ray.cluster_resources()``: ``cpus`` CPUs, and one whole GPU when
+    the cluster has one (a run trains on one device), else none."""
+    return {"num_cpus": cpus, "num_gpus": 1 if cluster.get("GPU", 0) >= 1 else 0}
+
+
+def ray_cores(nodes: list[dict]) -> int:
+    """The CPUs of the largest live node of a Ray cluster (``ray.nodes()``), at least 1."""
+    return int(max((node["Resources"].get("CPU", 1) for node in nodes if node["Alive"]), default=1))
+
+
+def _ray(configs: list[dict], info: record.SuiteInfo, workers: int, threads: int | None,
+         tracker: TrackerSpec | None = None, first: int = 1, show=None, poll=None) -> Iterator[record.RunRecord]:
+    """Each run is a Ray task asking for the CPUs it trains on (its share of the largest node's cores) and a GPU
+    when the cluster has one (see :func:`ray_request`); no live step counts (``show`` is not called)."""
     try:
         import ray
     except ImportError:
         raise SpamLangError("--executor ray needs Ray: pip install 'spamlang[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    cores = int(max((node["Resources"].get("CPU", 1) for node in ray.nodes() if node["Alive"]), default=1))
-    remote = ray.remote(num_gpus=gpus, max_retries=0)(execute)
+    cluster, cores = ray.cluster_resources(), ray_cores(ray.nodes())
+    remote = ray.remote(max_retries=0)(execute)
     counts = [_threads(config, 1, threads, cores, idle=cores) for config in configs]  # node load: Ray's business
-    refs = [remote.options(num_cpus=n).remote(config, info, n) for config, n in zip(configs, counts)]
+    refs = [remote.options(**ray_request(cluster, n)).remote(config, info, n, tracker, number)
+            for number, (config, n) in enumerate(zip(configs, counts), first)]
     try:
         while refs:
             done, refs = ray.wait(refs, num_returns=1)
@@ -233,7 +304,8 @@ def _ray(configs: list[dict], info: record.SuiteInfo, workers: int,
 
 def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str | None = None,
               progress: bool = True, lr_rounds: int = LR_ROUNDS, threads: int | None = None,
-              log: Callable[[str], None] | None = None, extend_budget: float | None = None) -> dict:
+              log: Callable[[str], None] | None = None, extend_budget: float | None = None,
+              tracker: TrackerSpec | None = None) -> dict:
     """Run what is missing of ``suite`` into ``out/runs``, then extend each configuration's lr grid for up to
     ``lr_rounds`` rounds (none when the suite does not sweep ``lr``); then, with a budget factor (``extend_budget``, default the suite's; 1: none), rerun the
     configurations not learned at that factor times their budget (:func:`budget_extensions`) and extend their lr grids
@@ -241,7 +313,9 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     (runs they added), budget_added (runs the budget round added, before its lr rounds)}.
 
     Each run uses ``threads`` intra-op threads, or the thread policy's choice for it given ``workers``. ``progress``
-    shows a bar; ``log`` (for output that is not a terminal) is called with one line per finished run.
+    shows a bar over the runs, with the step counts of the runs in flight (local executor); ``log`` (for output that
+    is not a terminal) is called with one line per finished run. With ``tracker``, each run is also logged to that
+    experiment tracker (see :mod:`spamlang.tracking`).
     """
     if executor not in EXECUTORS:
         raise SpamLangError(f"unknown executor '{executor}' (executors: {', '.join(EXECUTORS)})")
@@ -254,11 +328,13 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
         check_extend_budget(factor, "--extend-budget")
     runs_dir = Path(out) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if tracker:
+        tracking.prepare(tracker)
     info = record.SuiteInfo(name=suite.name, version=suite.version, source=suite.source, sweep=tuple(suite.sweep))
     counts = {"total": 0, "skipped": 0, "ok": 0, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0,
               "budget_added": 0}
     lr_rounds = lr_rounds if "lr" in suite.sweep else 0
-    rounds = _Rounds(runs_dir, executor, workers, device, threads, lr_rounds, log, counts, time.monotonic())
+    rounds = _Rounds(runs_dir, executor, workers, device, threads, lr_rounds, log, counts, time.monotonic(), tracker)
     with tqdm(total=len(suite.runs), unit="run", disable=not progress, desc=f"suite {suite.name}") as bar:
         configs = rounds.run(list(suite.runs), dataclasses.replace(info, budget_round=0), bar, f"suite {suite.name}")
         if factor is not None and factor != 1:
@@ -284,6 +360,7 @@ class _Rounds:
     log: Callable[[str], None] | None
     counts: dict
     started: float
+    tracker: TrackerSpec | None = None
 
     def run(self, batch: list[RunConfig], info: record.SuiteInfo, bar, what: str, prefix: str = "") -> \
             list[RunConfig]:
@@ -311,14 +388,40 @@ class _Rounds:
                          f"({len(batch) - len(todo)} already recorded) -> {runs_dir}")
             items = [{**c.to_dict(), "device": _device(c, self.device, i % workers, self.executor)}
                      for i, c in enumerate(todo)]
-            for rec in run(items, dataclasses.replace(info, lr_round=round_), workers, self.threads):
+            show = _Postfix(bar, counts)
+            first = sum(counts[k] for k in ("skipped", "ok", "diverged", "failed")) + 1
+            for rec in run(items, dataclasses.replace(info, lr_round=round_), workers, self.threads, self.tracker,
+                           first, show):
                 record.write(rec, runs_dir)
                 counts[rec.status] += 1
                 bar.update(1)
-                bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"])
+                show(show.live, force=True)
                 if self.log:
                     self.log(progress_line(rec, counts, time.monotonic() - self.started))
         return configs
+
+
+class _Postfix:
+    """Shows the counts of finished runs and the step counts of the runs in flight in the bar's postfix, e.g.
+    ``3 ok, 0 diverged, 0 failed | run 4: step 120/400``, redrawn at most every ``interval`` seconds."""
+
+    def __init__(self, bar, counts: dict, interval: float = 0.5):
+        self.bar, self.counts, self.interval, self.drawn = bar, counts, interval, -math.inf
+        self.live: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, live: dict[int, tuple[int, int]], force: bool = False) -> None:
+        self.live = live
+        if self.bar.disable or not (force or time.monotonic() - self.drawn >= self.interval):
+            return
+        self.bar.set_postfix_str(postfix(self.counts, live), refresh=True)
+        self.drawn = time.monotonic()
+
+
+def postfix(counts: dict, live: dict[int, tuple[int, int]]) -> str:
+    """The bar's postfix: counts of finished runs, then ``run k: step s/S`` for each run in flight by number."""
+    text = f"{counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed"
+    steps = ", ".join(f"run {k}: step {step}/{steps}" for k, (step, steps) in sorted(live.items()))
+    return f"{text} | {steps}" if steps else text
 
 
 def progress_line(rec: record.RunRecord, counts: dict, elapsed: float) -> str:

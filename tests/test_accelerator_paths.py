@@ -1,5 +1,5 @@
-"""Accelerator code paths exercised on the CPU: bf16 autocast, torch.compile of the backbone, and the choice of GPU
-for each local worker with a faked device count."""
+"""Accelerator code paths exercised on the CPU: bf16 autocast, torch.compile of the backbone, the choice of GPU
+for each local worker with a faked device count, and the GPUs Ray tasks ask for on a faked cluster."""
 from __future__ import annotations
 
 import shutil
@@ -100,3 +100,59 @@ def test_resolve_device_with_a_faked_gpu_count(gpus):
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(Exception, match="'cuda' was requested but is not available"):
         resolve_device("cuda")
+
+
+class FakeRay:
+    """Stands for the ``ray`` module on a cluster of ``nodes``: records the options of each task it is asked to
+    start, and returns each task's arguments as its result."""
+
+    def __init__(self, nodes: list[dict]):
+        self.nodes_ = nodes
+        self.requests: list[dict] = []
+
+    def is_initialized(self):
+        return True
+
+    def nodes(self):
+        return self.nodes_
+
+    def cluster_resources(self):
+        total: dict = {}
+        for node in self.nodes_:
+            for key, value in node["Resources"].items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def remote(self, **options):
+        fake = self
+
+        class Remote:
+            def options(self, **more):
+                fake.requests.append({**options, **more})
+                return self
+
+            def remote(self, *args):
+                return args
+        return lambda fn: Remote()
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref
+
+
+@pytest.mark.parametrize("gpus,asked", [({"GPU": 2.0}, 1), ({"GPU": 1.0}, 1), ({"GPU": 0.5}, 0), ({}, 0)])
+def test_ray_tasks_ask_for_a_gpu_when_the_cluster_has_one(monkeypatch, gpus, asked):
+    from spamlang import record
+    fake = FakeRay([{"Alive": True, "Resources": {"CPU": 4.0, **gpus}},
+                    {"Alive": False, "Resources": {"CPU": 64.0}}])  # a dead node's cores are not counted
+    monkeypatch.setitem(__import__("sys").modules, "ray", fake)
+    configs = [RunConfig(task="spam", vocab_size=v, device="auto").to_dict() for v in (16, 4096)]
+    info = record.SuiteInfo(name="t", version=1, source="t.toml", sweep=())
+    results = list(runner._ray(configs, info, 1, None))
+    assert [r[0]["vocab_size"] for r in results] == [16, 4096] and [r[4] for r in results] == [1, 2]
+    assert [r["num_gpus"] for r in fake.requests] == [asked, asked]
+    assert all(1 <= r["num_cpus"] <= 4 and r["num_cpus"] == result[2] for r, result in zip(fake.requests, results))
+    assert runner.ray_request({"CPU": 16.0, "GPU": 8.0}, 3) == {"num_cpus": 3, "num_gpus": 1}
+    assert runner.ray_cores([{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 6.0}}]) == 6

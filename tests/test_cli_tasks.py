@@ -171,3 +171,17 @@ def test_validate_reports_a_wrong_bayes_loss(run_cli, tmp_path):
     (folder / "bad.py").write_text(bad)
     r = run_cli("tasks", "validate", "alternate-bad", "--tasks-dir", folder)
     assert r.code == 1 and "FAIL  bayes loss" in r.out
+
+
+def test_every_option_has_help_text():
+    import click
+
+    from spamlang.cli import cli
+
+    def bare(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from bare(sub, f"{path} {name}")
+        else:
+            yield from (f"{path} {p.opts[0]}" for p in command.params if isinstance(p, click.Option) and not p.help)
+    assert list(bare(cli, "spamlang")) == []

@@ -1,10 +1,12 @@
 """The leaderboard: the paired test, ranking and ties, merging folders, version checks, provenance and the files."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
 import random
+import re
 
 import pandas as pd
 import pytest
@@ -152,8 +154,11 @@ def test_leaderboard_command_writes_self_contained_files(run_cli, tmp_path):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
     page = (out / "leaderboard.html").read_text()
-    # three leaderboard plots and, the runs spanning a V grid, the two scaling-fit figures; each also as SVG
-    assert page.count("data:image/png;base64,") == 5 and "<style>" in page
+    # three leaderboard plots and, the runs spanning a V grid, the two scaling-fit figures; each also as SVG, which
+    # the page embeds (vector)
+    assert page.count("data:image/svg+xml;base64,") == 5 and "data:image/png" not in page and "<style>" in page
+    embedded = re.search(r'alt="Learnability[^"]*" src="data:image/svg\+xml;base64,([^"]+)"', page).group(1)
+    assert base64.b64decode(embedded) == (out / "learnability.svg").read_bytes()
     assert {"learnability.svg", "steps_to_learn.svg", "direction_D8.svg"} <= {p.name for p in out.iterdir()}
     assert "src=\"http" not in page and "<link" not in page and "<table>" in page
     ranking = pd.read_csv(out / "leaderboard.csv")  # plain tables: no comment lines, numbers typed

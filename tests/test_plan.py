@@ -1,8 +1,10 @@
-"""Part of a suite on the command line: --filter, --limit, --dry-run and the JSON outputs of run and leaderboard."""
+"""Part of a suite on the command line: --filter, --limit, --dry-run, the cost estimate it shares with `suites`, and
+the JSON outputs of run and leaderboard."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -131,3 +133,24 @@ def test_leaderboard_and_score_json(run_cli, tmp_path):
     assert any(path.endswith("leaderboard.html") for path in board["files"])
     scored = json.loads(run_cli("score", out / "runs", "--json").out)
     assert [row["verdict"] for row in scored] == [row["verdict"] for row in board["configurations"]]
+
+
+def test_suites_and_dry_run_share_one_cost_estimate_calibrated_on_this_machine(run_cli, tmp_path):
+    config = {"task": "spam", "vocab_size": 32, "d_model": 8, "layers": 1, "n_heads": 2, "seq_len": 4,
+              "batch_size": 8, "steps": 200}
+    for seed in (0, 1):
+        record.write(make_record(seed=seed, **config), tmp_path / "out" / "runs")
+    r = run_cli("suites", "--json", "--calibrate-on", tmp_path / "out")
+    assert r.code == 0, r.err
+    rows = {row["name"]: row for row in json.loads(r.out)}
+    smoke = rows["smoke"]
+    assert smoke["calibration_runs"] == 2 and smoke["flops_per_second"] != CPU_FLOPS
+    assert smoke["seconds"] == pytest.approx(smoke["flops"] / smoke["flops_per_second"])
+    plan = json.loads(run_cli("run", "smoke", "--out", tmp_path / "out", "--dry-run", "--json").out)
+    assert plan["to_run"] == smoke["runs"] and plan["seconds"] == pytest.approx(smoke["seconds"])
+    for row in rows.values():  # the estimate is the table's: no description states a duration of its own
+        assert not re.search(r"\d\s*(min|h)\b", row["description"]), row["description"]
+    text = run_cli("suites", "--calibrate-on", tmp_path / "out").out
+    assert "measured on 2 recorded run(s) of this machine, device cpu" in text.splitlines()[-1]
+    nominal = json.loads(run_cli("suites", "--json", "--calibrate-on", tmp_path / "none").out)
+    assert {row["flops_per_second"] for row in nominal} == {CPU_FLOPS}

@@ -1,7 +1,9 @@
-"""The first hour: progress lines when output is not a terminal, a closing summary with every file, and Ctrl-C."""
+"""The first hour: progress lines when output is not a terminal, the step counts of the runs in flight, a closing
+summary with every file, and Ctrl-C."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import io
 import multiprocessing
 import os
 import re
@@ -11,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from spamlang.runner import _stop, run_suite
+from tqdm import tqdm
+
+from spamlang import record
+from spamlang.runner import _local, _Postfix, _stop, postfix, run_suite
 from spamlang.suite import load
 from tests.test_suite import tiny
 
@@ -90,3 +95,37 @@ def test_sigint_with_workers_stops_children_and_keeps_records(tmp_path):
     assert err.strip().splitlines()[-1].endswith("rerun the same command to resume")
     assert len(workers) == 2 and not any(os.path.exists(f"/proc/{pid}") for pid in workers)
     assert 1 <= len(list((out / "runs").glob("*.json"))) < 6
+
+
+def _tiny_configs(tmp_path, steps: int, n: int) -> list[dict]:
+    return [c.to_dict() for c in load(str(tiny(tmp_path, steps=steps))).runs[:n]]
+
+
+INFO = record.SuiteInfo(name="tiny", version=1, source="tiny.toml", sweep=())
+
+
+def test_the_bar_shows_the_step_of_the_run_in_flight(tmp_path):
+    seen = []
+    records = list(_local(_tiny_configs(tmp_path, 5, 2), INFO, 1, None, first=3, show=seen.append))
+    assert [r.status for r in records] == ["ok", "ok"]
+    assert seen == [{3: (s, 5)} for s in range(1, 6)] + [{}] + [{4: (s, 5)} for s in range(1, 6)] + [{}]
+    assert postfix({"ok": 2, "diverged": 0, "failed": 1}, {7: (40, 400), 6: (120, 400)}) == \
+        "2 ok, 0 diverged, 1 failed | run 6: step 120/400, run 7: step 40/400"
+    assert postfix({"ok": 0, "diverged": 0, "failed": 0}, {}) == "0 ok, 0 diverged, 0 failed"
+    screen = io.StringIO()
+    with tqdm(total=4, file=screen) as bar:
+        show = _Postfix(bar, {"ok": 1, "diverged": 0, "failed": 0}, interval=3600)
+        show({2: (7, 50)})  # the first call draws
+        show({2: (8, 50)})  # within the interval: kept, not drawn
+        assert screen.getvalue().rstrip().endswith("1 ok, 0 diverged, 0 failed | run 2: step 7/50]")
+        show(show.live, force=True)
+        assert screen.getvalue().rstrip().endswith("run 2: step 8/50]")
+
+
+def test_worker_processes_report_their_steps_to_the_driver(tmp_path):
+    seen = []
+    records = list(_local(_tiny_configs(tmp_path, 300, 2), INFO, 2, 1, first=5, show=seen.append, poll=0.01))
+    assert sorted(r.status for r in records) == ["ok", "ok"]
+    steps = [(k, step, total) for live in seen for k, (step, total) in live.items()]
+    assert steps and all(k in (5, 6) and 0 < step <= total == 300 for k, step, total in steps)
+    assert seen[-1] == {}  # nothing in flight once both runs are done

@@ -107,10 +107,10 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
     import spamlang.harness as train_module
     real = train_module.train
 
-    def flaky(config, progress=None, checkpoint=None, threads=None):
+    def flaky(config, progress=None, checkpoint=None, threads=None, **callbacks):
         if config.vocab_size == 32 and config.head == "linear" and config.seed == 1:
             raise RuntimeError("simulated crash")
-        return real(config, progress, threads=threads)
+        return real(config, progress, threads=threads, **callbacks)
 
     monkeypatch.setattr(train_module, "train", flaky)
     counts = run_suite(suite, out, progress=False, lr_rounds=0)
@@ -141,7 +141,7 @@ def test_run_cli_prints_leaderboard_and_writes_files(run_cli, tmp_path):
 def fake_train(diverge_above: float):
     """A stand-in for the harness: a record whose final val loss is lowest at lr 0.1, and that diverges above
     ``diverge_above``."""
-    def train(config, progress=None, checkpoint=None, threads=None):
+    def train(config, progress=None, checkpoint=None, threads=None, **callbacks):
         val = (math.log10(config.lr) + 1) ** 2 + 0.1 * config.seed
         return make_record(**config.to_dict(), losses=(4.0, 3.0), val_losses=(4.0, val),
                            status="diverged" if config.lr > diverge_above else "ok")
@@ -247,7 +247,7 @@ def test_external_task_reaches_worker_processes(run_cli, tmp_path):
 def budget_train(learns_at: dict, best_lr: float = 0.01):
     """A stand-in for the harness whose runs learn (test loss reaches the Bayes loss 0) when their budget (steps, or
     examples per symbol where set) reaches ``learns_at[head]``, and whose final val loss is lowest at ``best_lr``."""
-    def train(config, progress=None, checkpoint=None, threads=None):
+    def train(config, progress=None, checkpoint=None, threads=None, **callbacks):
         budget = config.examples_per_symbol if config.examples_per_symbol is not None else config.steps
         learned = budget >= learns_at[config.head]
         val = (math.log10(config.lr / best_lr)) ** 2 + 0.01 * config.seed

@@ -105,6 +105,13 @@ def test_train_cli_json_prints_only_the_record(run_cli, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [f"{rec['run_id']}.json"]
 
 
+def test_train_cli_says_whether_the_run_learned(run_cli, tmp_path):
+    r = run_cli("train", "--task", "spam", "--vocab-size", 32, "--d-model", 16, "--steps", 5, "--eval-every", 5,
+                "--device", "cpu", "--out", tmp_path, "--quiet")
+    assert r.code == 0, r.err
+    assert r.out.startswith("ok: test loss ") and ", not learned, " in r.out and "None" not in r.out
+
+
 def test_probe_round_trip(run_cli, tmp_path):
     r = run_cli("train", "--task", "spam", "--vocab-size", 64, "--d-model", 16, "--head", "lowrank", "--head-rank",
                 2, "--steps", 5, "--device", "cpu", "--out", tmp_path, "--save-checkpoint", "--json")
