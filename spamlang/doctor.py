@@ -19,11 +19,13 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SpamLangError
+from .tracking import TRACKERS
 
 REQUIRED = ("torch", "numpy", "pandas", "click", "tqdm", "jsonschema", "matplotlib")
 #: the optional extras (pip install 'spamlang[NAME]') and the packages each needs
 EXTRAS = {"ray": ("ray",), "text": ("tokenizers", "gensim", "pyarrow"),
-          "hf": ("transformers", "tokenizers", "safetensors", "pyarrow")}
+          "hf": ("transformers", "tokenizers", "safetensors", "pyarrow"),
+          **{extra: (module,) for module, extra in TRACKERS.values()}}
 
 
 @dataclass(frozen=True)
