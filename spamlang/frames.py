@@ -19,6 +19,9 @@ from .floors import CACHE_NAME
 from .params import scalar_fields, type_of
 from .task import TASKS
 
+#: JSON files SpamLang writes beside the run records that are not records: the floor cache and the leaderboard's
+#: provenance (``spamlang leaderboard FOLDER`` reads and writes the same folder)
+NOT_RECORDS = (CACHE_NAME, "leaderboard.provenance.json")
 #: the run settings, each a column of the frame
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 #: the prefix of a run's final metrics (record.Final) as columns of the run frame
@@ -66,13 +69,13 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
     for missing (``head_rank`` of a linear head, ``embed_dim`` left at D); ``compile`` and, when known for every run,
     ``deterministic`` are bool. :func:`python_values` turns the frame back into Python values.
 
-    A file that is not a valid record is reported (warnings.warn, naming it and the malformed field) and skipped, as
+    A file that is not a valid record (other than the NOT_RECORDS files) is reported (warnings.warn, naming it and the malformed field) and skipped, as
     is a second record of a run already read; no record at all raises SpamLangError.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise SpamLangError(f"run folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*.json") if p.name != CACHE_NAME and p.is_file())
+    files = sorted(p for p in folder.rglob("*.json") if p.name not in NOT_RECORDS and p.is_file())
     rows, problems, seen = [], [], {}
     for path in files:
         try:

@@ -243,3 +243,13 @@ def test_runs_of_unregistered_tasks_are_refused_unless_allowed(run_cli, tmp_path
     r = run_cli(verb, folder, "--allow-missing-tasks")
     assert r.code == 0, r.err
     assert "undetermined" in r.out
+
+
+def test_a_leaderboard_written_into_its_run_folder_is_rebuilt_there_without_warnings(run_cli, tmp_path):
+    """``spamlang leaderboard results/x`` writes beside the records it reads: the second time, its own provenance file
+    and floor cache are not taken for malformed records."""
+    write_all(tmp_path, grid(heads=(("linear", None),), seeds=1, vocab=(16,)))
+    assert run_cli("leaderboard", tmp_path, "--format", "csv").code == 0
+    assert (tmp_path / leaderboard.PROVENANCE_FILE).exists()
+    again = run_cli("leaderboard", tmp_path, "--format", "csv")
+    assert again.code == 0 and "warning" not in again.err, again.err
