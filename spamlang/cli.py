@@ -281,9 +281,9 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, tracker, thr
     if as_json:
         return click.echo(rec.to_json(indent=2))
     f = rec.final
-    click.echo(f"{rec.status}: test loss {f.loss:.4f} (Bayes {rec.bayes_loss:.4f}), accuracy "
-               f"{f.accuracy:.4f}, {'not learned' if f.steps_to_learn is None else f'learned at step {f.steps_to_learn}'}, {f.tokens_per_second:,.0f} tokens/s, "
-               f"grad kept cos {f.grad_kept_cos:.3f} -> {path}")
+    learned = "not learned" if f.steps_to_learn is None else f"learned at step {f.steps_to_learn}"
+    click.echo(f"{rec.status}: test loss {f.loss:.4f} (Bayes {rec.bayes_loss:.4f}), accuracy {f.accuracy:.4f}, "
+               f"{learned}, {f.tokens_per_second:,.0f} tokens/s, grad kept cos {f.grad_kept_cos:.3f} -> {path}")
 
 
 # -- probe --------------------------------------------------------------------------------------------------------

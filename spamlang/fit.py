@@ -308,8 +308,8 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
     seeds ``learned_<head>`` for each, and against each of ``lowrank`` and ``linear``: ``dloss_<other>`` (mean
     gradproj - other), ``p_loss_<other>``, ``dsteps_<other>`` (mean difference of log steps-to-learn, a seed not
     learned at its budget), ``p_steps_<other>`` (two-sided paired t-tests, Holm-adjusted over the four tests of
-    the row, the family that decides its ``like``) and ``like``: ``linear`` (differs from lowrank, not from linear), ``lowrank`` (the reverse), ``between``
-    (differs from both), ``no contrast`` (from neither). A loss difference counts when its adjusted p < ``alpha`` and
+    the row, the family that decides its ``like``) and ``like``: ``linear`` (differs from lowrank, not from
+    linear), ``lowrank`` (the reverse), ``between`` (differs from both), ``no contrast`` (from neither). A loss difference counts when its adjusted p < ``alpha`` and
     its mean exceeds ``tolerance`` nats; a steps difference when its adjusted p < ``alpha``."""
     configs = configurations(runs)
     index: dict[tuple, dict] = {}
