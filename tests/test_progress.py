@@ -83,7 +83,10 @@ def test_stop_terminates_busy_workers_at_once():
 def test_sigint_with_workers_stops_children_and_keeps_records(tmp_path):
     path, out = tiny(tmp_path, steps=400), tmp_path / "out"
     cmd = [sys.executable, "-m", "spamlang.cli", "run", str(path), "--out", str(out), "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the driver: a shell starts a background job (`pytest &`) with SIGINT ignored,
+    # which the driver would inherit, and rightly obey
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "runs").glob("*.json")):
         time.sleep(0.05)
