@@ -283,7 +283,8 @@ def _provenance_items(prov: Mapping) -> list[tuple[str, str]]:
             ("run dates", " to ".join(prov["dates"]) or "-"), ("scored with", prov["scorer"])]
 
 
-_CAPTIONS = {"learnability.png": "Learnability by task and head design (mean over each task's configurations)",
+_CAPTIONS = {"learnability.png": "Learnability by task and head design (mean over each task's configurations at "
+                                   "the suite's own budget, as in the ranking)",
              "curves.png": "Learning curves of the spam task, coloured by V/rank",
              "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)",
              "tokens.png": "Val loss against training tokens by head rank, with seed bands (tasks without a Bayes loss)"}
@@ -496,7 +497,7 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     rankings = copy_free_ranking_markdown(own_budget(scored), runs)
     prov = provenance(runs, command)
     speedup = speedup_table(runs[runs["bayes_loss"].map(lambda b: b is None or not math.isfinite(b))])
-    figures = {"learnability.png": plots.learnability_heatmap(scored),
+    figures = {"learnability.png": plots.learnability_heatmap(own_budget(scored)),  # the ranking's configurations
                "curves.png": plots.learning_curves(scored, chosen),
                "kept_cos.png": plots.kept_cosine(scored),
                "tokens.png": plots.loss_vs_tokens(speedup, runs), **fit_figures, **model_figures}

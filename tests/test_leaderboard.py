@@ -253,3 +253,20 @@ def test_a_leaderboard_written_into_its_run_folder_is_rebuilt_there_without_warn
     assert (tmp_path / leaderboard.PROVENANCE_FILE).exists()
     again = run_cli("leaderboard", tmp_path, "--format", "csv")
     assert again.code == 0 and "warning" not in again.err, again.err
+
+
+def test_the_heatmap_shows_the_configurations_the_ranking_ranks(tmp_path, monkeypatch):
+    """A failure rerun at a larger budget adds a row to the scored table, not a configuration to the heatmap."""
+    base = dict(task="spam", vocab_size=64, d_model=8, batch_size=16, bayes_loss=0.0, deterministic=True, rank=8)
+    own, larger = ({"name": "s", "version": 1, "source": "test", "sweep": ["lr"], "budget_round": r} for r in (0, 1))
+    records = [build_record(head="linear", seed=s, losses=(4.0, 3.0), examples_per_symbol=8, suite=own, **base)
+               for s in range(3)]
+    records += [build_record(head="linear", seed=s, losses=(4.0, 0.0), examples_per_symbol=32, suite=larger, **base)
+                for s in range(3)]
+    seen = []
+    real = leaderboard.plots.learnability_heatmap
+    monkeypatch.setattr(leaderboard.plots, "learnability_heatmap", lambda scored: seen.append(scored) or real(scored))
+    runs = leaderboard.load_folders([write_all(tmp_path / "runs", records)])
+    leaderboard.write(runs, tmp_path / "board", formats=("csv",))
+    assert len(seen) == 1 and list(seen[0]["examples_per_symbol"]) == [8]
+    assert len(pd.read_csv(tmp_path / "board" / "configurations.csv")) == 2
