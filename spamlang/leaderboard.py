@@ -386,8 +386,8 @@ def _html_image(line: str, images: Mapping[str, bytes]) -> str:
 
 def to_html(text: str, images: Mapping[str, bytes]) -> str:
     """The Markdown that :func:`markdown` writes as one self-contained HTML page (inline CSS and script, ``images``
-    embedded in base64, as SVG where ``images`` also holds ``<name>.svg``, else PNG): sortable, filterable tables that scroll sideways on a narrow screen (see
-    :mod:`spamlang.page`)."""
+    embedded in base64, as SVG where ``images`` also holds ``<name>.svg``, else PNG): sortable, filterable tables that
+    scroll sideways on a narrow screen (see :mod:`spamlang.page`)."""
     def kind(line: str) -> str:
         return next((k for k, p in (("table", "|"), ("item", "- "), ("heading", "#"), ("image", "![")) if
                      line.startswith(p)), "text" if line.strip() else "blank")
@@ -501,7 +501,9 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
                "curves.png": plots.learning_curves(scored, chosen),
                "kept_cos.png": plots.kept_cosine(scored),
                "tokens.png": plots.loss_vs_tokens(speedup, runs), **fit_figures, **model_figures}
-    images = {name: plots.save_both(fig, out / name) for name, fig in figures.items() if fig is not None}
+    saved = {name: plots.save_both(fig, out / name) for name, fig in figures.items() if fig is not None}
+    images = {name: data for name, (data, _) in saved.items()}
+    vectors = {_svgs([name])[0]: vector for name, (_, vector) in saved.items()}
     written = [out / n for name in images for n in (name, *_svgs([name]))]
     speedup_text = format_speedup(speedup) if len(speedup) else ""
     fit_text = fitreport.markdown(fits) if fits else ""
@@ -519,7 +521,7 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
               **({"models.csv": models.csv(measured)} if measured else {})}
     files = {"md": {"leaderboard.md": text},
              "csv": {PROVENANCE_FILE: provenance_sidecar(prov, tables, out), **tables},  # the hashes first
-             "html": {"leaderboard.html": to_html(text, {**images, **_vectors(out, images)})}}
+             "html": {"leaderboard.html": to_html(text, {**images, **vectors})}}
     return Written(shown, _write_files(out, files, formats, written), summary(ranking, scored), ranking, scored)
 
 
@@ -532,11 +534,6 @@ def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]
 
 
 # -- scaling fits ---------------------------------------------------------------------------------------------------
-def _vectors(out: Path, images: Iterable[str]) -> dict[str, bytes]:
-    """The SVG files written beside the PNG ``images`` in ``out``, by name."""
-    return {name: (out / name).read_bytes() for name in _svgs(images) if (out / name).is_file()}
-
-
 def _svgs(names: Iterable[str]) -> list[str]:
     """The SVG twin of each PNG name (see :func:`spamlang.plots.save_both`)."""
     return [str(Path(name).with_suffix(".svg")) for name in names if name.endswith(".png")]

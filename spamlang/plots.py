@@ -206,14 +206,14 @@ def loss_vs_tokens(table: pd.DataFrame, runs: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def save_both(fig: Figure, path: str | Path) -> bytes:
-    """Write ``fig`` as a PNG at ``path`` and as an SVG beside it (same name, ``.svg``), each atomically; return the
-    PNG bytes."""
+def save_both(fig: Figure, path: str | Path) -> tuple[bytes, bytes]:
+    """Write ``fig`` as a PNG at ``path`` and as an SVG beside it (same name, ``.svg``), each atomically; return
+    (the PNG bytes, the SVG bytes)."""
     path = Path(path)
     data, vector = png(fig), svg(fig)
     atomic.write_bytes(path, data)
     atomic.write_bytes(path.with_suffix(".svg"), vector)
-    return data
+    return data, vector
 
 
 def svg(fig: Figure) -> bytes:
