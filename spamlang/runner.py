@@ -55,12 +55,16 @@ def execute(config: dict, suite_info: record.SuiteInfo, threads: int, tracker: T
     from .harness import train
     cfg = RunConfig.from_dict(config)
     on_step, run = on_step or _live_step, None
+
+    def failed(exc: Exception, origin: str = "") -> record.RunRecord:
+        return record.RunRecord.failed(cfg, f"{origin}{type(exc).__name__}: {exc}", traceback.format_exc(limit=8),
+                                       threads)
     try:
         run = tracking.start(tracker, cfg.resolve()) if tracker else None
         rec = train(cfg, progress=False, threads=threads, on_eval=run and run.log_point,
                     on_step=lambda step, steps: on_step(number, step, steps))
     except Exception as exc:
-        rec = record.RunRecord.failed(cfg, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8), threads)
+        rec = failed(exc)
     finally:
         on_step(number, 0, 0)  # the run is no longer in flight
     rec = dataclasses.replace(rec, suite=suite_info)
@@ -68,9 +72,7 @@ def execute(config: dict, suite_info: record.SuiteInfo, threads: int, tracker: T
         try:
             run.finish(rec)
         except Exception as exc:
-            rec = record.RunRecord.failed(cfg, f"tracker {tracker.name}: {type(exc).__name__}: {exc}",
-                                          traceback.format_exc(limit=8), threads)
-            rec = dataclasses.replace(rec, suite=suite_info)
+            rec = dataclasses.replace(failed(exc, f"tracker {tracker.name}: "), suite=suite_info)
     return rec
 
 

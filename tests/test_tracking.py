@@ -146,3 +146,18 @@ def test_a_failed_run_is_logged_with_its_status(tmp_path, monkeypatch):
     events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
     [text] = events.Tensors("status/text_summary")
     assert text.tensor_proto.string_val[0].decode() == "failed: RuntimeError: boom"
+
+
+def test_a_tracker_that_fails_to_finish_fails_the_run_it_logged(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    import spamlang.tracking
+    from spamlang.runner import execute
+    from spamlang.tracking import TrackerSpec
+
+    def boom(self, rec):
+        raise OSError("disk full")
+    monkeypatch.setattr(spamlang.tracking.TensorBoard, "finish", boom)
+    info = record.SuiteInfo(name="t", version=1, source="t.toml", sweep=())
+    config = {"task": "spam", "vocab_size": 16, "d_model": 16, "steps": 2, "eval_every": 2, "device": "cpu"}
+    rec = execute(config, info, 1, TrackerSpec("tensorboard", str(tmp_path)))
+    assert rec.status == "failed" and rec.error == "tracker tensorboard: OSError: disk full" and rec.suite == info
