@@ -161,3 +161,10 @@ def test_a_tracker_that_fails_to_finish_fails_the_run_it_logged(tmp_path, monkey
     config = {"task": "spam", "vocab_size": 16, "d_model": 16, "steps": 2, "eval_every": 2, "device": "cpu"}
     rec = execute(config, info, 1, TrackerSpec("tensorboard", str(tmp_path)))
     assert rec.status == "failed" and rec.error == "tracker tensorboard: OSError: disk full" and rec.suite == info
+
+
+def test_the_command_line_offers_exactly_the_trackers_there_are():
+    """cli.py names the trackers itself (importing spamlang.tracking would bring torch into every command's start)."""
+    from spamlang import cli, tracking
+    [option] = [p for p in cli.run.params if p.name == "tracker"]
+    assert list(option.type.choices) == list(tracking.TRACKERS) == list(tracking._ADAPTERS)
