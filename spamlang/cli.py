@@ -271,8 +271,7 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, tracker, thr
     record.read_replaceable(Path(out) / f"{config.run_id}.json")  # a file there that is not our record stays
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
     if tracker:
-        tracking.check(tracker)
-        logged = tracking.start(tracking.TrackerSpec(tracker, str(out)), config)
+        logged = tracking.start(tracking.TrackerSpec(tracker, str(out)), config)  # refuses a missing package
     rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint,
               threads=threads, on_eval=logged.log_point if tracker else None)
     path = record.write(rec, out)
