@@ -217,9 +217,11 @@ def save_both(fig: Figure, path: str | Path) -> tuple[bytes, bytes]:
 
 
 def svg(fig: Figure) -> bytes:
-    """``fig`` rendered as SVG bytes (no date in its metadata, so the same figure gives the same file)."""
+    """``fig`` rendered as SVG bytes (no date in its metadata and a fixed salt for its element ids, which matplotlib
+    otherwise draws at random, so the same figure gives the same file)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.hashsalt": "spamlang"}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
     return buffer.getvalue()
 
 

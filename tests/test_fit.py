@@ -217,6 +217,9 @@ def test_figures_write_png_and_svg(tmp_path):
         plots.save_both(figure, tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"<svg" in (tmp_path / name).with_suffix(".svg").read_bytes()[:400]
+    again = fitreport.figures(result, runs)
+    for name, figure in again.items():  # the same figures drawn again give the same files
+        assert plots.save_both(figure, tmp_path / "again" / name)[1] == (tmp_path / name).with_suffix(".svg").read_bytes()
 
 
 # -- the command line -------------------------------------------------------------------------------------------------
