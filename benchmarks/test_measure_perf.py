@@ -20,9 +20,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_perf import peak_rss, reset_peak_rss
 
 from spamlang.measure.pertoken import per_token
-from test_perf import peak_rss, reset_peak_rss
 
 V, D, N = 50_257, 768, 1024
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]

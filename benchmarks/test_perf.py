@@ -28,8 +28,8 @@ from torch import nn
 
 from spamlang.backbones.base import BACKBONES
 from spamlang.config import RunConfig
-from spamlang.harness import Trainer
 from spamlang.loss import linear_cross_entropy
+from spamlang.training.trainer import Trainer
 
 V, D, LAYERS, N_HEADS, T, BATCH = 32_768, 64, 2, 4, 16, 64
 MEMORY_V, MEMORY_TOKENS = 262_144, 1024

@@ -3,7 +3,7 @@ process.
 
 Run:  pytest benchmarks/test_threads.py --benchmark-only      (plain ``pytest`` collects only tests/)
 
-- ``test_small_run``: a whole small run through ``spamlang.harness.train`` (spam, V = 2,048, D = 32, 1 layer, T = 8,
+- ``test_small_run``: a whole small run through ``spamlang.training.loop.train`` (spam, V = 2,048, D = 32, 1 layer, T = 8,
   batch 64, 100 steps, 2 evaluations), on the policy's count (1 thread: the run is below ``SERIAL_FLOPS``) and on 2
   threads, with the machine otherwise ``idle`` and with one ``busy`` competitor (a Python busy loop, started before
   and stopped after the measurement). extra_info holds, once both arms of a condition
@@ -24,9 +24,10 @@ import time
 
 import pytest
 
-from spamlang import threads
 from spamlang.config import RunConfig
-from spamlang.harness import Trainer, train
+from spamlang.system import threads
+from spamlang.training.loop import train
+from spamlang.training.trainer import Trainer
 
 SMALL = RunConfig(task="spam", vocab_size=2048, d_model=32, layers=1, seq_len=8, batch_size=64, steps=100,
                   eval_every=50, eval_sequences=128, diag_tokens=128, lr=0.01, warmup=10, device="cpu")

@@ -1,16 +1,20 @@
 """SpamLang: how much does the LM head's gradient bottleneck stop a model from learning?"""
 __version__ = "0.1.0"
 
-from .config import RunConfig
-from .errors import ConfigError, SpamLangError
-from .params import param
-from .rng import Rng
-from .task import TASKS, Targets, Task, make_task, register_task
+from spamlang import _moved
+from spamlang.config import RunConfig
+from spamlang.errors import ConfigError, SpamLangError
+from spamlang.params import param
+from spamlang.rng import Rng
+from spamlang.task import TASKS, Targets, Task, make_task, register_task
+
+_moved.install()
 
 #: the Python API that lives downstream of the tasks, imported on first use so that importing a task or the scorer
 #: never loads the trainer (data flows one way)
-_LAZY = {"train": ("harness", "train"), "RunRecord": ("record", "RunRecord"), "load_runs": ("frames", "load_runs"),
-         "history": ("frames", "history"), "score": ("scorer", "score_frame"), "format_table": ("tables", "format_table")}
+_LAZY = {"train": ("training.loop", "train"), "RunRecord": ("record", "RunRecord"),
+         "load_runs": ("scoring.frames", "load_runs"), "history": ("scoring.frames", "history"),
+         "score": ("scoring.scorer", "score_frame"), "format_table": ("publishing.tables", "format_table")}
 
 
 def __getattr__(name: str):

@@ -1,5 +1,5 @@
 """``python -m spamlang``: the command line, as the ``spamlang`` script runs it."""
-from .cli import main
+from spamlang.cli import main
 
 if __name__ == "__main__":
     main()

@@ -13,19 +13,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from . import params as P
-from .backbones.base import BACKBONES
-from .errors import ConfigError
-from .heads.base import HEADS, head_params
-from .params import REQUIRED, mapping, param
-from .task import make_task
+from spamlang import params as P
+from spamlang.backbones.base import BACKBONES
+from spamlang.errors import ConfigError
+from spamlang.heads.base import HEADS, head_params
+from spamlang.params import REQUIRED, mapping, param
+from spamlang.task import make_task
 
 #: fields that say how a run executes, not what it computes; they are left out of the run id.
 EXECUTION_FIELDS = ("device", "compile", "precision")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adamw", "sgd")
-#: autocast precision of the forward pass and loss (see harness.Trainer.autocast)
+#: autocast precision of the forward pass and loss (see spamlang.training.devices.autocast)
 PRECISIONS = ("auto", "fp32", "bf16")
 #: SGD momentum unless set; the only value allowed with AdamW, which has no momentum setting
 SGD_MOMENTUM = 0.9

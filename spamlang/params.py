@@ -5,7 +5,7 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from spamlang.errors import ConfigError
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 #: the default of a parameter that must be given

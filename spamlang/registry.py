@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Generic, Iterable, TypeVar
 
-from .errors import SpamLangError
+from spamlang.errors import SpamLangError
 
 T = TypeVar("T")
 

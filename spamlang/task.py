@@ -11,10 +11,10 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from . import params as P
-from .errors import ConfigError
-from .registry import Registry
-from .rng import Rng
+from spamlang import params as P
+from spamlang.errors import ConfigError
+from spamlang.registry import Registry
+from spamlang.rng import Rng
 
 MAX_VOCAB = 2**31 - 1
 

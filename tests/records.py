@@ -5,7 +5,9 @@ import dataclasses
 import math
 
 from spamlang.config import RunConfig
-from spamlang.record import EvalPoint, Final, RunRecord, SuiteInfo, Timing, environment, learned_from
+from spamlang.record import EvalPoint, Final, RunRecord, SuiteInfo, Timing
+from spamlang.record.learned import learned_from
+from spamlang.record.provenance import environment
 from spamlang.task import make_task
 
 

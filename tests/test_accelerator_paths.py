@@ -7,9 +7,11 @@ import shutil
 import pytest
 import torch
 
-from spamlang import runner
 from spamlang.config import RunConfig
-from spamlang.harness import Trainer, resolve_device, train
+from spamlang.sweeps import executors
+from spamlang.training.devices import resolve_device
+from spamlang.training.loop import train
+from spamlang.training.trainer import Trainer
 
 TINY = dict(task="spam", vocab_size=64, d_model=16, layers=1, n_heads=2, seq_len=8, batch_size=32, steps=60,
             eval_every=30, eval_sequences=64, diag_tokens=32, lr=0.01, device="cpu")
@@ -80,15 +82,15 @@ def gpus(monkeypatch):
 def test_local_workers_are_spread_over_the_visible_gpus(gpus):
     gpus(3)
     config = RunConfig(task="spam", vocab_size=16, device="cuda")
-    assert [runner._device(config, None, slot, "local") for slot in range(5)] == \
+    assert [executors._device(config, None, slot, "local") for slot in range(5)] == \
         ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
     auto = RunConfig(task="spam", vocab_size=16)
-    assert runner._device(auto, None, 4, "local") == "cuda:1"
-    assert runner._device(auto, "cuda:2", 0, "local") == "cuda:2"  # an explicit GPU is kept
-    assert runner._device(config, None, 1, "ray") == "cuda"  # a Ray task sees only the GPU Ray gave it
-    assert runner._device(config, "cpu", 1, "local") == "cpu"
+    assert executors._device(auto, None, 4, "local") == "cuda:1"
+    assert executors._device(auto, "cuda:2", 0, "local") == "cuda:2"  # an explicit GPU is kept
+    assert executors._device(config, None, 1, "ray") == "cuda"  # a Ray task sees only the GPU Ray gave it
+    assert executors._device(config, "cpu", 1, "local") == "cpu"
     gpus(1)
-    assert runner._device(config, None, 3, "local") == "cuda"  # one GPU: shared by every worker
+    assert executors._device(config, None, 3, "local") == "cuda"  # one GPU: shared by every worker
 
 
 def test_resolve_device_with_a_faked_gpu_count(gpus):
@@ -150,9 +152,9 @@ def test_ray_tasks_ask_for_a_gpu_when_the_cluster_has_one(monkeypatch, gpus, ask
     monkeypatch.setitem(__import__("sys").modules, "ray", fake)
     configs = [RunConfig(task="spam", vocab_size=v, device="auto").to_dict() for v in (16, 4096)]
     info = record.SuiteInfo(name="t", version=1, source="t.toml", sweep=())
-    results = list(runner._ray(configs, info, 1, None))
+    results = list(executors._ray(configs, info, 1, None))
     assert [r[0]["vocab_size"] for r in results] == [16, 4096] and [r[4] for r in results] == [1, 2]
     assert [r["num_gpus"] for r in fake.requests] == [asked, asked]
     assert all(1 <= r["num_cpus"] <= 4 and r["num_cpus"] == result[2] for r, result in zip(fake.requests, results))
-    assert runner.ray_request({"CPU": 16.0, "GPU": 8.0}, 3) == {"num_cpus": 3, "num_gpus": 1}
-    assert runner.ray_cores([{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 6.0}}]) == 6
+    assert executors.ray_request({"CPU": 16.0, "GPU": 8.0}, 3) == {"num_cpus": 3, "num_gpus": 1}
+    assert executors.ray_cores([{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 6.0}}]) == 6

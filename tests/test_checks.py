@@ -11,15 +11,16 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from spamlang import record, resources
+from spamlang import record
 from spamlang.config import RunConfig
+from spamlang.data.validate import validate
 from spamlang.errors import SpamLangError
-from spamlang.model import LanguageModel
-from spamlang.runner import pending, run_suite
-from spamlang.frames import load_runs
-from spamlang.suite import load
+from spamlang.scoring.frames import load_runs
+from spamlang.sweeps.runner import pending, run_suite
+from spamlang.sweeps.suite import load
 from spamlang.task import Targets, Task
-from spamlang.validate import validate
+from spamlang.training import resources
+from spamlang.training.model import LanguageModel
 from tests.conftest import assert_user_error
 from tests.test_leaderboard import make_record, write_all
 from tests.test_suite import TINY, tiny
@@ -175,11 +176,11 @@ def test_workers_side_by_side_are_counted(tmp_path, monkeypatch):
     torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
 ])
 def test_allocator_errors_become_one_line(run_cli, monkeypatch, error):
-    import spamlang.harness
+    import spamlang.training.loop
 
     def fail(*args, **kwargs):
         raise error
-    monkeypatch.setattr(spamlang.harness, "train", fail)
+    monkeypatch.setattr(spamlang.training.loop, "train", fail)
     r = run_cli("train", "--task", "spam", "--vocab-size", 16, "--d-model", 8, "--steps", 1)
     assert_user_error(r, "out of memory")
     assert len(r.err.strip().splitlines()) == 1
@@ -188,8 +189,8 @@ def test_allocator_errors_become_one_line(run_cli, monkeypatch, error):
 
 
 def test_other_runtime_errors_are_not_hidden(run_cli, monkeypatch):
-    import spamlang.harness
-    monkeypatch.setattr(spamlang.harness, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    import spamlang.training.loop
+    monkeypatch.setattr(spamlang.training.loop, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli("train", "--task", "spam", "--vocab-size", 16, "--d-model", 8, "--steps", 1)
 
@@ -289,6 +290,6 @@ def test_the_readme_task_and_suite_examples_work(tmp_path):
     done = subprocess.run(validate_cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "passed all 7 checks" in done.stdout, done.stdout + done.stderr
     code = (f"from spamlang.task import TASKS; TASKS.load_folders([{str(tmp_path / 'mytasks')!r}]); "
-            f"from spamlang.suite import load; print(len(load({str(tmp_path / 'mine.toml')!r}).runs))")
+            f"from spamlang.sweeps.suite import load; print(len(load({str(tmp_path / 'mine.toml')!r}).runs))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "60", done.stderr

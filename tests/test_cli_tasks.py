@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from spamlang.corpus import load
+from spamlang.data.corpus import load
 from tests.conftest import assert_user_error
 
 GEN = ["generate", "spam", "--vocab-size", 1000, "--seq-len", 16, "--num-sequences", 100, "--seed", 1]
@@ -41,7 +41,7 @@ def test_generate_round_trip(run_cli, tmp_path):
 
 def test_generate_in_chunks_equals_one_piece(tmp_path):
     from spamlang import make_task
-    from spamlang.corpus import generate
+    from spamlang.data.corpus import generate
     a = generate(make_task("bag"), 300, 8, 1000, 3, tmp_path / "a", chunk_tokens=64, progress=False)
     b = generate(make_task("bag"), 300, 8, 1000, 3, tmp_path / "b", progress=False)
     assert a["sha256"] == b["sha256"] and a["dtype"] == "uint16"
@@ -83,7 +83,7 @@ def test_existing_output_needs_force(run_cli, tmp_path):
 
 def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     from spamlang import make_task
-    from spamlang.corpus import generate
+    from spamlang.data.corpus import generate
     task = make_task("spam")
     calls = []
 

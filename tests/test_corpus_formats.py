@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from spamlang import make_task
-from spamlang.corpus import generate, load
+from spamlang.data.corpus import generate, load
 from spamlang.errors import SpamLangError
 from tests.conftest import assert_user_error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from spamlang import doctor
+from spamlang.cli import doctor
 from spamlang.errors import SpamLangError
 
 
@@ -22,7 +22,7 @@ def test_doctor_reports_every_check_and_passes_here(run_cli):
 def test_a_broken_suite_or_missing_library_fails_with_status_1(run_cli, monkeypatch):
     real = doctor._version
     monkeypatch.setattr(doctor, "_version", lambda p: None if p in ("tqdm", "gensim") else real(p))
-    import spamlang.suite as suite
+    import spamlang.sweeps.suite as suite
     load = suite.load
 
     def broken(name):

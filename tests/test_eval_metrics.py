@@ -11,43 +11,62 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spamlang import harness
 from spamlang.config import RunConfig, budget_steps
 from spamlang.diagnostics import spectrum_share
 from spamlang.errors import ConfigError
-from spamlang.harness import FINAL_METRICS, Trainer, tie_aware_hits, train
 from spamlang.rng import Rng
 from spamlang.task import make_task
+from spamlang.training.evaluator import Evaluator, mean_and_se, tie_aware_hits
+from spamlang.training.loop import FINAL_METRICS, train
+from spamlang.training.probes import GradientProbe
+from spamlang.training.trainer import Trainer
 from tests.conftest import assert_user_error
 
 TINY = dict(d_model=16, layers=1, batch_size=16, seq_len=8, eval_sequences=32, diag_tokens=64, device="cpu")
 
 
-def trainer(**settings) -> Trainer:
-    return Trainer(RunConfig(**{"task": "spam", "vocab_size": 64, **TINY, **settings}))
+@dataclasses.dataclass
+class Parts:
+    """A run's trainer with its evaluator and gradient probe, as the training loop builds them."""
+
+    trainer: Trainer
+    evaluator: Evaluator
+    probe: GradientProbe
+
+    def diagnostics(self, step: int) -> dict:
+        return self.probe.diagnostics(self.evaluator.eval_batches["val"], step)
+
+
+def parts(config: RunConfig) -> Parts:
+    t = Trainer(config)
+    return Parts(t, Evaluator(t), GradientProbe(t))
+
+
+def trainer(**settings) -> Parts:
+    return parts(RunConfig(**{"task": "spam", "vocab_size": 64, **TINY, **settings}))
 
 
 # -- evaluation streams and standard errors ---------------------------------------------------------------------------
 def test_each_seed_has_its_own_eval_streams():
     a, b, again = trainer(seed=0), trainer(seed=1), trainer(seed=0)
     for name in ("val", "test"):
-        assert not torch.equal(a.eval_batches[name], b.eval_batches[name])
-        assert torch.equal(a.eval_batches[name], again.eval_batches[name])
-    assert not torch.equal(a.eval_batches["val"], a.eval_batches["test"])
-    assert not torch.equal(a.eval_batches["test"], trainer(seed=0, eval_seed=1).eval_batches["test"])
+        assert not torch.equal(a.evaluator.eval_batches[name], b.evaluator.eval_batches[name])
+        assert torch.equal(a.evaluator.eval_batches[name], again.evaluator.eval_batches[name])
+    assert not torch.equal(a.evaluator.eval_batches["val"], a.evaluator.eval_batches["test"])
+    assert not torch.equal(a.evaluator.eval_batches["test"], trainer(seed=0, eval_seed=1).evaluator.eval_batches["test"])
     expected = make_task("spam").sample(32, 8, 64, Rng(1, 0, "test"))
-    assert torch.equal(b.eval_batches["test"], expected)
+    assert torch.equal(b.evaluator.eval_batches["test"], expected)
 
 
 def test_default_eval_size_resolves_the_tolerance_on_the_noisiest_task():
     """spam-noisy at V = 4096: the Bayes predictor's own test loss has a standard error well below 0.05 nats."""
-    t = Trainer(RunConfig(task="spam-noisy", vocab_size=4096, d_model=16, layers=1, device="cpu"))
-    bayes = t.baselines["bayes"]  # (N, P)
+    t = parts(RunConfig(task="spam-noisy", vocab_size=4096, d_model=16, layers=1, device="cpu"))
+    bayes = t.evaluator.baselines["bayes"]  # (N, P)
     assert bayes.shape == (RunConfig(task="spam", vocab_size=2).eval_sequences, 15)
     per_sequence = bayes.mean(dim=1).numpy()
     se = per_sequence.std(ddof=1) / math.sqrt(len(per_sequence))
     assert se < 0.02
-    assert harness.mean_and_se(bayes) == pytest.approx((per_sequence.mean(), se))
+    assert mean_and_se(bayes) == pytest.approx((per_sequence.mean(), se))
 
 
 def test_baselines_are_scored_on_the_very_test_positions():
@@ -66,15 +85,15 @@ def test_baselines_are_scored_on_the_very_test_positions():
 
 def test_gap_standard_errors_are_paired_over_sequences():
     t = trainer(task="spam-noisy", eval_sequences=100)
-    test = t.evaluate("test")
+    test = t.evaluator.evaluate("test")
     model = test["losses"].numpy()  # (N, P)
-    out = t.baseline_metrics(test["losses"])
+    out = t.evaluator.baseline_metrics(test["losses"])
 
     def se(x):
         per_sequence = x.mean(axis=1)
         return per_sequence.std(ddof=1) / math.sqrt(len(per_sequence))
 
-    bayes, unigram = t.baselines["bayes"].numpy(), t.baselines["unigram"].numpy()
+    bayes, unigram = t.evaluator.baselines["bayes"].numpy(), t.evaluator.baselines["unigram"].numpy()
     assert test["loss"] == pytest.approx(model.mean()) and test["loss_se"] == pytest.approx(se(model))
     assert out["test_bayes_gap_se"] == pytest.approx(se(model - bayes))
     assert out["test_unigram_gap_se"] == pytest.approx(se(model - unigram))
@@ -86,18 +105,18 @@ def test_unigram_baseline_uses_token_frequencies():
     zipf = trainer(task="spam-zipf", eval_sequences=400)
     probs = torch.arange(1, 65, dtype=torch.float64).pow(-1.0)
     entropy = float(-(probs / probs.sum() * (probs / probs.sum()).log()).sum())
-    point = zipf.baseline_metrics(torch.zeros_like(zipf.baselines["unigram"]))
+    point = zipf.evaluator.baseline_metrics(torch.zeros_like(zipf.evaluator.baselines["unigram"]))
     assert point["test_unigram_loss"] == pytest.approx(entropy, abs=0.15) and entropy < math.log(64) - 0.5
     spam = trainer(eval_sequences=400)
-    assert spam.baseline_metrics(torch.zeros_like(spam.baselines["unigram"]))["test_unigram_loss"] == \
+    assert spam.evaluator.baseline_metrics(torch.zeros_like(spam.evaluator.baselines["unigram"]))["test_unigram_loss"] == \
         pytest.approx(math.log(64), abs=0.01)
 
 
 def test_tasks_without_log_prob_have_no_bayes_loss_on_the_test_stream(monkeypatch):
     t = trainer()
-    monkeypatch.setattr(type(t.task), "log_prob", lambda self, tokens, v: (_ for _ in ()).throw(NotImplementedError))
+    monkeypatch.setattr(type(t.trainer.task), "log_prob", lambda self, tokens, v: (_ for _ in ()).throw(NotImplementedError))
     t = trainer()
-    out = t.baseline_metrics(t.evaluate("test")["losses"])
+    out = t.evaluator.baseline_metrics(t.evaluator.evaluate("test")["losses"])
     assert out["test_bayes_loss"] is None and out["test_bayes_gap_se"] is None and out["test_unigram_loss"] > 0
 
 
@@ -111,8 +130,8 @@ def test_tie_aware_hits():
 def test_a_constant_predictor_scores_zero_accuracy_and_no_logit_scale():
     t = trainer()
     with torch.no_grad():
-        t.model.head.weight.zero_()  # every logit equal: the argmax is a tie everywhere
-    val = t.evaluate("val")
+        t.trainer.model.head.weight.zero_()  # every logit equal: the argmax is a tie everywhere
+    val = t.evaluator.evaluate("val")
     assert val["accuracy"] == 0.0 and val["loss"] == pytest.approx(math.log(64), abs=1e-6)
     assert val["accuracy_seen"] is None and val["accuracy_unseen"] == 0.0
     assert t.diagnostics(0)["logit_scale"] == 0.0
@@ -120,12 +139,12 @@ def test_a_constant_predictor_scores_zero_accuracy_and_no_logit_scale():
 
 def test_logit_scale_is_the_median_half_range_and_scales_with_the_head():
     t = trainer()
-    h, _ = t.diagnostic_states(t.eval_batches["val"])
-    z = (h.double() @ t.model.head.weight.detach().double().T).numpy()  # (M, V) logits
+    h, _ = t.probe.diagnostic_states(t.evaluator.eval_batches["val"])
+    z = (h.double() @ t.trainer.model.head.weight.detach().double().T).numpy()  # (M, V) logits
     expected = np.median((z.max(axis=1) - z.min(axis=1)) / 2)
     assert t.diagnostics(0)["logit_scale"] == pytest.approx(expected, rel=1e-5)
     with torch.no_grad():
-        t.model.head.weight.mul_(3)
+        t.trainer.model.head.weight.mul_(3)
     assert t.diagnostics(0)["logit_scale"] == pytest.approx(3 * expected, rel=1e-5)
 
 
@@ -133,15 +152,15 @@ def test_logit_scale_is_the_median_half_range_and_scales_with_the_head():
 def _first_order_cosine(t: Trainer, step_of) -> float:
     """cos(ΔZ, −G) from an independent float64 computation: explicit logits h Wᵀ, the step Δθ = step_of(∇θ L) from
     plain autograd, and ΔZ by a central finite difference."""
-    model = copy.deepcopy(t.model).double()
-    tokens = t.eval_batches["val"][:t.diag_rows]
-    n = t.config.diag_tokens
+    model = copy.deepcopy(t.trainer.model).double()
+    tokens = t.evaluator.eval_batches["val"][:t.probe.diag_rows]
+    n = t.trainer.config.diag_tokens
 
     def logits(m):
-        h = m.hidden(tokens[:, :-1])[:, t.mask].reshape(-1, m.head.d_model)[:n]
+        h = m.hidden(tokens[:, :-1])[:, t.trainer.mask].reshape(-1, m.head.d_model)[:n]
         return h @ m.head.weight.T
 
-    y = tokens[:, 1:][:, t.mask].reshape(-1)[:n]
+    y = tokens[:, 1:][:, t.trainer.mask].reshape(-1)[:n]
     z = logits(model)
     loss = F.cross_entropy(z, y)
     grads = torch.autograd.grad(loss, list(model.parameters()))
@@ -179,16 +198,16 @@ def test_update_cosine_never_touches_training():
     tied head, SGD momentum)."""
     for settings in (dict(head="tied"), dict(optimizer="sgd", head="lowrank", head_rank=2)):
         config = RunConfig(task="cycle", vocab_size=32, **TINY, steps=12, eval_every=4, **settings)
-        trainer_with, with_measure = Trainer(config), []
+        trainer_with, with_measure = parts(config), []
         for step in range(12):
             assert trainer_with.diagnostics(step)["update_cosine"] is not None
-            with_measure.append(trainer_with.train_step(step).item())
+            with_measure.append(trainer_with.trainer.train_step(step).item())
         trainer_without = Trainer(config)
         without = [trainer_without.train_step(s).item() for s in range(12)]
         assert with_measure == without
-        for (name, a), b in zip(trainer_with.model.state_dict().items(), trainer_without.model.state_dict().values()):
+        for (name, a), b in zip(trainer_with.trainer.model.state_dict().items(), trainer_without.model.state_dict().values()):
             assert torch.equal(a, b), name
-        for a, b in zip(trainer_with.optimizer.state.values(), trainer_without.optimizer.state.values()):
+        for a, b in zip(trainer_with.trainer.optimizer.state.values(), trainer_without.optimizer.state.values()):
             assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -202,7 +221,7 @@ def test_update_cosine_is_recorded_for_every_builtin_head():
 
 def test_grad_top_share_is_the_spectrum_share_of_the_diagnostic_gradient():
     t = trainer(head="lowrank", head_rank=1)
-    g, _ = t.logit_gradient(t.eval_batches["val"])
+    g, _ = t.probe.logit_gradient(t.evaluator.eval_batches["val"])
     s2 = np.linalg.svd(g.numpy(), compute_uv=False) ** 2
     assert t.diagnostics(0)["grad_top_share"] == pytest.approx(s2[:2].sum() / s2.sum(), rel=1e-9)
     assert spectrum_share(g.T, 2) == pytest.approx(s2[:2].sum() / s2.sum(), rel=1e-9)  # either side's Gram
@@ -210,8 +229,8 @@ def test_grad_top_share_is_the_spectrum_share_of_the_diagnostic_gradient():
 
 # -- optimizers -------------------------------------------------------------------------------------------------------
 def test_optimizer_choice():
-    assert isinstance(trainer().optimizer, torch.optim.AdamW)
-    sgd = trainer(optimizer="sgd", momentum=0.5).optimizer
+    assert isinstance(trainer().trainer.optimizer, torch.optim.AdamW)
+    sgd = trainer(optimizer="sgd", momentum=0.5).trainer.optimizer
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.5
     assert RunConfig(task="spam", vocab_size=8).run_id != RunConfig(task="spam", vocab_size=8, optimizer="sgd").run_id
 

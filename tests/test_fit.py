@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from spamlang import fit, fitreport, plots, record
-from spamlang.frames import load_runs
-from spamlang.leaderboard import load_folders
+from spamlang import record
+from spamlang.publishing import fitreport, plots
+from spamlang.publishing.load import load_folders
+from spamlang.scoring import fit
+from spamlang.scoring.frames import load_runs
 from tests.conftest import assert_user_error
 from tests.records import make_record
 
@@ -254,7 +256,7 @@ def test_fit_cli_bad_input(run_cli, tmp_path):
 
 
 def test_leaderboard_includes_the_fits(tmp_path):
-    from spamlang.leaderboard import write as write_board
+    from spamlang.publishing.board import write as write_board
     runs = load_folders([write(tmp_path / "runs", power_law_runs(ratios=(4, 16, 32)))])
     board = write_board(runs, tmp_path / "board", command="test")
     text, written = board.text, board.files

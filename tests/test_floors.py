@@ -7,15 +7,22 @@ import json
 import math
 import subprocess
 import sys
-
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from spamlang import floors
-from spamlang.floors import (FloorCache, build_head, circle_loss, entropy, expressivity_floor, fit, floor_at_scale,
-                             half_range, one_vs_rest_loss, polygon_bound, polygon_losses, tempered)
+from spamlang.scoring import floors
+from spamlang.scoring.floorfit import build_head, entropy, fit, half_range, tempered
+from spamlang.scoring.floors import (
+    FloorCache,
+    circle_loss,
+    expressivity_floor,
+    floor_at_scale,
+    one_vs_rest_loss,
+    polygon_bound,
+    polygon_losses,
+)
 from spamlang.task import Targets, Task, make_task
 
 
@@ -158,7 +165,7 @@ def test_cache_in_memory_and_on_disk(tmp_path, monkeypatch):
     cache = FloorCache(path)
     first = expressivity_floor(make_task("spam"), 8, 8, "lowrank", 4, 1, cache=cache)
     assert len(json.loads(path.read_text())) == 1
-    monkeypatch.setattr("spamlang.floors._estimate", lambda *a: pytest.fail("recomputed a cached floor"))
+    monkeypatch.setattr("spamlang.scoring.floors._estimate", lambda *a: pytest.fail("recomputed a cached floor"))
     assert expressivity_floor(make_task("spam"), 8, 8, "lowrank", 4, 1, cache=cache) == first
     assert expressivity_floor(make_task("spam"), 8, 8, "lowrank", 4, 1, cache=FloorCache(path)) == first
 
@@ -174,7 +181,7 @@ def test_a_corrupt_cache_file_is_reported_and_ignored(tmp_path):
 
 
 def test_the_scorer_side_never_imports_the_trainer():
-    code = "import sys, spamlang.floors, spamlang.scorer; sys.exit('spamlang.harness' in sys.modules)"
+    code = "import sys, spamlang.scoring.floors, spamlang.scoring.scorer; sys.exit('spamlang.training.loop' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -263,7 +270,7 @@ def test_nearby_scales_share_one_cached_floor():
 
 
 def test_the_fits_tempered_loss_has_the_gradient_of_the_tempered_log_probabilities():
-    from spamlang.floors import _TemperedExcess
+    from spamlang.scoring.floorfit import _TemperedExcess
     torch.manual_seed(0)
     log_probs = torch.log_softmax(3 * torch.randn(6, 5, dtype=torch.float64), 1).requires_grad_()
     probs = torch.softmax(torch.randn(6, 5, dtype=torch.float64), 1)

@@ -7,13 +7,15 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import spamlang
 from spamlang import record
-from spamlang.frames import EVAL_TYPES, head_spec, history, load_runs, python_values
-from spamlang.scorer import score
+from spamlang.heads.base import head_label
+from spamlang.scoring.frames import EVAL_TYPES, history, load_runs, python_values
+from spamlang.scoring.scorer import score
 from tests.records import make_record
 
 
@@ -49,7 +51,7 @@ def test_numeric_columns_are_numeric_with_nan_for_missing(tmp_path):
 def test_head_spec_labels_head_rank_and_params(tmp_path):
     write_runs(tmp_path)
     assert sorted(load_runs(tmp_path)["head_spec"]) == ["linear", "lowrank:2", "lowrank:2", "mos(components=2)"]
-    assert head_spec("gradproj", 8, {}) == "gradproj:8"
+    assert head_label("gradproj", 8, {}) == "gradproj:8"
 
 
 def test_python_values_undo_the_typing(tmp_path):
@@ -111,3 +113,10 @@ def test_the_readme_frames_example_runs(monkeypatch):
     scope: dict = {}
     exec(example, scope)
     assert {"linear", "lowrank:4", "tied"} <= set(scope["curves"].columns) and scope["curves"].index.name == "step"
+
+
+def test_value_order_sorts_numpy_numbers_as_numbers():
+    """pandas 2 gives numpy integers as group keys, pandas 3 Python ones: both sort 128 < 512 < 2048."""
+    from spamlang.scoring.frames import value_order
+    values = [np.int64(2048), 512, np.float64(128.0), "bag", None, np.nan]
+    assert sorted(values, key=value_order)[:4] == [128.0, 512, 2048, "bag"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from spamlang.suite import load
+from spamlang.sweeps.suite import load
 from tests.test_leaderboard import make_record, write_all
 from tests.test_outputs import user_files
 from tests.test_suite import TINY

@@ -11,15 +11,20 @@ import re
 import pandas as pd
 import pytest
 
-from spamlang import leaderboard, record
-from spamlang.floors import FloorCache
-from spamlang.leaderboard import chosen_runs, head_ranking, load_folders, provenance
+from spamlang import record
+from spamlang.publishing import board, load, markdown, outputs, ranking
+from spamlang.publishing.load import load_folders
+from spamlang.publishing.outputs import provenance
+from spamlang.publishing.ranking import chosen_runs, head_ranking
 from spamlang.record import RunRecord
-from spamlang.scorer import score
-from spamlang.stats import wilcoxon_greater
+from spamlang.record.provenance import environment, git_commit
+from spamlang.scoring import stats
+from spamlang.scoring.floors import FloorCache
+from spamlang.scoring.scorer import score
+from spamlang.scoring.stats import wilcoxon_greater
 from spamlang.task import make_task
-from tests.records import make_record as build_record
 from tests.conftest import assert_user_error
+from tests.records import make_record as build_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +73,7 @@ def test_wilcoxon_normal_approximation_close_to_exact(monkeypatch):
     rng = random.Random(0)
     differences = [rng.gauss(0.3, 1) for _ in range(30)]
     exact = wilcoxon_greater(differences)
-    monkeypatch.setattr(leaderboard, "EXACT_MAX", 0)
+    monkeypatch.setattr(stats, "EXACT_MAX", 0)  # the normal approximation from the first pair on
     assert 0.005 < exact < 0.5 and wilcoxon_greater(differences) == pytest.approx(exact, abs=0.01)
 
 
@@ -104,7 +109,7 @@ def test_heads_that_never_share_a_configuration_are_not_ranked_apart(tmp_path):
     records = grid(heads=(("linear", None),), vocab=(16,)) + grid(heads=(("lowrank", 2),), vocab=(32,))
     table = head_ranking(*scored_runs(tmp_path, records))
     assert list(table["rank"]) == ["1", "=1"] and table.iloc[0]["n_next"] == 0 and not table.iloc[0]["ahead"]
-    assert "no shared runs" in leaderboard.ranking_markdown(table)
+    assert "no shared runs" in markdown.ranking_markdown(table)
 
 
 # -- loading and merging ----------------------------------------------------------------------------------------------
@@ -125,7 +130,7 @@ def test_merging_two_folders_keeps_one_copy_of_a_repeated_run(tmp_path):
 def test_provenance_names_command_commits_devices_versions_and_dates(tmp_path):
     runs = load_folders([write_all(tmp_path, grid(seeds=2, vocab=(16,)))])
     prov = provenance(runs, "spamlang leaderboard x --out y")
-    env = record.environment("cpu")
+    env = environment("cpu")
     assert prov["command"] == "spamlang leaderboard x --out y" and prov["runs"] == 4
     assert prov["commits"] == [str(env.git_commit)] and prov["devices"] == ["cpu"]
     assert prov["torch"] == [env.torch] and prov["python"] == [env.python]
@@ -148,7 +153,7 @@ def test_leaderboard_command_writes_self_contained_files(run_cli, tmp_path):
     assert summary.startswith("heads: 1 linear (") and "2 lowrank:2" in summary and "verdicts of 6 configurations" in summary
     assert str(out / "leaderboard.md") in files and str(out / "kept_cos.png") in files
     for fragment in (f"spamlang leaderboard {tmp_path / 'a'} {tmp_path / 'b'} --out {out}", "devices: cpu",
-                     str(record.git_commit()), "torch ", "suites: hand v3", "## Configurations", "(learnability.png)"):
+                     str(git_commit()), "torch ", "suites: hand v3", "## Configurations", "(learnability.png)"):
         assert fragment in text, fragment
     for name in ("learnability.png", "curves.png", "kept_cos.png"):
         data = (out / name).read_bytes()
@@ -205,23 +210,23 @@ def test_several_folders_need_out(run_cli, tmp_path):
 
 # -- too few pairs, missing tasks -------------------------------------------------------------------------------------
 def test_min_p_value_is_the_exact_tests_floor():
-    assert leaderboard.min_p_value(4) == wilcoxon_greater([1, 2, 3, 4]) == 0.0625
-    assert leaderboard.min_p_value(5) == wilcoxon_greater([1, 2, 3, 4, 5]) < leaderboard.ALPHA
+    assert ranking.min_p_value(4) == wilcoxon_greater([1, 2, 3, 4]) == 0.0625
+    assert ranking.min_p_value(5) == wilcoxon_greater([1, 2, 3, 4, 5]) < ranking.ALPHA
 
 
 def test_too_few_pairs_to_ever_be_significant_are_named(tmp_path):
     scored, runs = scored_runs(tmp_path, grid(seeds=2, vocab=(16, 32)))  # 4 pairs: p >= 1/16 whatever the data
     ranking = head_ranking(scored, runs)
     assert ranking.iloc[0]["n_next"] == 4 and not ranking.iloc[0]["ahead"]
-    text = leaderboard.ranking_markdown(ranking)
+    text = markdown.ranking_markdown(ranking)
     assert "no (p=0.062, n=4; too few pairs: p >= 0.062 whatever the data)" in text
     assert "fewer than 5 pairs can never put one design ahead" in text
-    line = leaderboard.summary(ranking, scored)
+    line = markdown.summary(ranking, scored)
     assert line.startswith("heads: 1 linear (") and "=1 lowrank:2" in line and "4 optimization-limited" in line
     assert "1 neighbouring pair(s) share too few runs (< 5) to ever differ" in line
     scored, runs = scored_runs(tmp_path / "b", grid(seeds=3, vocab=(16, 32)))  # 6 pairs: p can reach 1/64
     enough = head_ranking(scored, runs)
-    assert "too few" not in leaderboard.ranking_markdown(enough) and "too few" not in leaderboard.summary(enough, scored)
+    assert "too few" not in markdown.ranking_markdown(enough) and "too few" not in markdown.summary(enough, scored)
 
 
 def ghost_records(folder):
@@ -250,7 +255,7 @@ def test_a_leaderboard_written_into_its_run_folder_is_rebuilt_there_without_warn
     and floor cache are not taken for malformed records."""
     write_all(tmp_path, grid(heads=(("linear", None),), seeds=1, vocab=(16,)))
     assert run_cli("leaderboard", tmp_path, "--format", "csv").code == 0
-    assert (tmp_path / leaderboard.PROVENANCE_FILE).exists()
+    assert (tmp_path / outputs.PROVENANCE_FILE).exists()
     again = run_cli("leaderboard", tmp_path, "--format", "csv")
     assert again.code == 0 and "warning" not in again.err, again.err
 
@@ -264,9 +269,9 @@ def test_the_heatmap_shows_the_configurations_the_ranking_ranks(tmp_path, monkey
     records += [build_record(head="linear", seed=s, losses=(4.0, 0.0), examples_per_symbol=32, suite=larger, **base)
                 for s in range(3)]
     seen = []
-    real = leaderboard.plots.learnability_heatmap
-    monkeypatch.setattr(leaderboard.plots, "learnability_heatmap", lambda scored: seen.append(scored) or real(scored))
-    runs = leaderboard.load_folders([write_all(tmp_path / "runs", records)])
-    leaderboard.write(runs, tmp_path / "board", formats=("csv",))
+    real = board.plots.learnability_heatmap
+    monkeypatch.setattr(board.plots, "learnability_heatmap", lambda scored: seen.append(scored) or real(scored))
+    runs = load.load_folders([write_all(tmp_path / "runs", records)])
+    board.write(runs, tmp_path / "board", formats=("csv",))
     assert len(seen) == 1 and list(seen[0]["examples_per_symbol"]) == [8]
     assert len(pd.read_csv(tmp_path / "board" / "configurations.csv")) == 2

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from spamlang import make_task, record
-from spamlang.corpus import generate, load
+from spamlang.data.corpus import generate, load
 from spamlang.errors import SpamLangError
 from tests.conftest import assert_user_error
 from tests.test_leaderboard import grid, write_all
@@ -138,7 +138,8 @@ def test_csv_tables_are_known_by_the_hashes_in_the_provenance_file(run_cli, tmp_
 
 
 def test_a_table_stays_known_when_the_writing_stops_after_the_provenance_file(run_cli, tmp_path, monkeypatch):
-    from spamlang import atomic, leaderboard
+    from spamlang.publishing import outputs
+    from spamlang.system import atomic
     runs = write_all(tmp_path / "runs", grid(seeds=1, vocab=(16,)))
     out = tmp_path / "board"
     assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 0
@@ -153,7 +154,7 @@ def test_a_table_stays_known_when_the_writing_stops_after_the_provenance_file(ru
     monkeypatch.setattr(atomic, "write_text", stop_after_sidecar)
     assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 130
     assert (out / "leaderboard.csv").read_text().count("\n") == 3  # the old table, the new provenance file
-    assert json.loads((out / leaderboard.PROVENANCE_FILE).read_text())["runs"] == 4
+    assert json.loads((out / outputs.PROVENANCE_FILE).read_text())["runs"] == 4
     monkeypatch.setattr(atomic, "write_text", real)
     assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 0
 
@@ -174,7 +175,7 @@ def test_train_never_replaces_a_file_that_is_not_its_record(run_cli, tmp_path, m
 
 
 def test_check_replaceable_api_refuses_without_a_recogniser(tmp_path):
-    from spamlang.atomic import check_replaceable
+    from spamlang.system.atomic import check_replaceable
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("")
     with pytest.raises(SpamLangError, match="other files"):

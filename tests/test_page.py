@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from spamlang import page
+from spamlang.publishing import html as page
 from tests.test_leaderboard import grid, write_all
 
 ROOT = Path(__file__).resolve().parent.parent

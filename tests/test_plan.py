@@ -10,8 +10,8 @@ import pytest
 
 from spamlang import record
 from spamlang.errors import SpamLangError
-from spamlang.plan import calibrate, parse_filters, run_flops, select
-from spamlang.suite import CPU_FLOPS, load
+from spamlang.sweeps.plan import calibrate, parse_filters, run_flops, select
+from spamlang.sweeps.suite import CPU_FLOPS, load
 from tests.conftest import assert_user_error
 from tests.records import make_record
 from tests.test_suite import tiny

@@ -16,8 +16,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from spamlang import record
-from spamlang.runner import _local, _Postfix, _stop, postfix, run_suite
-from spamlang.suite import load
+from spamlang.sweeps.executors import _local, _stop
+from spamlang.sweeps.progress import Postfix, postfix
+from spamlang.sweeps.runner import run_suite
+from spamlang.sweeps.suite import load
 from tests.test_suite import tiny
 
 
@@ -55,11 +57,11 @@ def test_run_on_a_non_terminal_reports_progress_summary_and_files(run_cli, tmp_p
 
 
 def test_ctrl_c_says_a_rerun_resumes(run_cli, tmp_path, monkeypatch):
-    import spamlang.runner
+    import spamlang.sweeps.runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(spamlang.runner, "run_suite", interrupted)
+    monkeypatch.setattr(spamlang.sweeps.runner, "run_suite", interrupted)
     r = run_cli("run", tiny(tmp_path), "--out", tmp_path / "out")
     assert r.code == 130
     assert r.err.strip() == (f"spamlang: error: interrupted; the finished runs are kept in {tmp_path / 'out' / 'runs'}"
@@ -117,7 +119,7 @@ def test_the_bar_shows_the_step_of_the_run_in_flight(tmp_path):
     assert postfix({"ok": 0, "diverged": 0, "failed": 0}, {}) == "0 ok, 0 diverged, 0 failed"
     screen = io.StringIO()
     with tqdm(total=4, file=screen) as bar:
-        show = _Postfix(bar, {"ok": 1, "diverged": 0, "failed": 0}, interval=3600)
+        show = Postfix(bar, {"ok": 1, "diverged": 0, "failed": 0}, interval=3600)
         show({2: (7, 50)})  # the first call draws
         show({2: (8, 50)})  # within the interval: kept, not drawn
         assert screen.getvalue().rstrip().endswith("1 ok, 0 diverged, 0 failed | run 2: step 7/50]")

@@ -12,12 +12,12 @@ import pytest
 from spamlang import record
 from spamlang.config import RunConfig
 from spamlang.errors import ConfigError, SpamLangError
-from spamlang.floors import CACHE_NAME, FloorCache, expressivity_floor
-from spamlang.frames import load_runs
-from spamlang.record import RunRecord
-from spamlang.scorer import learnability, score
-from spamlang.stats import mean_ci, t_quantile
-from spamlang.tables import format_table
+from spamlang.publishing.tables import format_table
+from spamlang.record import RunRecord, schema
+from spamlang.scoring.floors import CACHE_NAME, FloorCache, expressivity_floor
+from spamlang.scoring.frames import load_runs
+from spamlang.scoring.scorer import learnability, score
+from spamlang.scoring.stats import mean_ci, t_quantile
 from spamlang.task import make_task
 from tests.records import make_record as build_record
 
@@ -130,7 +130,7 @@ def test_a_gap_inside_its_uncertainty_does_not_change_the_verdict(tmp_path):
 
 
 def test_an_expressivity_gap_inside_the_floors_uncertainty_does_not_count(tmp_path, monkeypatch):
-    import spamlang.scorer as scorer
+    import spamlang.scoring.scorer as scorer
     monkeypatch.setattr(scorer, "expressivity_floor",
                         lambda *a, **k: {"floor": 0.08, "floor_se": 0.1, "method": "estimated"})
     row = scored(tmp_path, *seeds(head="lowrank", head_rank=2, **FLAT)).iloc[0]
@@ -151,7 +151,7 @@ def test_gaps_are_measured_against_the_bayes_loss_on_the_same_tokens(tmp_path):
 
 
 def test_the_scale_gap_splits_the_optimization_gap(tmp_path, monkeypatch):
-    import spamlang.scorer as scorer
+    import spamlang.scoring.scorer as scorer
     asked = []
 
     def floor_at_scale(task, vocab_size, seq_len, head, d_model, rank, head_params, embed_dim, scale, cache=None):
@@ -387,8 +387,8 @@ def test_records_round_trip_and_the_previous_schema_migrates():
 
 
 def test_the_published_schema_file_matches_the_record_types():
-    published = Path(record.__file__).parent / record.SCHEMA_FILE
-    assert json.loads(published.read_text()) == record.json_schema(), "regenerate: python -m spamlang.record"
+    published = Path(schema.__file__).parent / schema.SCHEMA_FILE
+    assert json.loads(published.read_text()) == schema.json_schema(), "regenerate: python -m spamlang.record.schema"
 
 
 def test_the_published_results_load():
@@ -454,7 +454,7 @@ def one_thread():
 
 
 def test_tiny_trained_runs_get_the_right_verdicts(tmp_path, one_thread):
-    from spamlang.harness import train
+    from spamlang.training.loop import train
     tiny = dict(d_model=16, layers=1, batch_size=32, eval_sequences=64, diag_tokens=64, device="cpu")
     spam = dict(task="spam", seq_len=8, steps=100, eval_every=20, **tiny)
     bag = dict(task="bag", task_params={"k": 4}, vocab_size=16, head="lowrank", head_rank=2, seq_len=16, steps=200,
@@ -507,5 +507,5 @@ def test_a_failure_shows_what_the_larger_budget_showed(tmp_path):
     text = format_table(table, "md")
     assert "learned at 4× budget (32 examples/symbol)" in text and "at larger budget:" in text
     assert "at larger budget" not in format_table(scored(tmp_path / "b", *records[:3]), "md")
-    from spamlang.leaderboard import own_budget
+    from spamlang.publishing.ranking import own_budget
     assert sorted(own_budget(table)["head"]) == ["linear", "lowrank", "tied"]  # the ranking's rows

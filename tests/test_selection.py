@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from spamlang.selection import choose, edge, next_lrs, setting_key
+from spamlang.scoring.configurations import choose, edge, setting_key
+from spamlang.sweeps.lrgrid import next_lrs
 
 OK = "ok"
 

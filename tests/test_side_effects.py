@@ -6,8 +6,8 @@ import stat
 
 import torch
 
-from spamlang import atomic
-from spamlang.harness import precision
+from spamlang.system import atomic
+from spamlang.training.devices import precision
 
 
 def test_atomic_files_get_their_explicit_mode_whatever_the_umask(tmp_path):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from spamlang.config import RunConfig
-from spamlang.frames import load_runs
 from spamlang.record import write
-from spamlang.speedup import compare, format_speedup, loss_at, speedup_table, tokens_to_reach
+from spamlang.scoring.frames import load_runs
+from spamlang.scoring.speedup import compare, format_speedup, loss_at, speedup_table, tokens_to_reach
 from tests.records import make_record
 
 TOKENS = 1000 * 2.0 ** np.arange(11)  # 1k .. 1.02M
@@ -89,7 +89,7 @@ def test_no_reference_gives_an_empty_table(tmp_path):
 
 def test_speedup_cli(run_cli, tmp_path):
     from spamlang import record
-    from spamlang.harness import train
+    from spamlang.training.loop import train
     for head, rank in (("linear", None), ("lowrank", 2)):
         config = RunConfig(task="spam", vocab_size=32, d_model=16, layers=1, seq_len=8, batch_size=16, steps=20,
                            eval_every=5, eval_sequences=16, diag_tokens=16, head=head, head_rank=rank, device="cpu")

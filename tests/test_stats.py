@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from spamlang.stats import bootstrap_ci, holm, mean_se, slope
+from spamlang.scoring.stats import bootstrap_ci, holm, mean_se, slope
 
 
 def test_holm_adjusts_step_down_and_keeps_the_order():
@@ -48,7 +48,7 @@ def test_slope_of_a_least_squares_line_with_its_standard_error():
 
 
 def test_paired_t_hand_checked():
-    from spamlang.stats import paired_t
+    from spamlang.scoring.stats import paired_t
     mean, p, df = paired_t([1.0, 2.0, 3.0])  # t = 2 / (1 / sqrt 3) = 3.464 with 2 df: p = 0.0742
     assert (mean, df) == (2.0, 2) and p == pytest.approx(0.0742, abs=5e-4)
     assert paired_t([0.5, 0.5, None])[1] == 0.0 and paired_t([0.0, 0.0])[1] == 1.0

@@ -14,8 +14,8 @@ import pytest
 
 from spamlang import record
 from spamlang.errors import SpamLangError
-from spamlang.runner import run_suite
-from spamlang.suite import builtin_names, load
+from spamlang.sweeps.runner import run_suite
+from spamlang.sweeps.suite import builtin_names, load
 from tests.conftest import assert_user_error
 from tests.records import make_record
 
@@ -104,7 +104,7 @@ def test_a_folder_named_after_a_builtin_suite_does_not_hide_it(tmp_path, monkeyp
 def test_run_resume_and_failures(tmp_path, monkeypatch):
     suite = load(str(tiny(tmp_path)))
     out = tmp_path / "out"
-    import spamlang.harness as train_module
+    import spamlang.training.loop as train_module
     real = train_module.train
 
     def flaky(config, progress=None, checkpoint=None, threads=None, **callbacks):
@@ -153,7 +153,7 @@ def fake_train(diverge_above: float):
     (0.05, 2, [0.00333, 0.01, 0.03, 0.09]),  # 0.09 diverges: 0.03 is inside
 ])
 def test_the_lr_grid_grows_until_the_chosen_lr_is_inside(tmp_path, monkeypatch, diverge_above, rounds, lrs):
-    import spamlang.harness as train_module
+    import spamlang.training.loop as train_module
     monkeypatch.setattr(train_module, "train", fake_train(diverge_above))
     path = tiny(tmp_path)
     path.write_text(path.read_text().replace('head = ["linear", "lowrank:2"]', 'head = "lowrank:2"\nlr = 0.01'))
@@ -257,7 +257,7 @@ def budget_train(learns_at: dict, best_lr: float = 0.01):
 
 @pytest.mark.parametrize("budget", ["steps", "examples_per_symbol"])
 def test_failures_get_a_larger_budget_at_the_chosen_lr_and_its_neighbours(tmp_path, monkeypatch, budget):
-    import spamlang.harness as train_module
+    import spamlang.training.loop as train_module
     monkeypatch.setattr(train_module, "train", budget_train({"linear": 1, "lowrank": 12}))
     path = tiny(tmp_path, extra="")
     text = path.read_text().replace('description = "test suite"', 'description = "test suite"\nextend_budget = 4')
@@ -285,7 +285,7 @@ def test_failures_get_a_larger_budget_at_the_chosen_lr_and_its_neighbours(tmp_pa
 
 
 def test_the_lr_rounds_apply_to_the_extended_budget(tmp_path, monkeypatch):
-    import spamlang.harness as train_module
+    import spamlang.training.loop as train_module
     monkeypatch.setattr(train_module, "train", budget_train({"linear": 100, "lowrank": 100}, best_lr=1.0))
     path = tiny(tmp_path)
     path.write_text(path.read_text().replace('head = ["linear", "lowrank:2"]', 'head = "lowrank:2"\nlr = 0.03'))

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from spamlang import ConfigError, Rng, TASKS, make_task
-from spamlang.validate import validate
+from spamlang import TASKS, ConfigError, Rng, make_task
+from spamlang.data.validate import validate
 
 BUILTIN = ["bag", "cycle", "permutation", "shift", "spam", "spam-noisy", "spam-zipf"]
 V, T = 50, 12

@@ -12,8 +12,8 @@ import torch
 
 from spamlang import Rng
 from spamlang.config import RunConfig
+from spamlang.data.textcorpus import prepare, split_of
 from spamlang.task import make_task
-from spamlang.textcorpus import prepare, split_of
 from tests.conftest import assert_user_error
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -79,7 +79,7 @@ def test_split_does_not_depend_on_order_and_changes_with_seed():
 
 
 def test_bpe_has_exactly_v_tokens_is_cached_and_deterministic(corpus, cache, tmp_path, monkeypatch):
-    from spamlang import tokenizer as tok
+    from spamlang.data import tokenizer as tok
     arrays = text_task(corpus).arrays(300)
     meta = arrays.meta
     assert meta["tokenizer"]["vocab_size"] == 300 and meta["tokenizer"]["kind"] == "bpe"
@@ -114,10 +114,10 @@ def test_windows_are_deterministic_and_come_from_the_stream_split(corpus):
 
 
 def test_training_records_corpus_and_tokenizer_and_scores_na(corpus, tmp_path):
-    from spamlang.frames import load_runs
-    from spamlang.harness import train
     from spamlang.record import write
-    from spamlang.scorer import score
+    from spamlang.scoring.frames import load_runs
+    from spamlang.scoring.scorer import score
+    from spamlang.training.loop import train
     config = RunConfig(task="text", vocab_size=300, task_params={"corpus": str(corpus), "holdout": 0.2}, d_model=16,
                        layers=1, seq_len=12, batch_size=8, steps=6, eval_every=3, eval_sequences=8, diag_tokens=16,
                        head="lowrank", head_rank=4, device="cpu")
@@ -200,7 +200,7 @@ def test_bpe_needs_the_byte_alphabet(run_cli, corpus, tmp_path):
 
 def test_leaderboard_of_text_runs_has_tokens_to_target(run_cli, corpus, tmp_path):
     from spamlang import record
-    from spamlang.harness import train
+    from spamlang.training.loop import train
     for head, rank in (("linear", None), ("lowrank", 2)):
         config = RunConfig(task="text", vocab_size=300, task_params={"corpus": str(corpus), "holdout": 0.2},
                            d_model=16, layers=1, seq_len=12, batch_size=8, steps=6, eval_every=2, eval_sequences=8,
@@ -214,7 +214,7 @@ def test_leaderboard_of_text_runs_has_tokens_to_target(run_cli, corpus, tmp_path
 
 
 def test_text_task_passes_the_task_checks(corpus):
-    from spamlang.validate import validate
+    from spamlang.data.validate import validate
     results = validate(text_task(corpus), 300, 12, 64)
     assert all(r.ok for r in results), [(r.name, r.detail) for r in results if not r.ok]
     assert "none known" in next(r.detail for r in results if r.name == "bayes loss")

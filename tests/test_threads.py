@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 
-from spamlang import floors, threads
 from spamlang.config import RunConfig
 from spamlang.errors import SpamLangError
-from spamlang.harness import train
-from spamlang.runner import run_suite
-from spamlang.suite import load
+from spamlang.scoring import floorfit
+from spamlang.sweeps.runner import run_suite
+from spamlang.sweeps.suite import load
+from spamlang.system import threads
 from spamlang.task import Targets
+from spamlang.training.loop import train
 from tests.conftest import assert_user_error
 
 SMALL = RunConfig(task="spam", vocab_size=2048, d_model=32, layers=1, seq_len=8, batch_size=64)  # 2.2e8 FLOPs
@@ -104,9 +105,9 @@ def test_floor_fits_run_on_the_policy_count(monkeypatch, contexts, vocab_size, e
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(threads, "idle_cores", lambda window=0.1: 2.0)
     seen = []
-    wrapped = floors._thread_policy(lambda targets, head, **options: seen.append(torch.get_num_threads()))
+    wrapped = floorfit._thread_policy(lambda targets, head, **options: seen.append(torch.get_num_threads()))
     probs = torch.full((contexts, vocab_size), 1 / vocab_size)
-    wrapped(Targets(probs, torch.full((contexts,), 1 / contexts), True), floors.build_head("linear", vocab_size, 16, None))
+    wrapped(Targets(probs, torch.full((contexts,), 1 / contexts), True), floorfit.build_head("linear", vocab_size, 16, None))
     assert seen == [expected]
 
 
@@ -142,7 +143,7 @@ AGREEMENT = RunConfig(**{**TINY.to_dict(), "vocab_size": 2048, "d_model": 32, "s
 
 
 def _history_in_fresh_process(env: dict, threads_count: int) -> list:
-    code = ("import json, sys; from spamlang.config import RunConfig; from spamlang.harness import train; "
+    code = ("import json, sys; from spamlang.config import RunConfig; from spamlang.training.loop import train; "
             f"print(json.dumps(train(RunConfig(**json.loads(sys.argv[1])), threads={threads_count}).to_dict()['history']))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(AGREEMENT.to_dict())], env={**os.environ, **env},
                          capture_output=True, text=True, check=True).stdout

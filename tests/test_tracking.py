@@ -131,13 +131,13 @@ def test_a_failed_run_is_logged_with_its_status(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import spamlang.harness
-    from spamlang.runner import execute
-    from spamlang.tracking import TrackerSpec
+    import spamlang.training.loop
+    from spamlang.sweeps.executors import execute
+    from spamlang.training.tracking import TrackerSpec
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(spamlang.harness, "train", boom)
+    monkeypatch.setattr(spamlang.training.loop, "train", boom)
     config = {"task": "spam", "vocab_size": 16, "d_model": 16, "steps": 2, "device": "cpu"}
     rec = execute(config, record.SuiteInfo(name="t", version=1, source="t.toml", sweep=()), 1,
                   TrackerSpec("tensorboard", str(tmp_path)))
@@ -150,13 +150,13 @@ def test_a_failed_run_is_logged_with_its_status(tmp_path, monkeypatch):
 
 def test_a_tracker_that_fails_to_finish_fails_the_run_it_logged(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
-    import spamlang.tracking
-    from spamlang.runner import execute
-    from spamlang.tracking import TrackerSpec
+    import spamlang.training.tracking
+    from spamlang.sweeps.executors import execute
+    from spamlang.training.tracking import TrackerSpec
 
     def boom(self, rec):
         raise OSError("disk full")
-    monkeypatch.setattr(spamlang.tracking.TensorBoard, "finish", boom)
+    monkeypatch.setattr(spamlang.training.tracking.TensorBoard, "finish", boom)
     info = record.SuiteInfo(name="t", version=1, source="t.toml", sweep=())
     config = {"task": "spam", "vocab_size": 16, "d_model": 16, "steps": 2, "eval_every": 2, "device": "cpu"}
     rec = execute(config, info, 1, TrackerSpec("tensorboard", str(tmp_path)))
@@ -164,7 +164,9 @@ def test_a_tracker_that_fails_to_finish_fails_the_run_it_logged(tmp_path, monkey
 
 
 def test_the_command_line_offers_exactly_the_trackers_there_are():
-    """cli.py names the trackers itself (importing spamlang.tracking would bring torch into every command's start)."""
-    from spamlang import cli, tracking
-    [option] = [p for p in cli.run.params if p.name == "tracker"]
+    """The command line names the trackers itself (importing spamlang.training.tracking would bring torch into every
+    command's start)."""
+    from spamlang.cli.run import run
+    from spamlang.training import tracking
+    [option] = [p for p in run.params if p.name == "tracker"]
     assert list(option.type.choices) == list(tracking.TRACKERS) == list(tracking._ADAPTERS)

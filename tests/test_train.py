@@ -9,7 +9,8 @@ import torch
 
 from spamlang import record
 from spamlang.config import ResolvedConfig, RunConfig
-from spamlang.harness import train
+from spamlang.record.learned import LEARNED_MARGIN
+from spamlang.training.loop import train
 from tests.conftest import assert_user_error
 
 
@@ -24,7 +25,7 @@ def test_spam_small_vocab_is_learned(spam256):
     assert spam256.final.accuracy >= 0.99
     learned_at = spam256.final.steps_to_learn
     assert learned_at is not None and learned_at < 300
-    assert all((p.test_loss <= record.LEARNED_MARGIN) == (p.step >= learned_at) for p in spam256.history)
+    assert all((p.test_loss <= LEARNED_MARGIN) == (p.step >= learned_at) for p in spam256.history)
     assert spam256.final.coverage == 1.0
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from spamlang import leaderboard, record
+from spamlang import record
 from spamlang.config import RunConfig
-from spamlang.floors import FloorCache
-from spamlang.harness import train
 from spamlang.heads.base import HEADS
-from spamlang.leaderboard import load_folders
-from spamlang.scorer import score
-from spamlang.tables import format_table
+from spamlang.publishing import markdown
+from spamlang.publishing.load import load_folders
+from spamlang.publishing.ranking import head_ranking, without_copy_tasks
+from spamlang.publishing.tables import format_table
+from spamlang.scoring.floors import FloorCache
+from spamlang.scoring.scorer import score
 from spamlang.task import make_task
+from spamlang.training.loop import train
 from tests.records import make_record
 
 TASKS = [("spam", {}), ("spam-zipf", {}), ("spam-noisy", {}), ("cycle", {"k": 1}), ("cycle", {"k": 3}),
@@ -53,13 +55,13 @@ def test_copy_tasks_are_marked_and_ranked_apart(tmp_path):
     assert list(scored["copies_input"]) == [row["task"] == "spam" for _, row in scored.iterrows()]
     table = format_table(scored, "md")
     assert table.count("+copy@init") == 2  # the marked row and the legend
-    kept = leaderboard.without_copy_tasks(scored)
+    kept = without_copy_tasks(scored)
     assert set(kept["task"]) == {"shift"} and len(kept) == 2
-    section = leaderboard.copy_free_ranking_markdown(scored, runs)
+    section = markdown.copy_free_ranking_markdown(scored, runs)
     assert section.startswith("## Head ranking without copy tasks") and "copy solution on spam" in section
-    ranking = leaderboard.head_ranking(kept, runs)
+    ranking = head_ranking(kept, runs)
     assert list(ranking["head"]) == ["linear", "tied"] and set(ranking["tasks"]) == {1}
-    assert list(leaderboard.head_ranking(scored, runs)["head"]) == ["tied", "linear"]  # tied wins on spam
+    assert list(head_ranking(scored, runs)["head"]) == ["tied", "linear"]  # tied wins on spam
     untied = score(runs[runs["head"] == "linear"].reset_index(drop=True), cache=FloorCache())
-    assert leaderboard.without_copy_tasks(untied) is None and "+copy@init" not in format_table(untied, "md")
-    assert leaderboard.copy_free_ranking_markdown(untied, runs) == ""
+    assert without_copy_tasks(untied) is None and "+copy@init" not in format_table(untied, "md")
+    assert markdown.copy_free_ranking_markdown(untied, runs) == ""

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: what a build needs from the repository (the rest is tests, results and benchmarks' code)
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "spamlang", "tasks", "benchmarks/suites")
+SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "spamlang")
 
 
 def _run(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -60,7 +60,7 @@ def venv(wheel, tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_package_data_and_license(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "spamlang/__main__.py" in names and "spamlang/schema/run-2.json" in names
+    assert "spamlang/__main__.py" in names and "spamlang/record/run-2.json" in names
     assert "spamlang/tasks/spam.py" in names and "spamlang/suites/smoke.toml" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
 
@@ -79,3 +79,15 @@ def test_the_installed_wheel_runs_the_command_line(venv, tmp_path):
     assert json.loads(record.read_text())["status"] == "ok"
     scored = json.loads(_run(script, "score", tmp_path / "runs", "--format", "json", cwd=tmp_path, env=env).stdout)
     assert len(scored) == 1 and scored[0]["head"] == "linear"
+
+
+def test_python_started_in_the_checkout_imports_the_source_tree_whole(venv):
+    """With the wheel installed (not editable), Python started in the repository's root imports the source
+    ``spamlang/`` first: its built-in tasks and suites must be part of that tree, not mapped in by the install."""
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    code = ("import spamlang, spamlang.tasks.spam; from spamlang.sweeps.suite import load; "
+            "print(spamlang.__file__, len(load('smoke').runs))")
+    where, runs = _run(python, "-c", code, cwd=ROOT, env=env).stdout.split()
+    assert Path(where).is_relative_to(ROOT) and int(runs) > 0
+

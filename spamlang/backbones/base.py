@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import Registry
+from spamlang.errors import ConfigError
+from spamlang.registry import Registry
 
 #: standard deviation of the backbones' (GPT-2 style) initialisation
 INIT_STD = 0.02

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import INIT_STD, Backbone, BackboneConfig, register_backbone
+from spamlang.backbones.base import INIT_STD, Backbone, BackboneConfig, register_backbone
 
 
 @register_backbone

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .base import INIT_STD, Backbone, BackboneConfig, register_backbone
+from spamlang.backbones.base import INIT_STD, Backbone, BackboneConfig, register_backbone
+from spamlang.errors import ConfigError
 
 
 @dataclass(frozen=True)

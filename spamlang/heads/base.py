@@ -7,14 +7,15 @@ the backbone (``logit_gradient``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from .. import params as P
-from ..errors import ConfigError
-from ..registry import Registry
+from spamlang import params as P
+from spamlang.errors import ConfigError
+from spamlang.registry import Registry
 
 
 class Head(nn.Module):
@@ -104,3 +105,15 @@ def head_params(cls: type, values: Mapping[str, Any] | None, *, from_strings: bo
 
 def describe_params(cls: type) -> list[dict]:
     return P.describe(cls.Params) if cls.Params is not None and dataclasses.is_dataclass(cls.Params) else []
+
+
+#: the run settings that name a head design
+HEAD_FIELDS = ("head", "head_rank", "head_params")
+
+
+def head_label(head: str, rank: int | None = None, params: Mapping[str, Any] | None = None) -> str:
+    """A head design as one label, as every table and log shows it: ``linear``, ``lowrank:8``,
+    ``mos(components=4)`` (a missing rank may be None or NaN)."""
+    label = head if rank is None or (isinstance(rank, float) and math.isnan(rank)) else f"{head}:{rank}"
+    return f"{label}({', '.join(f'{k}={v}' for k, v in params.items())})" if params else label
+

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..loss import compute_dtype, linear_cross_entropy, logit_gradient
-from .base import register_head
-from .linear import LinearHead
+from spamlang.heads.base import register_head
+from spamlang.heads.linear import LinearHead
+from spamlang.loss import compute_dtype, linear_cross_entropy, logit_gradient
 
 
 class _ProjectGrad(torch.autograd.Function):

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diagnostics import orthonormal_basis
-from ..loss import compute_dtype, linear_cross_entropy, logit_gradient
-from .base import Head, register_head
-from .linear import INIT_STD
+from spamlang.diagnostics import orthonormal_basis
+from spamlang.heads.base import Head, register_head
+from spamlang.heads.linear import INIT_STD
+from spamlang.loss import compute_dtype, linear_cross_entropy, logit_gradient
 
 
 @register_head

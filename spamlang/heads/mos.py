@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..diagnostics import orthonormal_basis
-from ..loss import IGNORE_INDEX, compute_dtype, default_chunk_size
-from ..params import param
-from .base import Head, register_head
-from .linear import INIT_STD
+from spamlang.diagnostics import orthonormal_basis
+from spamlang.heads.base import Head, register_head
+from spamlang.heads.linear import INIT_STD
+from spamlang.loss import IGNORE_INDEX, compute_dtype, default_chunk_size
+from spamlang.params import param
 
 
 @register_head

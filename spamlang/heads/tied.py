@@ -1,9 +1,9 @@
 """The tied head: the output matrix is the backbone's input embedding."""
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .base import Head, register_head
-from .linear import LinearHead
+from spamlang.errors import ConfigError
+from spamlang.heads.base import Head, register_head
+from spamlang.heads.linear import LinearHead
 
 
 @register_head

@@ -10,6 +10,6 @@ streamed over token chunks so that the N x V logits never exist at once:
   sketch with a computed error bound);
 - :mod:`.update`: the equal-norm update experiment (ideal step -G against the realisable step);
 - :mod:`.text`, :mod:`.checkpoint`, :mod:`.forward`: reading text, loading a checkpoint, computing H;
-- :mod:`.record`, :mod:`.run`, :mod:`.board`: the ``spamlang.measure/1`` record, the driver, the leaderboard's models
-  table and plots.
+- :mod:`.record`, :mod:`.run`: the ``spamlang.measure/1`` record and the driver (the leaderboard's models table and
+  plots: :mod:`spamlang.publishing.models`).
 """

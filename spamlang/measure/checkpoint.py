@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SpamLangError
+from spamlang.errors import SpamLangError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 #: config fields that describe where or by what a checkpoint was written, not the model

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import SpamLangError
-from .logits import logits
+from spamlang.errors import SpamLangError
+from spamlang.measure.logits import logits
 
 #: largest relative difference allowed between the model's own logits and H Wᵀ + b
 LINEAR_TOLERANCE = 1e-3

@@ -5,7 +5,7 @@ from typing import Iterator
 
 import torch
 
-from ..loss import default_chunk_size
+from spamlang.loss import default_chunk_size
 
 #: fewest tokens per chunk (at V = 50,257: 51 MiB of float32 logits)
 MIN_ROWS = 256

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .logits import gradient_chunks
+from spamlang.measure.logits import gradient_chunks
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 

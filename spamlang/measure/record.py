@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import atomic
-from ..errors import SpamLangError
-from ..record import strict_json
+from spamlang.errors import SpamLangError
+from spamlang.record import strict_json
+from spamlang.system import atomic
 
 SCHEMA = "spamlang.measure/1"
 REQUIRED = ("schema", "measure_id", "created", "model", "tokenizer", "text", "settings", "per_token", "spectrum",

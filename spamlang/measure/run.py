@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import record as run_record
-from ..diagnostics import orthonormal_basis
-from ..errors import ConfigError, SpamLangError
-from . import checkpoint, pertoken, record, spectrum, text, update
-from .forward import check_linear_head, hidden_states
-from .logits import chunk_size
+from spamlang.diagnostics import orthonormal_basis
+from spamlang.errors import ConfigError, SpamLangError
+from spamlang.measure import checkpoint, pertoken, record, spectrum, text, update
+from spamlang.measure.forward import check_linear_head, hidden_states
+from spamlang.measure.logits import chunk_size
+from spamlang.record import provenance
 
 SPECTRUM_METHODS = ("auto", "exact", "sketch")
 #: default tokens per forward batch (windows of seq_len tokens)
@@ -180,7 +180,7 @@ def measure_one(path: Path, files: list[dict], settings: Settings, progress: boo
            "timing": {"seconds": seconds, "forward_seconds": forward_seconds,
                       "tokens_per_second": settings.tokens / seconds,
                       "forward_tokens_per_second": settings.tokens / forward_seconds},
-           "env": {**dataclasses.asdict(run_record.environment(str(device), torch.get_num_threads())),
+           "env": {**dataclasses.asdict(provenance.environment(str(device), torch.get_num_threads())),
                    **_library_versions()}}
     return rec
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .logits import chunk_size, gradient_chunks, logits, row_slices
+from spamlang.measure.logits import chunk_size, gradient_chunks, logits, row_slices
 
 #: shares of ‖G‖² whose component counts are reported
 LEVELS = (0.7, 0.9, 0.99, 0.999)

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import SpamLangError
+from spamlang.errors import SpamLangError
 
 FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".parquet": "parquet", ".npy": "tokens"}
 #: windows are drawn from the first POOL x the needed tokens (the files are not tokenized further)

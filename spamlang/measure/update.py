@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .logits import chunk_size, gradient_chunks, logits, row_slices
+from spamlang.measure.logits import chunk_size, gradient_chunks, logits, row_slices
 
 
 def equal_norm(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,

@@ -1,1 +1,0 @@
-"""Built-in suite files (installed as the package data ``spamlang.suites``)."""

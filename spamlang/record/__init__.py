@@ -1,0 +1,285 @@
+"""The run record: the one interface between training and everything after it (scorer, leaderboards).
+
+A record is a :class:`RunRecord` (its evaluations :class:`EvalPoint`, its end :class:`Final`), stored as JSON with a
+versioned ``schema``. :meth:`RunRecord.to_json` and :meth:`RunRecord.from_json` are the only ways in and out, and
+every record read is validated against the JSON Schema published with the package (``spamlang/record/run-2.json``,
+generated from these types by ``python -m spamlang.record.schema``); records of the previous schema are migrated on
+read. The package's other modules own the rest of the contract: :mod:`~spamlang.record.schema` (the JSON Schema),
+:mod:`~spamlang.record.files` (records on disk), :mod:`~spamlang.record.provenance` (where a run ran) and
+:mod:`~spamlang.record.learned` (the learned rule).
+
+Adding a metric: add a field (``metric("meaning")``, None by default) to :class:`EvalPoint` or :class:`Final`,
+regenerate the schema file, and fill it in the harness. Older records read as None.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import jsonschema
+
+from spamlang.config import RunConfig
+from spamlang.errors import SpamLangError
+from spamlang.record.schema import hints as type_hints
+from spamlang.record.schema import validator
+
+SCHEMA = "spamlang.run/2"
+STATUSES = ("ok", "diverged", "failed")
+#: the losses a run of status ok must hold as finite numbers, in ``final`` and in every evaluation of ``history``
+#: (a non-finite loss is what makes a run ``diverged``)
+OK_FINAL, OK_HISTORY = ("loss", "val_loss"), ("val_loss", "test_loss")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def metric(help: str, *, required: bool = False):
+    """A record field with its meaning; an optional one (the default) is None when a record does not have it."""
+    if required:
+        return field(metadata={"help": help})
+    return field(default=None, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalPoint:
+    """One evaluation during training; losses in nats per predictable position, None where not finite."""
+
+    step: int = metric("training steps done", required=True)
+    tokens: int = metric("training tokens seen", required=True)
+    lr: float = metric("learning rate of the last step", required=True)
+    train_loss: float | None = metric("loss of the last training batch (None at step 0)", required=True)
+    val_loss: float | None = metric("loss on the val stream", required=True)
+    val_accuracy: float | None = metric("accuracy on the val stream", required=True)
+    test_loss: float | None = metric("loss on the test stream", required=True)
+    test_accuracy: float | None = metric("accuracy on the test stream", required=True)
+    test_accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
+    test_accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
+    coverage: float | None = metric("share of the vocabulary seen in training", required=True)
+    grad_destroyed: float | None = metric("destroyed-gradient ratio ‖G − G Q Qᵀ‖ / ‖G‖", required=True)
+    grad_kept_cos: float | None = metric("cosine between G and its kept part G Q Qᵀ", required=True)
+    grad_baseline: float | None = metric("destroyed ratio of an isotropic gradient, sqrt(1 − rank/V)", required=True)
+    examples_per_symbol: float | None = metric("training examples per symbol so far: steps · batch · symbols per "
+                                               "sequence / V")
+    val_loss_se: float | None = metric("standard error of val_loss, over sequences")
+    test_loss_se: float | None = metric("standard error of test_loss, over sequences")
+    test_bayes_loss: float | None = metric("loss of the Bayes predictor (the task's log_prob) on the same test "
+                                           "positions (None: the task has none)")
+    test_bayes_gap_se: float | None = metric("standard error of the paired difference model − Bayes on the test "
+                                             "positions")
+    test_uniform_loss: float | None = metric("loss of the uniform predictor, log V")
+    test_unigram_loss: float | None = metric("loss of the unigram predictor (add-½ token frequencies of a train "
+                                             "sample) on the same test positions")
+    test_unigram_gap_se: float | None = metric("standard error of the paired difference model − unigram on the test "
+                                               "positions")
+    logit_scale: float | None = metric("median over the diagnostic contexts of the logit half-range "
+                                       "(max_v z − min_v z) / 2")
+    update_cosine: float | None = metric("cosine between the first-order logit change of the optimizer's next step "
+                                         "and −G (None: the head has no logits)")
+    grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Final:
+    """A run's result: the last evaluation's test metrics (``val_*`` on the val stream) and the run's totals."""
+
+    loss: float | None = metric("test loss", required=True)
+    accuracy: float | None = metric("test accuracy", required=True)
+    val_loss: float | None = metric("val loss", required=True)
+    val_accuracy: float | None = metric("val accuracy", required=True)
+    accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
+    accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
+    coverage: float | None = metric("share of the vocabulary seen in training", required=True)
+    steps_to_learn: int | None = metric("first evaluation step from which the test loss stays within the learned "
+                                        "margin (or its noise) of the Bayes loss to the end", required=True)
+    tokens_per_second: float | None = metric("training throughput, evaluations excluded", required=True)
+    grad_destroyed: float | None = metric("destroyed-gradient ratio at the last evaluation", required=True)
+    grad_kept_cos: float | None = metric("kept cosine at the last evaluation", required=True)
+    grad_baseline: float | None = metric("isotropic destroyed ratio", required=True)
+    steps: int | None = metric("training steps done")
+    tokens: int | None = metric("training tokens seen")
+    examples_per_symbol: float | None = metric("training examples per symbol seen: steps · batch · symbols per "
+                                               "sequence / V")
+    val_loss_se: float | None = metric("standard error of val_loss at the last evaluation")
+    test_loss_se: float | None = metric("standard error of loss (test) at the last evaluation")
+    test_bayes_loss: float | None = metric("Bayes predictor's loss on the same test positions (None: the task has "
+                                           "no log_prob)")
+    test_bayes_gap_se: float | None = metric("standard error of the paired difference model − Bayes")
+    test_uniform_loss: float | None = metric("uniform predictor's loss, log V")
+    test_unigram_loss: float | None = metric("unigram predictor's loss on the same test positions")
+    test_unigram_gap_se: float | None = metric("standard error of the paired difference model − unigram")
+    logit_scale: float | None = metric("median logit half-range at the last evaluation")
+    update_cosine: float | None = metric("cosine of the optimizer step's first-order logit change with −G at the "
+                                         "last evaluation")
+    grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values at the last evaluation")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    steps: int = metric("training steps done", required=True)
+    train_seconds: float = metric("wall time of the training steps", required=True)
+    eval_seconds: float = metric("wall time of the evaluations after step 0", required=True)
+    total_seconds: float = metric("wall time of the whole run", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Env:
+    device: str = metric("device name", required=True)
+    torch: str = metric("torch version", required=True)
+    python: str = metric("Python version", required=True)
+    spamlang: str = metric("spamlang version", required=True)
+    git_commit: str | None = metric("commit of the spamlang source, '-dirty' if changed", required=True)
+    platform: str = metric("operating system", required=True)
+    threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before the "
+                                 "thread policy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteInfo:
+    name: str = metric("suite name", required=True)
+    version: int = metric("suite version", required=True)
+    source: str = metric("suite file", required=True)
+    sweep: tuple[str, ...] = metric("run settings the suite sweeps (chosen on val)", required=True)
+    lr_round: int | None = metric("round of the adaptive lr grid that added the run (0: the suite's own grid)")
+    budget_round: int | None = metric("budget round that added the run (0: the suite's own budget; 1: a configuration "
+                                      "not learned there, rerun at the suite's extend_budget times its budget)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """Everything one run produced. A run that raised is ``failed`` (see :meth:`failed`): no history, no final."""
+
+    run_id: str = metric("hash of the configuration (RunConfig.run_id)", required=True)
+    config: RunConfig = metric("the run's configuration", required=True)
+    task_version: int | None = metric("version of the task's generator (None: failed before it was built)",
+                                      required=True)
+    bayes_loss: float | None = metric("the task's Bayes loss, nats per predictable position", required=True)
+    deterministic: bool | None = metric("whether every target is a function of its context", required=True)
+    rank: int | None = metric("rank of the head's gradient map")
+    data: Mapping[str, Any] | None = metric("where the tokens come from beyond the task's parameters (a text task: "
+                                            "corpus sha256, tokenizer); None for a generated task")
+    status: str = metric("ok, diverged or failed", required=True)
+    error: str | None = metric("the exception of a failed run")
+    traceback: str | None = metric("its traceback")
+    history: tuple[EvalPoint, ...] = metric("evaluations, from step 0", required=True)
+    final: Final | None = metric("the result (None for a failed run)", required=True)
+    timing: Timing | None = metric("wall times")
+    env: Env = metric("where it ran", required=True)
+    created: str | None = metric("start time, ISO 8601")
+    suite: SuiteInfo | None = metric("the suite it was run for")
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
+        if self.status != "failed" and (not self.history or self.final is None):
+            raise ValueError(f"a run with status {self.status!r} needs a history and final metrics")
+        if self.status == "ok":
+            bad = [f"final.{k}" for k in OK_FINAL if not _finite(getattr(self.final, k))]
+            bad += [f"history[{i}].{k}" for i, p in enumerate(self.history) for k in OK_HISTORY
+                    if not _finite(getattr(p, k))]
+            if bad:
+                raise ValueError(f"a run with status 'ok' has non-finite or missing metrics ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''})")
+
+    @classmethod
+    def failed(cls, config: RunConfig, error: str, traceback: str | None = None,
+               threads: int | None = None) -> "RunRecord":
+        """The record of a run that raised ``error`` before it could finish (on ``threads`` intra-op threads)."""
+        from spamlang.record.provenance import environment, now
+        return cls(run_id=config.run_id, config=config, task_version=None, bayes_loss=None, deterministic=None,
+                   status="failed", error=error, traceback=traceback, history=(), final=None,
+                   env=environment("unknown", threads), created=now())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data (``schema`` first; non-finite numbers as None)."""
+        return {"schema": SCHEMA, **_plain(self)}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        """The record as strict JSON."""
+        return strict_json(self.to_dict(), indent)
+
+    @classmethod
+    def from_json(cls, data: str | Mapping[str, Any], source: str = "record") -> "RunRecord":
+        """A record from its JSON text (or parsed data), migrated from an older schema if need be and validated; any
+        problem raises SpamLangError naming ``source`` and, for a malformed field, its JSON path."""
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise SpamLangError(f"{source}: not readable as JSON ({exc})") from None
+        if not isinstance(data, Mapping) or "schema" not in data:
+            raise SpamLangError(f"{source}: not a SpamLang run record (no 'schema' key)")
+        if data["schema"] in MIGRATIONS:
+            data = MIGRATIONS[data["schema"]](data)
+        if data["schema"] != SCHEMA:
+            raise SpamLangError(f"{source}: record schema {data['schema']!r} is not supported (this version reads "
+                                f"{', '.join([*MIGRATIONS, SCHEMA])})")
+        error = jsonschema.exceptions.best_match(validator().iter_errors(data))
+        if error is not None:
+            raise SpamLangError(f"{source}: malformed run record: {error.json_path}: {error.message}")
+        try:
+            return _build(cls, {k: v for k, v in data.items() if k != "schema"})
+        except (SpamLangError, ValueError) as exc:
+            where = "$.config" if isinstance(exc, SpamLangError) else "$"
+            raise SpamLangError(f"{source}: malformed run record: {where}: {exc}") from None
+
+
+def _migrate_1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``spamlang.run/1`` -> 2: the status is no longer repeated in ``final``, and a failed run's final is None."""
+    data = {**data, "schema": SCHEMA}
+    final = data.get("final")
+    if data.get("status") == "failed":
+        data["final"] = None
+    elif isinstance(final, Mapping):
+        data["final"] = {k: v for k, v in final.items() if k != "status"}
+    return data
+
+
+#: the older schemas this version reads, each with its migration to the next
+MIGRATIONS = {"spamlang.run/1": _migrate_1}
+
+
+# -- JSON (de)serialisation -----------------------------------------------------------------------------------------
+def strict_json(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON of ``obj`` (dataclasses as objects, non-finite numbers as null)."""
+    return json.dumps(_plain(obj), indent=indent, allow_nan=False, default=str)
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON-ready data: dataclasses as dicts, tuples as lists, non-finite floats as None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """``value`` (schema-valid JSON data) as the type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        return _build(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        return tuple(_build(args[0], v) for v in value)
+    if tp is RunConfig:
+        return RunConfig.from_dict(value)
+    if dataclasses.is_dataclass(tp):
+        hints = type_hints(tp)
+        return tp(**{name: _build(hints[name], v) for name, v in value.items()})
+    if tp is float:
+        return float(value)
+    return value
+
+
+from spamlang.record.files import read, read_replaceable, write  # noqa: E402,F401 (re-exported: records' I/O)

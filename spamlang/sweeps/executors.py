@@ -1,0 +1,190 @@
+"""Executors: where a suite's runs train. ``local`` runs them in this process or in worker processes (spawned, each
+claiming a slot of live step counts in shared memory); ``ray`` hands each run to a Ray cluster, one GPU per run where
+the cluster has GPUs. Every executor yields finished records; the runner writes them.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing
+import os
+import signal
+import threading
+import traceback
+from typing import Callable, Iterator
+
+from tqdm.auto import tqdm
+
+from spamlang import record
+from spamlang.config import RunConfig
+from spamlang.errors import SpamLangError
+from spamlang.system.threads import choose, idle_cores, step_flops
+from spamlang.training import tracking
+from spamlang.training.tracking import TrackerSpec
+
+EXECUTORS = ("local", "ray")
+
+
+def execute(config: dict, suite_info: record.SuiteInfo, threads: int, tracker: TrackerSpec | None = None,
+            number: int = 0, on_step: Callable[[int, int, int], None] | None = None) -> record.RunRecord:
+    """Train one run on ``threads`` intra-op threads and return its record; an exception (of the run or of its
+    ``tracker``, which logs each evaluation and the record) becomes a ``failed`` record (never raised). ``on_step``
+    (default: this worker process's slot of the live step counts, if any) is called with (``number``, steps done,
+    steps) after each step."""
+    from spamlang.training.loop import train
+    cfg = RunConfig.from_dict(config)
+    on_step, run = on_step or _live_step, None
+
+    def failed(exc: Exception, origin: str = "") -> record.RunRecord:
+        return record.RunRecord.failed(cfg, f"{origin}{type(exc).__name__}: {exc}", traceback.format_exc(limit=8),
+                                       threads)
+    try:
+        run = tracking.start(tracker, cfg.resolve()) if tracker else None
+        rec = train(cfg, progress=False, threads=threads, on_eval=run and run.log_point,
+                    on_step=lambda step, steps: on_step(number, step, steps))
+    except Exception as exc:
+        rec = failed(exc)
+    finally:
+        on_step(number, 0, 0)  # the run is no longer in flight
+    rec = dataclasses.replace(rec, suite=suite_info)
+    if run is not None:
+        try:
+            run.finish(rec)
+        except Exception as exc:
+            rec = dataclasses.replace(failed(exc, f"tracker {tracker.name}: "), suite=suite_info)
+    return rec
+
+
+#: this worker process's slot in the live step counts shared with the driver: (array, slot), see :class:`Live`
+_WORKER_SLOT: tuple | None = None
+
+
+def _live_step(number: int, step: int, steps: int) -> None:
+    if _WORKER_SLOT is not None:
+        array, slot = _WORKER_SLOT
+        array[3 * slot:3 * slot + 3] = [number, step, steps]
+
+
+class Live:
+    """The step counts of the runs in flight, in memory shared with the local worker processes: one slot (run
+    number, steps done, steps) per worker, claimed by each worker as it starts."""
+
+    def __init__(self, ctx, workers: int):
+        self.array = ctx.Array("q", 3 * workers, lock=False)
+        self.claimed = ctx.Value("i", 0)
+
+    def in_flight(self) -> dict[int, tuple[int, int]]:
+        """{run number: (steps done, steps)} of the runs training now."""
+        values = list(self.array)
+        slots = (values[i:i + 3] for i in range(0, len(values), 3))
+        return {number: (step, steps) for number, step, steps in slots if steps > 0}
+
+
+def _device(config: RunConfig, override: str | None, slot: int, executor: str) -> str:
+    """The run's device: ``override`` (``--device``) or the suite's. Local CUDA workers are spread over the visible
+    GPUs (and share them beyond that); a Ray task sees only the GPU Ray gave it, so it keeps the name as it is."""
+    import torch
+    device = override or config.device
+    if executor == "local" and device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        return f"cuda:{slot % torch.cuda.device_count()}"
+    return device
+
+
+def _threads(config: dict, workers: int, override: int | None, cores: int | None = None,
+             idle: float | None = None) -> int:
+    """The intra-op threads of one run among ``workers`` sharing ``cores`` (see :mod:`spamlang.system.threads`)."""
+    return choose(step_flops(RunConfig.from_dict(config)), workers, cores, override, idle)
+
+
+def _local(configs: list[dict], info: record.SuiteInfo, workers: int, threads: int | None,
+           tracker: TrackerSpec | None = None, first: int = 1,
+           show: Callable[[dict[int, tuple[int, int]]], None] = lambda live: None,
+           poll: float = 0.5) -> Iterator[record.RunRecord]:
+    """Run ``configs`` (numbered from ``first``) on ``workers`` local processes (in this one when 1), yielding each
+    record as it finishes; ``show`` is called with the step counts of the runs in flight (see
+    :meth:`Live.in_flight`): after each step in this process, else every ``poll`` seconds."""
+    if workers == 1:
+        for number, config in enumerate(configs, first):
+            yield execute(config, info, _threads(config, 1, threads), tracker, number,
+                          lambda n, step, steps: show({n: (step, steps)} if steps else {}))
+        return
+    idle = idle_cores()  # once, before any worker starts
+    counts = [_threads(config, workers, threads, idle=idle) for config in configs]  # a bad value fails before any run
+    ctx = multiprocessing.get_context("spawn")
+    live = Live(ctx, workers)
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                  initargs=(live.array, live.claimed))
+    futures = {pool.submit(execute, config, info, n, tracker, number)
+               for number, (config, n) in enumerate(zip(configs, counts), first)}
+    try:
+        while futures:
+            done, futures = cf.wait(futures, timeout=poll, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+            show(live.in_flight())
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
+
+
+def _worker_init(array=None, claimed=None) -> None:
+    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`), give tqdm a thread lock
+    (its default is a named semaphore, which a stopped worker would leak), and claim their slot of the live step
+    counts (``array``, ``claimed``: see :class:`Live`)."""
+    global _WORKER_SLOT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
+    if array is not None:
+        with claimed.get_lock():
+            _WORKER_SLOT, claimed.value = (array, claimed.value), claimed.value + 1
+
+
+def _stop(pool: cf.ProcessPoolExecutor, timeout: float = 1.0) -> None:
+    """Stop ``pool`` now: drop what has not started, terminate the workers and reap them (no run in flight is
+    recorded; a rerun redoes it)."""
+    processes = list(pool._processes.values())  # the executor offers no public way to stop running work
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this only releases the queues
+
+
+def ray_request(cluster: dict, cpus: int) -> dict:
+    """The resources one Ray task asks for, given ``ray.cluster_resources()``: ``cpus`` CPUs, and one whole GPU when
+    the cluster has one (a run trains on one device), else none."""
+    return {"num_cpus": cpus, "num_gpus": 1 if cluster.get("GPU", 0) >= 1 else 0}
+
+
+def ray_cores(nodes: list[dict]) -> int:
+    """The CPUs of the largest live node of a Ray cluster (``ray.nodes()``), at least 1."""
+    return int(max((node["Resources"].get("CPU", 1) for node in nodes if node["Alive"]), default=1))
+
+
+def _ray(configs: list[dict], info: record.SuiteInfo, workers: int, threads: int | None,
+         tracker: TrackerSpec | None = None, first: int = 1, show=None, poll=None) -> Iterator[record.RunRecord]:
+    """Each run is a Ray task asking for the CPUs it trains on (its share of the largest node's cores) and a GPU
+    when the cluster has one (see :func:`ray_request`); no live step counts (``show`` is not called)."""
+    try:
+        import ray
+    except ImportError:
+        raise SpamLangError("--executor ray needs Ray: pip install 'spamlang[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
+    cluster, cores = ray.cluster_resources(), ray_cores(ray.nodes())
+    remote = ray.remote(max_retries=0)(execute)
+    counts = [_threads(config, 1, threads, cores, idle=cores) for config in configs]  # node load: Ray's business
+    refs = [remote.options(**ray_request(cluster, n)).remote(config, info, n, tracker, number)
+            for number, (config, n) in enumerate(zip(configs, counts), first)]
+    try:
+        while refs:
+            done, refs = ray.wait(refs, num_returns=1)
+            yield ray.get(done[0])
+    except BaseException:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise

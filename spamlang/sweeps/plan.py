@@ -1,0 +1,228 @@
+"""Part of a suite and what it costs: ``spamlang run --filter KEY=VALUE --limit N --dry-run``.
+
+A filter keeps the runs whose setting ``KEY`` equals ``VALUE``: any run setting (``vocab_size=512``, ``lr=0.01``,
+``head=lowrank`` or, with its rank, ``head=lowrank:2``), or a task or head parameter (``task_params.k=16``). Filters on
+different keys must all hold; values given for the same key are alternatives. The cost of a run is its training FLOPs
+(:func:`spamlang.system.threads.step_flops` x steps) turned into wall time by a rate: the recorded runs of this machine's
+platform and device in the results folder (their FLOPs over their wall time, evaluations included), else the suite's
+nominal CPU rate :data:`spamlang.sweeps.suite.CPU_FLOPS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from spamlang import record
+from spamlang.config import ResolvedConfig, RunConfig
+from spamlang.errors import SpamLangError
+from spamlang.heads.base import head_label
+from spamlang.params import parse_value, scalar_fields
+from spamlang.scoring.frames import value_order
+from spamlang.sweeps.runner import run_state
+from spamlang.sweeps.suite import CPU_FLOPS
+from spamlang.system.threads import step_flops
+
+NESTED = ("task_params", "head_params")
+SETTINGS = {f.name: f for f in scalar_fields(RunConfig)}
+
+
+# -- selection ------------------------------------------------------------------------------------------------------
+def parse_filters(items: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """``KEY=VALUE`` strings as {key: (values, ...)}; a key given twice keeps both values (alternatives)."""
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise SpamLangError(f"--filter expects KEY=VALUE, got {item!r}")
+        filters.setdefault(key, []).append(value)
+    return {key: tuple(values) for key, values in filters.items()}
+
+
+def setting(config: RunConfig, key: str) -> Any:
+    """The value of filter key ``key`` in ``config`` (``head`` is shown with its rank when it has one); KeyError for a
+    parameter the run does not have."""
+    if "." in key:
+        group, name = key.split(".", 1)
+        return getattr(config, group)[name]
+    if key == "head":
+        return head_label(config.head, config.head_rank, None)
+    return getattr(config, key)
+
+
+def _equal(config: RunConfig, key: str, text: str) -> bool:
+    try:
+        actual = setting(config, key)
+    except KeyError:
+        return False
+    if key == "head":
+        return text == (actual if ":" in text else config.head)
+    if "." not in key:
+        if text.lower() == "none" and SETTINGS[key].default is None:
+            return actual is None
+        return actual == parse_value("--filter", SETTINGS[key], text)
+    if isinstance(actual, bool):
+        return text.lower() == str(actual).lower()
+    if isinstance(actual, (int, float)):
+        try:
+            return float(text) == actual
+        except ValueError:
+            return False
+    return str(actual) == text
+
+
+def _check_key(key: str, runs: Sequence[RunConfig]) -> None:
+    if "." in key:
+        group, name = key.split(".", 1)
+        if group not in NESTED:
+            raise SpamLangError(f"--filter: unknown key '{key}' (a parameter is task_params.NAME or head_params.NAME)")
+        names = sorted({n for c in runs for n in getattr(c, group)})
+        if name not in names:
+            raise SpamLangError(f"--filter: no run of the suite has {group} '{name}' "
+                                f"(they have: {', '.join(names) or 'none'})")
+    elif key not in SETTINGS:
+        raise SpamLangError(f"--filter: unknown key '{key}' (keys: {', '.join(sorted(SETTINGS))}, task_params.NAME, "
+                            f"head_params.NAME)")
+
+
+def _values(key: str, runs: Sequence[RunConfig]) -> str:
+    found = set()
+    for config in runs:
+        try:
+            found.add(setting(config, key))
+        except KeyError:
+            continue
+    return ", ".join(str(v) for v in sorted(found, key=value_order))
+
+
+def select(runs: Sequence[ResolvedConfig], filters: dict[str, tuple[str, ...]],
+           limit: int | None = None) -> list[ResolvedConfig]:
+    """The runs that pass every filter, in the suite's order, the first ``limit`` of them when given; SpamLangError
+    for an unknown key, a value of the wrong type, or filters that keep no run (naming the values the suite has)."""
+    for key in filters:
+        _check_key(key, runs)
+    kept = list(runs)
+    for key, values in filters.items():
+        narrowed = [c for c in kept if any(_equal(c, key, v) for v in values)]
+        if not narrowed:
+            given = " or ".join(f"{key}={v}" for v in values)
+            raise SpamLangError(f"--filter {given} keeps no run (values of {key} among the runs left: "
+                                f"{_values(key, kept)})")
+        kept = narrowed
+    if limit is not None:
+        if limit < 1:
+            raise SpamLangError(f"--limit must be >= 1, got {limit}")
+        kept = kept[:limit]
+    return kept
+
+
+# -- cost -----------------------------------------------------------------------------------------------------------
+def run_flops(config: RunConfig) -> float:
+    """Training FLOPs of a run: :func:`spamlang.system.threads.step_flops` x steps."""
+    return step_flops(config) * config.steps
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Training FLOPs per wall-clock second, and where the number comes from."""
+    flops_per_second: float
+    records: int  # recorded runs it was measured on (0: the nominal rate)
+    basis: str
+
+
+def calibrate(records: Iterable[record.RunRecord], device: str | None) -> Rate:
+    """The FLOP rate of the ``ok`` records that ran on this machine's platform and on ``device`` (a device name as
+    records write it, e.g. ``cpu``): their total training FLOPs over their total wall time. Without such records, or
+    without a ``device``, the nominal :data:`~spamlang.sweeps.suite.CPU_FLOPS`."""
+    here = platform.platform()
+    flops = seconds = 0.0
+    count = 0
+    for rec in records:
+        if rec.status != "ok" or rec.env.device != device or rec.env.platform != here or rec.timing is None:
+            continue
+        if rec.timing.total_seconds > 0:
+            flops += run_flops(rec.config)
+            seconds += rec.timing.total_seconds
+            count += 1
+    if count and device is not None:
+        return Rate(flops / seconds, count, f"measured on {count} recorded run(s) of this machine, device {device}")
+    return Rate(CPU_FLOPS, 0, "the nominal CPU rate: no recorded run of this machine to calibrate on")
+
+
+def machine_rate(runs_dirs: Iterable[Path], device: str | None) -> Rate:
+    """:func:`calibrate` on the readable records of every folder in ``runs_dirs``."""
+    return calibrate([rec for folder in runs_dirs for rec in recorded_runs(folder)], device)
+
+
+def estimate(runs: Iterable[RunConfig], rate: Rate) -> tuple[float, float]:
+    """(training FLOPs, estimated wall seconds one run at a time) of ``runs`` at ``rate``: the one cost model of
+    ``spamlang suites`` and ``spamlang run --dry-run``."""
+    flops = sum(run_flops(c) for c in runs)
+    return flops, flops / rate.flops_per_second
+
+
+def recorded_runs(runs_dir: Path) -> list[record.RunRecord]:
+    """The readable run records in ``runs_dir`` (others are left out)."""
+    found = []
+    for path in sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else ():
+        try:
+            found.append(record.read(path))
+        except SpamLangError:
+            continue
+    return found
+
+
+# -- the plan -------------------------------------------------------------------------------------------------------
+def plan(runs: Sequence[ResolvedConfig], runs_dir: Path, rate: Rate) -> dict:
+    """What ``spamlang run`` would do with ``runs`` given what ``runs_dir`` holds: one entry per run (its settings,
+    state: recorded, failed, stale (an older task version) or new, FLOPs and estimated seconds) and the totals of
+    the runs to do."""
+    rows = []
+    for config in runs:
+        state = run_state(config, runs_dir)
+        flops, seconds = estimate([config], rate)
+        rows.append({"run_id": config.run_id, "task": config.task, "task_params": dict(config.task_params),
+                     "vocab_size": config.vocab_size, "head_spec": head_label(config.head, config.head_rank,
+                                                                              config.head_params),
+                     "lr": config.lr, "seed": config.seed, "steps": config.steps, "device": config.device,
+                     "state": state, "flops": flops, "seconds": seconds})
+    todo = [r for r in rows if r["state"] != "recorded"]
+    return {"runs_dir": str(runs_dir), "selected": len(rows), "recorded": len(rows) - len(todo), "to_run": len(todo),
+            "flops": sum(r["flops"] for r in todo), "seconds": sum(r["seconds"] for r in todo),
+            "flops_per_second": rate.flops_per_second, "calibration_runs": rate.records, "basis": rate.basis,
+            "runs": rows}
+
+
+def duration(seconds: float) -> str:
+    """A wall time as people read it: seconds, minutes or hours."""
+    if seconds < 90:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def varying(runs: Sequence[RunConfig]) -> list[str]:
+    """Run settings (besides those every plan shows) whose value differs between ``runs``."""
+    shown = {"task", "task_params", "vocab_size", "head", "head_rank", "head_params", "lr", "seed", "steps", "device"}
+    return [f.name for f in dataclasses.fields(RunConfig)
+            if f.name not in shown and len({str(getattr(c, f.name)) for c in runs}) > 1]
+
+
+def plan_text(runs: Sequence[ResolvedConfig], result: dict) -> str:
+    """The plan as a plain table, one line per run, and a closing line with the totals and the rate's basis."""
+    extra = varying(runs)
+    header = ["#", "run_id", "task", "V", "head", *extra, "lr", "seed", "steps", "state", "est."]
+    lines = []
+    for i, (config, row) in enumerate(zip(runs, result["runs"]), 1):
+        task = row["task"] + ("(" + ", ".join(f"{k}={v}" for k, v in row["task_params"].items()) + ")"
+                              if row["task_params"] else "")
+        lines.append([str(i), row["run_id"], task, str(row["vocab_size"]), row["head_spec"],
+                      *(str(getattr(config, name)) for name in extra), f"{row['lr']:g}", str(row["seed"]),
+                      str(row["steps"]), row["state"], "-" if row["state"] == "recorded" else duration(row["seconds"])])
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *lines])
+    return (f"{text}\n{result['selected']} run(s) selected, {result['recorded']} already recorded, {result['to_run']} "
+            f"to run: {result['flops']:.2e} training FLOPs, ~{duration(result['seconds'])} one run at a time at "
+            f"{result['flops_per_second']:.2e} FLOP/s ({result['basis']})\n")

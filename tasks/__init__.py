@@ -1,1 +1,0 @@
-"""Built-in SpamLang tasks, one file per task (installed as the package ``spamlang.tasks``)."""
