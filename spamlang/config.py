@@ -22,7 +22,10 @@ from spamlang.task import make_task
 
 #: fields that say how a run executes, not what it computes; they are left out of the run id.
 EXECUTION_FIELDS = ("device", "compile", "precision")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "wsd")
+#: settings added after the record schema run/2 was published; each enters the run id only when set away from its
+#: default, so the run ids of earlier records stay what they were
+LATER_FIELDS = ("decay", "stop_after")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adamw", "sgd")
 #: autocast precision of the forward pass and loss (see spamlang.training.devices.autocast)
@@ -64,9 +67,15 @@ class RunConfig:
     lr: float = param(3e-3, "Peak learning rate.", low=0, low_open=True)
     weight_decay: float = param(0.0, "Weight decay (decoupled for AdamW, L2 for SGD).", low=0)
     warmup: int = param(20, "Linear warm-up steps.", low=0)
-    schedule: str = param("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULES)
+    schedule: str = param("cosine", "Learning-rate schedule after warm-up: cosine decay to 10% at the last step, "
+                          "constant, or wsd (stable, then a linear decay to 10% over the last `decay` of the steps).",
+                          choices=SCHEDULES)
+    decay: float = param(0.2, "Share of the steps, at the end, over which the wsd schedule decays (schedule wsd "
+                         "only).", low=0, high=1, low_open=True)
     grad_clip: float = param(1.0, "Gradient-norm clip (0: none).", low=0)
     eval_every: int = param(50, "Steps between evaluations.", low=1)
+    stop_after: int = param(0, "Stop once the run has been learned (with evidence) at this many evaluations in a row "
+                            "(0: train to the last step); the record says why it stopped.", low=0)
     eval_sequences: int = param(2048, "Sequences in each held-out stream (val, test).", low=1)
     diag_tokens: int = param(256, "Predictable positions used for the gradient diagnostics.", low=1)
     seed: int = param(0, "Training seed (init and data).", low=0, high=2**32, high_open=True)
@@ -83,6 +92,8 @@ class RunConfig:
         check_device(self.device)
         if self.optimizer != "sgd" and self.momentum != SGD_MOMENTUM:
             raise ConfigError(f"momentum applies to optimizer 'sgd' only (optimizer is {self.optimizer!r})")
+        if self.schedule != "wsd" and self.decay != 0.2:
+            raise ConfigError(f"decay applies to schedule 'wsd' only (schedule is {self.schedule!r})")
 
     @property
     def width(self) -> int:
@@ -107,7 +118,9 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """A stable hash of everything that determines the result (execution fields excluded)."""
-        content = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in LATER_FIELDS}
+        content = {k: v for k, v in self.to_dict().items()
+                   if k not in EXECUTION_FIELDS and not (k in defaults and v == defaults[k])}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolve(self) -> "ResolvedConfig":

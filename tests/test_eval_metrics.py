@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from spamlang.config import RunConfig, budget_steps
 from spamlang.diagnostics import spectrum_share
 from spamlang.errors import ConfigError
+from spamlang.record import FROM_LAST_EVALUATION
 from spamlang.rng import Rng
 from spamlang.task import make_task
 from spamlang.training.evaluator import Evaluator, mean_and_se, tie_aware_hits
-from spamlang.training.loop import FINAL_METRICS, train
+from spamlang.training.loop import train
 from spamlang.training.probes import GradientProbe
 from spamlang.training.trainer import Trainer
 from tests.conftest import assert_user_error
@@ -80,7 +81,7 @@ def test_baselines_are_scored_on_the_very_test_positions():
     assert last.test_uniform_loss == pytest.approx(math.log(32))
     for key in ("test_loss_se", "val_loss_se", "test_bayes_gap_se", "test_unigram_gap_se"):
         assert 0 < getattr(last, key) < 0.2
-    assert {k: getattr(rec.final, k) for k in FINAL_METRICS} == {k: getattr(last, k) for k in FINAL_METRICS}
+    assert {k: getattr(rec.final, k) for k in FROM_LAST_EVALUATION} == {k: getattr(last, k) for k in FROM_LAST_EVALUATION}
 
 
 def test_gap_standard_errors_are_paired_over_sequences():

@@ -145,3 +145,38 @@ def test_train_bad_input(run_cli, tmp_path, args, fragment):
     flat = [x for k, v in base.items() for x in ((k, v) if v is not None else (k,))]
     assert_user_error(run_cli("train", *flat, "--out", tmp_path / "o"), fragment)
     assert not (tmp_path / "o").exists()
+
+
+# -- time to learn: schedules that do not depend on the cap, early stopping -------------------------------------------
+TIME = dict(task="spam", vocab_size=64, d_model=16, layers=1, seq_len=2, batch_size=16, lr=0.03, warmup=5,
+            eval_every=16, eval_sequences=256, diag_tokens=32, device="cpu")
+
+
+def test_a_constant_schedule_learns_at_the_same_step_whatever_the_cap():
+    """Under ``constant`` the lr at a step does not depend on the cap, so the run with cap 256 is a prefix of the
+    one with cap 1,024 (stopped once learned at 4 evaluations in a row), and both learn at the same step."""
+    short = train(RunConfig(**TIME, schedule="constant", steps=256))
+    long = train(RunConfig(**TIME, schedule="constant", steps=1024, stop_after=4))
+    assert short.final.steps_to_learn is not None and short.final.stopped == "cap"
+    assert long.final.steps_to_learn == short.final.steps_to_learn
+    shared = min(len(long.history), len(short.history))  # the same steps, bit for bit, up to the long one's stop
+    assert [p.test_loss for p in long.history[:shared]] == [p.test_loss for p in short.history[:shared]]
+    assert long.final.stopped == "learned" and long.final.steps < 1024
+    assert long.final.steps == long.final.steps_to_learn + 3 * TIME["eval_every"]  # the 4th learned evaluation
+
+
+def test_the_cosine_schedule_moves_with_the_cap_and_wsd_only_in_its_decay():
+    from spamlang.training.trainer import learning_rate
+    cosine = [learning_rate(RunConfig(**TIME, steps=cap), 100) for cap in (256, 1024)]
+    assert cosine[0] < cosine[1]  # the same step, a lower lr under the shorter cap
+    wsd = [RunConfig(**TIME, schedule="wsd", steps=cap, decay=0.2) for cap in (256, 1024)]
+    assert [learning_rate(c, 200) for c in wsd] == [TIME["lr"]] * 2  # before 256's decay starts at 204.8
+    assert learning_rate(wsd[0], 255) == pytest.approx(0.1 * TIME["lr"]) and learning_rate(wsd[1], 255) == TIME["lr"]
+
+
+def test_settings_added_later_leave_earlier_run_ids_alone():
+    base = RunConfig(task="spam", vocab_size=64)
+    assert base.run_id == "65a64c857b1329d1"  # as records written before decay and stop_after existed have it
+    assert RunConfig(task="spam", vocab_size=64, stop_after=2).run_id != base.run_id
+    with pytest.raises(Exception, match="decay applies to schedule 'wsd' only"):
+        RunConfig(task="spam", vocab_size=64, decay=0.5)

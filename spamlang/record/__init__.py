@@ -47,27 +47,20 @@ def metric(help: str, *, required: bool = False):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalPoint:
-    """One evaluation during training; losses in nats per predictable position, None where not finite."""
+class Measures:
+    """What an evaluation measures, declared once: each :class:`EvalPoint` has these, and a run's :class:`Final`
+    repeats them from its last evaluation (``coverage`` and ``examples_per_symbol`` as of the last step)."""
 
-    step: int = metric("training steps done", required=True)
-    tokens: int = metric("training tokens seen", required=True)
-    lr: float = metric("learning rate of the last step", required=True)
-    train_loss: float | None = metric("loss of the last training batch (None at step 0)", required=True)
     val_loss: float | None = metric("loss on the val stream", required=True)
     val_accuracy: float | None = metric("accuracy on the val stream", required=True)
-    test_loss: float | None = metric("loss on the test stream", required=True)
-    test_accuracy: float | None = metric("accuracy on the test stream", required=True)
-    test_accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
-    test_accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
     coverage: float | None = metric("share of the vocabulary seen in training", required=True)
     grad_destroyed: float | None = metric("destroyed-gradient ratio ‖G − G Q Qᵀ‖ / ‖G‖", required=True)
     grad_kept_cos: float | None = metric("cosine between G and its kept part G Q Qᵀ", required=True)
     grad_baseline: float | None = metric("destroyed ratio of an isotropic gradient, sqrt(1 − rank/V)", required=True)
-    examples_per_symbol: float | None = metric("training examples per symbol so far: steps · batch · symbols per "
+    examples_per_symbol: float | None = metric("training examples per symbol seen: steps · batch · symbols per "
                                                "sequence / V")
     val_loss_se: float | None = metric("standard error of val_loss, over sequences")
-    test_loss_se: float | None = metric("standard error of test_loss, over sequences")
+    test_loss_se: float | None = metric("standard error of the test loss, over sequences")
     test_bayes_loss: float | None = metric("loss of the Bayes predictor (the task's log_prob) on the same test "
                                            "positions (None: the task has none)")
     test_bayes_gap_se: float | None = metric("standard error of the paired difference model − Bayes on the test "
@@ -84,39 +77,45 @@ class EvalPoint:
     grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values")
 
 
+#: the measures a Final takes from the last evaluation as they are (the others it measures over the whole run)
+FROM_LAST_EVALUATION = tuple(f.name for f in dataclasses.fields(Measures)
+                             if f.name not in ("val_loss", "val_accuracy", "coverage", "examples_per_symbol"))
+
+
 @dataclass(frozen=True, kw_only=True)
-class Final:
+class EvalPoint(Measures):
+    """One evaluation during training; losses in nats per predictable position, None where not finite."""
+
+    step: int = metric("training steps done", required=True)
+    tokens: int = metric("training tokens seen", required=True)
+    lr: float = metric("learning rate of the last step", required=True)
+    train_loss: float | None = metric("loss of the last training batch (None at step 0)", required=True)
+    test_loss: float | None = metric("loss on the test stream", required=True)
+    test_accuracy: float | None = metric("accuracy on the test stream", required=True)
+    test_accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
+    test_accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
+
+
+#: why a run's training stopped (``Final.stopped``)
+STOPS = ("cap", "learned", "diverged")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Final(Measures):
     """A run's result: the last evaluation's test metrics (``val_*`` on the val stream) and the run's totals."""
 
     loss: float | None = metric("test loss", required=True)
     accuracy: float | None = metric("test accuracy", required=True)
-    val_loss: float | None = metric("val loss", required=True)
-    val_accuracy: float | None = metric("val accuracy", required=True)
     accuracy_seen: float | None = metric("test accuracy on targets seen in training", required=True)
     accuracy_unseen: float | None = metric("test accuracy on targets never seen in training", required=True)
-    coverage: float | None = metric("share of the vocabulary seen in training", required=True)
-    steps_to_learn: int | None = metric("first evaluation step from which the test loss stays within the learned "
-                                        "margin (or its noise) of the Bayes loss to the end", required=True)
+    steps_to_learn: int | None = metric("first evaluation step from which the run is learned with evidence (the "
+                                        "test loss's gap to the Bayes loss, see spamlang.record.learned) to the end",
+                                        required=True)
     tokens_per_second: float | None = metric("training throughput, evaluations excluded", required=True)
-    grad_destroyed: float | None = metric("destroyed-gradient ratio at the last evaluation", required=True)
-    grad_kept_cos: float | None = metric("kept cosine at the last evaluation", required=True)
-    grad_baseline: float | None = metric("isotropic destroyed ratio", required=True)
     steps: int | None = metric("training steps done")
     tokens: int | None = metric("training tokens seen")
-    examples_per_symbol: float | None = metric("training examples per symbol seen: steps · batch · symbols per "
-                                               "sequence / V")
-    val_loss_se: float | None = metric("standard error of val_loss at the last evaluation")
-    test_loss_se: float | None = metric("standard error of loss (test) at the last evaluation")
-    test_bayes_loss: float | None = metric("Bayes predictor's loss on the same test positions (None: the task has "
-                                           "no log_prob)")
-    test_bayes_gap_se: float | None = metric("standard error of the paired difference model − Bayes")
-    test_uniform_loss: float | None = metric("uniform predictor's loss, log V")
-    test_unigram_loss: float | None = metric("unigram predictor's loss on the same test positions")
-    test_unigram_gap_se: float | None = metric("standard error of the paired difference model − unigram")
-    logit_scale: float | None = metric("median logit half-range at the last evaluation")
-    update_cosine: float | None = metric("cosine of the optimizer step's first-order logit change with −G at the "
-                                         "last evaluation")
-    grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values at the last evaluation")
+    stopped: str | None = metric("why training stopped: cap (its last step), learned (stop_after evaluations in a "
+                                 "row learned) or diverged; None in records from before early stopping")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -67,7 +67,7 @@ def _object_schema(cls: type) -> dict[str, Any]:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a record of SCHEMA, derived from the record types (and the run settings' declarations)."""
     from spamlang.config import RunConfig
-    from spamlang.record import SCHEMA, STATUSES, Env, EvalPoint, Final, RunRecord, SuiteInfo, Timing
+    from spamlang.record import SCHEMA, STATUSES, STOPS, Env, EvalPoint, Final, RunRecord, SuiteInfo, Timing
     top = _object_schema(RunRecord)
     top["properties"] = {"schema": {"const": SCHEMA}, **top["properties"]}
     top["properties"]["status"]["enum"] = list(STATUSES)
@@ -75,6 +75,7 @@ def json_schema() -> dict[str, Any]:
     top["if"] = {"properties": {"status": {"enum": ["ok", "diverged"]}}}
     top["then"] = {"properties": {"history": {"minItems": 1}, "final": {"type": "object"}}}
     defs = {cls.__name__: _object_schema(cls) for cls in (RunConfig, EvalPoint, Final, Timing, Env, SuiteInfo)}
+    defs["Final"]["properties"]["stopped"]["enum"] = [*STOPS, None]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": f"SpamLang run record ({SCHEMA})",
             **top, "$defs": defs}
 

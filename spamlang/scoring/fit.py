@@ -22,12 +22,13 @@ import pandas as pd
 
 from spamlang.errors import SpamLangError
 from spamlang.heads.base import HEAD_FIELDS, head_label
-from spamlang.record.learned import LEARNED_MARGIN, learned_from
+from spamlang.record.learned import LEARNED_MARGIN
 from spamlang.scoring.configurations import configurations as grouped
 from spamlang.scoring.configurations import grouping
 from spamlang.scoring.frames import config_key, python_values
-from spamlang.scoring.scorer import run_budget
 from spamlang.scoring.stats import holm, is_finite, paired_t
+from spamlang.scoring.survival import paired_censored_test
+from spamlang.scoring.times import fastest, run_budget, time_to_learn
 
 #: settings that may change along a V grid of one (head, D) group: V itself, the budget that follows it, the batch a
 #: suite may scale with V (``cliff``: V / 16, so that the steps stay fixed) and the evaluation cadence and warm-up a
@@ -157,25 +158,30 @@ def power_law(ratio: np.ndarray, steps: np.ndarray, censored: np.ndarray, resamp
 # -- from runs to observations --------------------------------------------------------------------------------------
 def configurations(runs: pd.DataFrame) -> list[dict[str, Any]]:
     """Each configuration of the runs (see :mod:`spamlang.scoring.configurations`) with a Bayes loss, as
-    ``{"fields": {...}, "lr": ..., "runs": [the runs at its chosen swept values]}``, in the scorer's order. Runs of
-    tasks without a Bayes loss (text) have no steps-to-learn and are left out."""
+    ``{"fields": {...}, "lr": ..., "runs": [the runs at the swept values that learn fastest]}`` (a time measure is
+    read where the configuration learns fastest, :func:`spamlang.scoring.times.fastest`), in the scorer's order. Runs
+    of tasks without a Bayes loss (text) have no steps-to-learn and are left out."""
     runs = python_values(runs)
     runs = runs[[is_finite(b) for b in runs["bayes_loss"]]]
-    return [{"fields": conf.fields, "lr": conf.chosen.iloc[0]["lr"], "runs": [run for _, run in conf.chosen.iterrows()]}
-            for conf in grouped(runs, *grouping(runs))]
+    by, swept = grouping(runs)
+    out = []
+    for conf in grouped(runs, by, swept):
+        fast = fastest(conf.runs, swept, LEARNED_MARGIN)
+        out.append({"fields": conf.fields, "lr": fast.iloc[0]["lr"], "runs": [run for _, run in fast.iterrows()]})
+    return out
 
 
 def _observation(run: Mapping) -> dict[str, Any] | None:
-    """One seed's steps-to-learn in steps, examples per symbol and tokens (the budget where not learned), or None
-    for a failed run. The learned step is the records' one rule (:func:`spamlang.record.learned.learned_from`)."""
-    if run["status"] == "failed" or not run["history"]:
+    """One seed's time to learn in steps, examples per symbol and tokens (its cap where not learned: censored), or
+    None for a failed run (:func:`spamlang.scoring.times.time_to_learn`)."""
+    time = time_to_learn(run, LEARNED_MARGIN)
+    if time is None:
         return None
     steps, tokens, examples = run_budget(run)
-    step = learned_from(run["history"], run["bayes_loss"]) if run["status"] == "ok" else None
-    at = steps if step is None else step
-    return {"run_id": run["run_id"], "seed": run["seed"], "learned": step is not None, "censored": step is None, "steps": at,
-            "examples": at * examples / steps, "tokens": at * tokens / steps, "budget_steps": steps,
-            "budget_examples": examples, "budget_tokens": tokens}
+    cap = max(steps, run["steps"] or steps)
+    return {"run_id": run["run_id"], "seed": run["seed"], "learned": time.observed, "censored": not time.observed,
+            "steps": time.steps, "examples": time.examples, "tokens": time.tokens, "budget_steps": cap,
+            "budget_examples": examples * cap / steps, "budget_tokens": tokens * cap / steps}
 
 
 def _group_key(fields: Mapping) -> str:
@@ -286,14 +292,28 @@ def _log_steps(run: Mapping) -> float:
     return math.nan if seen is None else math.log(max(seen["steps"], 1))
 
 
+def _steps_test(first: list[Mapping], second: list[Mapping]) -> float:
+    """Two-sided p of the paired censored test of the seeds' times to learn (:func:`spamlang.scoring.survival.
+    paired_censored_test`); NaN when untestable (no pair's order is known, e.g. both arms censored)."""
+    other = {r["seed"]: r for r in second}
+    pairs = [(a, b) for a, b in ((_observation(r), _observation(other[r["seed"]])) for r in first
+                                  if r["seed"] in other) if a is not None and b is not None]
+    if not pairs:
+        return math.nan
+    test = paired_censored_test([a["steps"] for a, _ in pairs], [a["learned"] for a, _ in pairs],
+                                [b["steps"] for _, b in pairs], [b["learned"] for _, b in pairs])
+    return math.nan if test.p is None else test.p
+
+
 def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: float = ALPHA) -> pd.DataFrame:
     """For each configuration of a ``gradproj:r`` head that has ``lowrank:r`` and ``linear`` beside it (same other
     settings and budget), the seeds paired across the three at their chosen lrs: ``task``, ``vocab_size``,
     ``d_model``, ``r``, ``budget_examples``, ``n`` (seeds shared by all three), mean final test ``loss_<head>`` and
     seeds ``learned_<head>`` for each, and against each of ``lowrank`` and ``linear``: ``dloss_<other>`` (mean
-    gradproj - other), ``p_loss_<other>``, ``dsteps_<other>`` (mean difference of log steps-to-learn, a seed not
-    learned at its budget), ``p_steps_<other>`` (two-sided paired t-tests, Holm-adjusted over the four tests of
-    the row, the family that decides its ``like``) and ``like``: ``linear`` (differs from lowrank, not from
+    gradproj - other), ``p_loss_<other>`` (two-sided paired t-test; NaN when the differences are identical),
+    ``dsteps_<other>`` (mean difference of log steps-to-learn, a seed not learned counted at its cap: a lower bound),
+    ``p_steps_<other>`` (the paired censored test of :mod:`spamlang.scoring.survival`; NaN when untestable), the
+    p-values Holm-adjusted over the row's tests that could be made (the family that decides its ``like``) and ``like``: ``linear`` (differs from lowrank, not from
     linear), ``lowrank`` (the reverse), ``between`` (differs from both), ``no contrast`` (from neither). A loss difference counts when its adjusted p < ``alpha`` and
     its mean exceeds ``tolerance`` nats; a steps difference when its adjusted p < ``alpha``."""
     configs = configurations(runs)
@@ -321,10 +341,10 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
             row[f"learned_{name}"] = sum(bool(o and o["learned"]) for o in map(_observation, arm))
         tests = [f"p_{metric}_{other}" for other in ("lowrank", "linear") for metric in ("loss", "steps")]
         for other in ("lowrank", "linear"):
-            for metric, value in (("loss", _loss), ("steps", _log_steps)):
-                mean, p, _ = paired_t(_paired(arms["gradproj"], arms[other], value))
-                row[f"d{metric}_{other}"], row[f"p_{metric}_{other}"] = mean, p
-        row.update(zip(tests, holm([row[name] for name in tests])))
+            row[f"dloss_{other}"], row[f"p_loss_{other}"], _ = paired_t(_paired(arms["gradproj"], arms[other], _loss))
+            row[f"dsteps_{other}"] = paired_t(_paired(arms["gradproj"], arms[other], _log_steps))[0]
+            row[f"p_steps_{other}"] = _steps_test(arms["gradproj"], arms[other])
+        row.update(zip(tests, holm([row[name] for name in tests])))  # untestable (NaN) ones stay out of the family
         rows.append(row)
     columns = ["task", "task_params", "vocab_size", "d_model", "r", "budget_examples", "n", "loss_gradproj",
                "loss_lowrank", "loss_linear", "learned_gradproj", "learned_lowrank", "learned_linear",

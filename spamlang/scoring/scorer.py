@@ -17,9 +17,8 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 from tqdm.auto import tqdm
 
-from spamlang.config import examples_seen
 from spamlang.errors import SpamLangError
-from spamlang.record.learned import LEARNED_MARGIN, learned_from
+from spamlang.record.learned import LEARNED_MARGIN, learned_state
 from spamlang.record.learned import bayes_gap as gap_to_bayes
 from spamlang.scoring import tying, verdicts
 from spamlang.scoring.budget import extended_budget
@@ -27,6 +26,7 @@ from spamlang.scoring.configurations import configurations, edge, grouping
 from spamlang.scoring.floors import FloorCache, expressivity_floor, floor_at_scale
 from spamlang.scoring.frames import RUN_TYPES, config_key, is_missing, python_values, value_order
 from spamlang.scoring.stats import is_finite, mean_ci, mean_se, slope, t_quantile
+from spamlang.scoring.times import fastest, run_budget, time_columns
 from spamlang.task import make_task
 
 #: nats: a gap (loss - Bayes, floor - Bayes, loss - floor, gain over a trivial predictor) at most this large is
@@ -56,11 +56,10 @@ def learnability(test_losses: list[float], floor: float) -> float:
 
 
 # -- scoring --------------------------------------------------------------------------------------------------------
-def _steps_to_learn(run: Mapping, tolerance: float) -> float:
-    """The first evaluation step from which the test stream meets the learned criterion to the end
-    (:func:`spamlang.record.learned.learned_from`); inf if it does not at the end, or the run is not ok."""
-    step = learned_from(run["history"], run["bayes_loss"], tolerance) if run["status"] == "ok" else None
-    return math.inf if step is None else step
+def floor_decides(methods: set[str], floor_se: float, tolerance: float) -> bool:
+    """Whether a floor is precise enough to split a gap: analytic, or estimated with a standard error at most half the
+    tolerance (unknown for floor caches of an older estimator: then the tolerance alone decides, as before)."""
+    return methods == {"analytic"} or not is_finite(floor_se) or floor_se <= tolerance / 2
 
 
 def _learned_then_lost(run: Mapping, tolerance: float) -> bool:
@@ -77,21 +76,6 @@ def _still_improving(run: Mapping, tolerance: float) -> tuple[float, float, bool
     critical = t_quantile(df, 0.90) if df else math.inf  # two-sided 90% = one-sided 95%
     span = steps[-1] - steps[0] if steps else 0
     return b, se, verdicts.still_improving(b, se, critical, span, tolerance)
-
-
-def run_budget(run: Mapping) -> tuple[float, float, float]:
-    """(steps, tokens, examples per symbol) a run trained for: as its final states them; for older records, from its
-    last evaluation, and steps x batch x the task's symbols per sequence / V (NaN where the task is not known here)."""
-    final, last = run["final"], run["history"][-1]
-    steps = final.steps if final is not None and final.steps is not None else last.step
-    tokens = final.tokens if final is not None and final.tokens is not None else last.tokens
-    if final is not None and is_finite(final.examples_per_symbol):
-        return steps, tokens, final.examples_per_symbol
-    try:
-        per_sequence = make_task(run["task"], run["task_params"]).symbols_per_sequence(run["seq_len"])
-    except SpamLangError:
-        return steps, tokens, math.nan
-    return steps, tokens, examples_seen(steps, run["vocab_size"], run["batch_size"], per_sequence)
 
 
 FLOOR_FIELDS = ("task", "task_params", "vocab_size", "seq_len", "head", "d_model", "head_rank", "head_params",
@@ -158,7 +142,8 @@ def _start(run: Mapping, field: str) -> float | None:
 #: columns of the score table that hold counts or flags (the run settings' types come from frames.RUN_TYPES), and
 #: those that hold text; every other column whose values are numbers is float
 INT_COLUMNS = ("task_version", "n_seeds", "n_ok", "n_diverged", "n_failed", "n_runs", "lr_rounds", "rank",
-               "train_steps", "train_tokens", "steps_to_learn", "n_learned")
+               "train_steps", "train_tokens", "steps_to_learn", "steps_to_learn_low", "steps_to_learn_high",
+               "tokens_to_learn", "tokens_to_learn_low", "tokens_to_learn_high", "n_learned")
 BOOL_COLUMNS = ("deterministic", "learned_then_lost", "budget_limited", "data_limited", "floor_error")
 TEXT_COLUMNS = ("floor_method", "verdict", "evidence", "error")
 
@@ -306,7 +291,7 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
     expressivity_gap = floor_value - bayes
     optimization_gap = bayes_gap - expressivity_gap
     optimization_gap_se = math.hypot(bayes_gap_se, floor_se)  # NaN when either is unknown
-    learned = is_finite(bayes_gap) and not verdicts.counts(bayes_gap, bayes_gap_se, tolerance)
+    learned = learned_state(bayes_gap, bayes_gap_se, tolerance)
     floor_error = any(verdicts.below_noise(g, s, tolerance) for g, s in
                       ((expressivity_gap, floor_se), (optimization_gap, optimization_gap_se),
                        (bayes_gap, bayes_gap_se)))
@@ -330,17 +315,16 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
     scale_floor = scale_floor_of(first, logit_scale) if scales else math.nan
     scale_gap = scale_floor - floor_value
 
-    steps = [_steps_to_learn(r, tolerance) for r in runs]
-    median_steps = statistics.median(steps) if steps else math.inf
     trends = [_still_improving(r, tolerance) for r in ok]
     budget_limited = sum(t[2] for t in trends) * 2 > len(ok)
     n_diverged = sum(r["status"] == "diverged" for r in runs)
     verdict = verdicts.verdict(
         len(runs), len(ok), n_diverged, learned=learned, no_learning=bool(ok) and no_learning,
-        has_bayes=is_finite(bayes), has_floor=is_finite(floor_value),
+        has_bayes=is_finite(bayes), has_floor=is_finite(floor_value) and floor_decides(methods, floor_se, tolerance),
         expressivity_counts=verdicts.counts(expressivity_gap, floor_se, tolerance),
         optimization_counts=verdicts.counts(optimization_gap, optimization_gap_se, tolerance),
         budget_limited=budget_limited)
+    fast = fastest(group, swept, tolerance) if swept else group  # where a time measure is read
     budgets = [run_budget(r) for r in runs if r["history"]]
     train_steps, train_tokens, examples = (statistics.median(b[i] for b in budgets) if budgets else math.nan
                                            for i in range(3))
@@ -365,8 +349,7 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
         "optimization_gap": optimization_gap, "optimization_gap_se": optimization_gap_se,
         "logit_scale": logit_scale, "scale_floor": scale_floor, "scale_gap": scale_gap,
         "direction_gap": optimization_gap - scale_gap,
-        "steps_to_learn": int(median_steps) if math.isfinite(median_steps) else None,
-        "n_learned": sum(math.isfinite(s) for s in steps),
+        "time_lr": fast.iloc[0]["lr"], **time_columns(fast, tolerance),
         "learned_then_lost": any(_learned_then_lost(r, tolerance) for r in ok),
         "val_slope": 1000 * mean_ci(t[0] for t in trends)[0], "val_slope_se": 1000 * mean_ci(t[1] for t in trends)[0],
         "budget_limited": budget_limited,

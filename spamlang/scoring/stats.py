@@ -163,12 +163,13 @@ def min_p_value(n: int) -> float:
 
 def paired_t(differences: Iterable[float | None]) -> tuple[float, float, int]:
     """(mean, two-sided p-value of the paired t-test that it is 0, degrees of freedom) of the finite paired
-    ``differences``. Identical differences: p = 0 when they are not 0, 1 when they are; fewer than two: p = NaN."""
+    ``differences``. The p-value is NaN (untestable) for fewer than two differences and for identical ones: no
+    p-value comes from a zero variance."""
     d = finite(differences)
     if len(d) < 2:
         return (d[0] if d else math.nan), math.nan, 0
     mean, sd = statistics.fmean(d), statistics.stdev(d)
     if sd == 0:
-        return mean, 0.0 if mean != 0 else 1.0, len(d) - 1
+        return mean, math.nan, len(d) - 1
     t = abs(mean) / (sd / math.sqrt(len(d)))
     return mean, max(0.0, 1.0 - _t_coverage(t, len(d) - 1)), len(d) - 1

@@ -1,5 +1,6 @@
 """Time to learn under right-censoring: the Kaplan–Meier median with its interval, a paired test for censored times,
-Holm's correction over the comparisons that could be tested, and the three-valued learned rule.
+and Holm's correction over the comparisons that could be tested (the three-valued learned rule that decides each
+run's time: :mod:`spamlang.record.learned`).
 
 A run not learned by its cap is right-censored there: its time to learn is only known to exceed the cap. Ties between
 an event and a censoring at one time put the event first (the censored run was still at risk, and had not learned).
@@ -14,10 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from spamlang.scoring.stats import holm, is_finite
-
-#: one-sided 95% normal quantile: the learned rule's bounds (each one-sided 95%; together a two-sided 90% interval)
-Z_ONE_SIDED_95 = 1.645
+from spamlang.scoring.stats import holm
 
 
 def _arrays(times: Sequence[float], observed: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -147,23 +145,3 @@ def holm_family(results: Sequence[PairedCensoredTest]) -> list[float | None]:
     one keeps None and does not count towards the family size."""
     adjusted = holm([r.p if r.p is not None else math.nan for r in results])
     return [None if r.p is None else p for r, p in zip(results, adjusted)]
-
-
-def learned_state(gap: float, se: float | None, tolerance: float, z: float = Z_ONE_SIDED_95) -> str:
-    """Whether a run's gap to the Bayes loss says "learned", "not learned" or "undetermined" at ``tolerance``.
-
-    Learned only when the gap's one-sided upper bound gap + z·se is below the tolerance; not learned when its lower
-    bound gap - z·se is above it; otherwise undetermined (0.064 ± 0.038 at tolerance 0.05: undetermined, not
-    learned). z = 1.645 makes each bound one-sided 95%, so each call errs with probability at most 5% in the
-    direction it asserts. An unknown ``se`` (None or NaN) or gap gives "undetermined"; se = 0 (a gap computed
-    exactly) decides on the gap alone.
-    """
-    if se is not None and se < 0:
-        raise ValueError(f"a standard error cannot be negative: {se}")
-    if not is_finite(gap) or se is None or math.isnan(se):
-        return "undetermined"
-    if gap + z * se < tolerance:
-        return "learned"
-    if gap - z * se > tolerance:
-        return "not learned"
-    return "undetermined"

@@ -41,23 +41,25 @@ def learned_then_lost(gaps: Iterable[float], ses: Iterable[float | None], tolera
     return bool(within) and not within[-1] and any(within[:-1])
 
 
-def verdict(n_seeds: int, n_ok: int, n_diverged: int, *, learned: bool, no_learning: bool, has_bayes: bool,
+def verdict(n_seeds: int, n_ok: int, n_diverged: int, *, learned: str, no_learning: bool, has_bayes: bool,
             has_floor: bool, expressivity_counts: bool, optimization_counts: bool, budget_limited: bool) -> str:
     """The verdict (one of VERDICTS), in order: ``diverged``/``failed`` when most seeds are not ok; ``learned`` when
-    the gap to the Bayes loss does not count; ``no-learning`` when the gain over a trivial baseline does not count;
-    ``n/a`` when no Bayes loss is known (natural text: nothing to measure a shortfall against); ``undetermined``
-    without a floor; then by which of the expressivity gap (floor - Bayes) and the optimization gap
-    (loss - floor) count: both ``mixed``, the first ``expressivity-limited``, the second ``optimization-limited``, or
-    ``budget-limited`` when the run was still improving at the end; neither alone (their sum does) ``mixed``."""
+    the gap to the Bayes loss is below the tolerance with evidence (``learned``: the three-valued
+    :func:`~spamlang.record.learned.learned_state`); ``no-learning`` when the gain over a trivial baseline does not
+    count; ``n/a`` when no Bayes loss is known (natural text: nothing to measure a shortfall against);
+    ``undetermined`` when the gap straddles the tolerance within its noise, or without a floor that can decide; then
+    by which of the expressivity gap (floor - Bayes) and the optimization gap (loss - floor) count: both ``mixed``,
+    the first ``expressivity-limited``, the second ``optimization-limited``, or ``budget-limited`` when the run was
+    still improving at the end; neither alone (their sum does) ``mixed``."""
     if n_ok * 2 <= n_seeds:
         return "diverged" if n_diverged * 2 >= n_seeds - n_ok else "failed"
-    if learned:
+    if learned == "learned":
         return "learned"
     if no_learning:
         return "no-learning"
     if not has_bayes:
         return "n/a"
-    if not has_floor:
+    if learned == "undetermined" or not has_floor:
         return "undetermined"
     if expressivity_counts:
         return "mixed" if optimization_counts else "expressivity-limited"
@@ -75,11 +77,12 @@ def evidence(label: str, lrs: Sequence[float], chosen_lr: float, steps: float, e
     budget = f"within {_int(steps)} steps / {_int(examples_per_symbol)} examples per symbol"
     if label == "learned":
         return f"learned at lr {chosen_lr:.3g} {budget}"
+    what = "undetermined (within the noise of the tolerance)" if label == "undetermined" else "not learned"
     low, high = min(lrs), max(lrs)
     lr = f"lr = {low:.3g}" if low == high else f"lr ∈ [{low:.3g}, {high:.3g}]"
     note = {"low": "; best lr at the range's lower edge", "high": "; best lr at the range's upper edge",
             "only": "; one lr tried"}.get(lr_edge or "", "")
-    return f"not learned for {lr} {budget}{note}"
+    return f"{what} for {lr} {budget}{note}"
 
 
 def _int(value: float) -> str:

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from spamlang.config import RunConfig, examples_seen
 from spamlang.heads.base import head_label
-from spamlang.record import EvalPoint, Final, RunRecord, Timing
-from spamlang.record.learned import learned_from
+from spamlang.record import FROM_LAST_EVALUATION, EvalPoint, Final, RunRecord, Timing
+from spamlang.record.learned import LEARNED_MARGIN, bayes_gap, learned_from, learned_state
 from spamlang.record.provenance import environment
 from spamlang.system import atomic
 from spamlang.system.threads import choose, step_flops, using
@@ -28,11 +28,6 @@ from spamlang.training.devices import device_name, precision, synchronize
 from spamlang.training.evaluator import Evaluator
 from spamlang.training.probes import GradientProbe
 from spamlang.training.trainer import Trainer, learning_rate
-
-#: the metrics of an evaluation that the record's ``final`` repeats from the last one
-FINAL_METRICS = ("grad_destroyed", "grad_kept_cos", "grad_baseline", "grad_top_share", "logit_scale", "update_cosine",
-                 "test_loss_se", "val_loss_se", "test_bayes_loss", "test_bayes_gap_se", "test_uniform_loss",
-                 "test_unigram_loss", "test_unigram_gap_se")
 
 
 def eval_point(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, step: int, tokens: int,
@@ -89,7 +84,7 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
     check_every = 1 if trainer.device.type == "cpu" else 16  # each check of the loss waits for the device
     history = [eval_point(trainer, evaluator, probe, 0, 0, None, learning_rate(c, 0))]
     on_eval(history[0])
-    status, steps_done, eval_seconds, loss = "ok", 0, 0.0, float("nan")
+    status, steps_done, eval_seconds, loss, learned_in_a_row = "ok", 0, 0.0, float("nan"), 0
     bar = tqdm(total=c.steps, disable=not (sys.stderr.isatty() if progress is None else progress), unit="step",
                desc=f"{c.task} V={c.vocab_size} {head_label(c.head, c.head_rank)}", leave=False)
     loop_start = time.perf_counter()
@@ -113,6 +108,10 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
             if not all(math.isfinite(loss) for loss in (point.val_loss, point.test_loss)):
                 status = "diverged"
                 break
+            learned = learned_state(*bayes_gap(point, bayes), LEARNED_MARGIN) == "learned"
+            learned_in_a_row = learned_in_a_row + 1 if learned else 0
+            if c.stop_after and learned_in_a_row >= c.stop_after:
+                break
             train_seconds = time.perf_counter() - loop_start - eval_seconds
             bar.set_postfix(loss=f"{point.test_loss:.3f}", acc=f"{point.test_accuracy:.3f}",
                             tok_s=f"{steps_done * tokens_per_step / max(train_seconds, 1e-9):,.0f}")
@@ -130,7 +129,8 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
                   examples_per_symbol=examples_seen(steps_done, c.vocab_size, c.batch_size,
                                                     trainer.symbols_per_sequence),
                   tokens_per_second=steps_done * tokens_per_step / train_seconds,
-                  **{k: getattr(last, k) for k in FINAL_METRICS})
+                  stopped="diverged" if status == "diverged" else "cap" if steps_done == c.steps else "learned",
+                  **{k: getattr(last, k) for k in FROM_LAST_EVALUATION})
     return RunRecord(run_id=c.run_id, config=c, task_version=task.version, bayes_loss=bayes,
                      deterministic=task.deterministic, rank=trainer.model.head.rank,
                      data=task.provenance(c.vocab_size), status=status,

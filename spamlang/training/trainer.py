@@ -18,11 +18,16 @@ from spamlang.training.model import LanguageModel
 
 
 def learning_rate(config: RunConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to 10% (or constant)."""
+    """Linear warm-up, then the schedule: cosine decay to 10% at the last step, constant, or wsd (constant until the
+    last ``decay`` share of the steps, then linear to 10%). Under ``constant``, and under ``wsd`` before its decay,
+    the lr at a step does not depend on the number of steps, so neither does the step at which a run learns."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     if config.schedule == "constant":
         return config.lr
+    if config.schedule == "wsd":
+        start = config.steps - config.decay * config.steps
+        return config.lr * (1 - 0.9 * min(1.0, max(0.0, step + 1 - start) / (config.steps - start)))
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
