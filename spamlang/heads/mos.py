@@ -40,6 +40,12 @@ class MoSHead(Head):
     def forward_rank(cls, d_model, rank):
         return d_model  # identical components: softmax(W tanh(P h)), W scaled without bound
 
+    @classmethod
+    def train_macs(cls, vocab_size, d_model, rank, params):
+        """4 K (D + D² + V D): prior, contexts and K logit rows, forward twice (checkpointed chunks) and backward."""
+        k = (params or cls.Params()).components
+        return 4.0 * k * (d_model + d_model ** 2 + vocab_size * d_model)
+
     @property
     def rank(self) -> int:
         return min(self.vocab_size, self.d_model)
