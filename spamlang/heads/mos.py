@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..diagnostics import orthonormal_basis
-from ..loss import IGNORE_INDEX, compute_dtype, default_chunk_size
+from ..loss import IGNORE_INDEX, checkpointed_nll, compute_dtype
 from ..params import param
 from .base import Head, register_head
 from .linear import INIT_STD
@@ -68,14 +67,7 @@ class MoSHead(Head):
         return -(ll * valid).sum()
 
     def loss(self, h, targets):
-        chunk = default_chunk_size(self.k * self.vocab_size, h.device, min_rows=1)
-        total = 0
-        for start in range(0, h.shape[0], chunk):
-            hc, tc = h[start:start + chunk], targets[start:start + chunk]
-            # recompute each chunk in backward: never more than chunk x K x V probabilities alive
-            total = total + (checkpoint(self._nll_sum, hc, tc, use_reentrant=False) if torch.is_grad_enabled()
-                             else self._nll_sum(hc, tc))
-        return total / (targets != IGNORE_INDEX).sum()
+        return checkpointed_nll(self._nll_sum, h, targets, self.k * self.vocab_size)  # chunk x K x V probabilities
 
     def log_probs(self, h):
         log_prior, log_p = self._mixture(h)
