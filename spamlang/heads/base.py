@@ -53,9 +53,9 @@ class Head(nn.Module):
 
     @classmethod
     def forward_rank_at(cls, vocab_size: int, d_model: int, rank: int | None, params) -> int | None:
-        """:meth:`forward_rank` for a head whose forward rank depends on V or on its parameters (``params``: its
-        checked ``Params``, or None): what the expressivity floor uses. A head may declare a rank r whose outputs it
-        only approaches (a floor is an infimum): every log-probability matrix of a linear head of rank r in the limit."""
+        """The forward rank the expressivity floor uses: :meth:`forward_rank`, unless a head's depends on V or on its
+        parameters (``params``: its checked ``Params``, or None). A head may declare a rank r that it reaches only in
+        a limit, approaching every log-probability matrix of a linear head of rank r (a floor is an infimum)."""
         return cls.forward_rank(d_model, rank)
 
     @classmethod
