@@ -17,6 +17,8 @@ from spamlang.errors import ConfigError
 from spamlang.floors import build_head, expressivity_floor, forward_rank
 from spamlang.harness import train
 from spamlang.heads.base import HEADS, head_params
+from spamlang.model import LanguageModel
+from spamlang.resources import parameter_count
 from spamlang.task import make_task
 from tests.conftest import assert_user_error
 
@@ -246,6 +248,15 @@ def test_a_tiny_training_run_completes(name):
     assert record.final.update_cosine is not None and math.isfinite(record.final.grad_destroyed)
 
 
+@pytest.mark.parametrize("name", REMEDIES)
+def test_the_model_builds_on_the_meta_device_for_its_parameter_count(name):
+    """The resource check counts parameters of the model built on "meta" (``spamlang train`` runs it first)."""
+    config = RunConfig(task="spam", vocab_size=64, d_model=16, head=name)
+    with torch.random.fork_rng():
+        expected = sum(p.numel() for p in LanguageModel(config).parameters())
+    assert parameter_count(config) == expected
+
+
 def test_sampled_training_is_deterministic():
     config = RunConfig(task="spam", vocab_size=32, d_model=8, steps=8, eval_every=4, eval_sequences=16,
                        head="sampled", head_params={"negatives": 4}, device="cpu")
@@ -292,6 +303,71 @@ def test_declared_forward_ranks(name, params, d, expected):
     them); adaptive one per tail cluster and no more than a tail narrower than its cluster (widths 8 and 4, or 4
     and 1)."""
     assert forward_rank(name, 64, d, None, params) == expected
+
+
+def emulate(head, u, x):
+    """Set the head's weights and return hidden states (N, D) whose log-probabilities are (or, in the limit its
+    declaration describes, approach) those of the rank-r linear head with weights u (V, r) at x (N, r)."""
+    r, z = u.shape[1], x @ u.T  # z (N, V): the linear head's logits
+    h = torch.zeros(len(x), head.d_model, dtype=x.dtype)
+    h[:, :r] = x
+    if head.name == "sigsoftmax":  # one more coordinate adds a large constant c: f(z + c) -> z + c
+        head.weight[:] = 0
+        head.weight[:, :r], head.weight[:, r] = u, 1
+        h[:, r] = 40
+    elif head.name == "mlp":  # (2 / eps) W GELU(eps A h) -> W A h
+        eps = 1e-4
+        head.hidden[:] = 0
+        head.hidden[:r, :r] = eps * torch.eye(r)
+        head.weight[:] = 0
+        head.weight[:, :r] = 2 / eps * u
+    elif head.name == "classfactor":  # one coordinate per class of two or more tokens carries its log-sum-exp
+        members = [head.members[j][~head.padding[j]] for j in range(head.c)]
+        multi = [j for j in range(head.c) if len(members[j]) >= 2]
+        free, ref = (multi[1:], multi[0]) if len(multi) == head.c else (multi, None)
+        head.weight[:] = 0
+        head.weight[:, :r] = u
+        head.class_weight[:] = 0
+        for j in range(head.c):
+            if len(members[j]) == 1:
+                head.class_weight[j, :r] = u[members[j][0]]
+        shift = 0 if ref is None else z[:, members[ref]].logsumexp(1)
+        for k, j in enumerate(free):
+            head.class_weight[j, r + k] = 1
+            h[:, r + k] = z[:, members[j]].logsumexp(1) - shift
+    else:  # adaptive: the shortlist and the tails read x, one coordinate per cluster carries its log-sum-exp
+        a = head.adaptive
+        bounds = [0] + list(a.cutoffs)
+        shortlist = bounds[1]
+        a.head.weight[:] = 0
+        a.head.weight[:shortlist, :r] = u[:shortlist]
+        for i, (projection, output) in enumerate(a.tail):
+            tokens = slice(bounds[i + 1], bounds[i + 2])
+            a.head.weight[shortlist + i, r + i] = 1
+            h[:, r + i] = z[:, tokens].logsumexp(1)
+            projection.weight[:] = 0
+            projection.weight[:r, :r] = torch.eye(r)
+            output.weight[:] = 0
+            output.weight[:, :r] = u[tokens]
+    return h
+
+
+@pytest.mark.parametrize("name,d,params", [
+    ("sigsoftmax", 3, {}), ("mlp", 2, {"width": 2}), ("classfactor", 5, {"classes": 4}),
+    ("classfactor", 6, {"classes": 12}), ("adaptive", 8, {"cutoffs": "0.25,0.5"})])
+def test_a_head_reaches_the_linear_heads_of_its_declared_forward_rank(name, d, params):
+    """The construction behind each declaration, with one coordinate fewer it is not declared: at V = 16, rank 2
+    (classfactor with 4 classes of 4 tokens spends 3 coordinates, with 12 classes the 4 classes of 2 tokens; the
+    adaptive head one coordinate per tail cluster, whose widths 4 and 2 read x)."""
+    assert forward_rank(name, 16, d, None, params) == 2 and forward_rank(name, 16, d - 1, None, params) < 2
+    gen = torch.Generator().manual_seed(3)
+    u = 2 * torch.randn(16, 2, generator=gen, dtype=torch.float64)
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    target = (x @ u.T).log_softmax(1)
+    head = build_head(name, 16, d, None, params).double()
+    with torch.no_grad():
+        log_p = head.log_probs(emulate(head, u, x))
+    assert float((target.exp() * (target - log_p)).sum(1).mean()) < 1e-6
 
 
 @pytest.mark.parametrize("name", ["sampled", "sigsoftmax", "classfactor", "mlp", "adaptive"])

@@ -45,13 +45,14 @@ class ClassFactorHead(Head):
         self.c = class_count(params, vocab_size)
         self.class_weight = nn.Parameter(torch.randn(self.c, d_model) * INIT_STD)  # U (C, D)
         self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * INIT_STD)  # W (V, D)
-        token_class = torch.arange(vocab_size) * self.c // vocab_size  # (V,), non-decreasing
-        sizes = torch.bincount(token_class, minlength=self.c)  # (C,)
-        starts = sizes.cumsum(0) - sizes  # (C,) first token of each class
-        padding = torch.arange(int(sizes.max())) >= sizes[:, None]  # (C, m), m the largest class
+        with torch.device("cpu"):  # also when the model is built elsewhere (on "meta" to count its parameters)
+            token_class = torch.arange(vocab_size) * self.c // vocab_size  # (V,), non-decreasing
+            sizes = torch.bincount(token_class, minlength=self.c)  # (C,)
+            starts = sizes.cumsum(0) - sizes  # (C,) first token of each class
+            padding = torch.arange(int(sizes.max())) >= sizes[:, None]  # (C, m), m the largest class
+            members = (starts[:, None] + torch.arange(padding.shape[1])).masked_fill(padding, 0)  # (C, m), padded: 0
         self.register_buffer("token_class", token_class, persistent=False)
-        self.register_buffer("members", (starts[:, None] + torch.arange(padding.shape[1])).masked_fill(padding, 0),
-                             persistent=False)  # (C, m) token ids of each class, padded with token 0
+        self.register_buffer("members", members, persistent=False)  # token ids of each class
         self.register_buffer("padding", padding, persistent=False)
 
     @classmethod

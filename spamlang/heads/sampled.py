@@ -43,7 +43,7 @@ class SampledHead(LinearHead):
         params = params if params is not None else self.Params()
         super().__init__(vocab_size, d_model, rank, embedding, params)
         self.k = negative_count(params, vocab_size)
-        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, (), device="cpu")))
 
     @classmethod
     def check_params(cls, params, vocab_size, d_model):
