@@ -17,7 +17,7 @@ def sig_log_probs(z: torch.Tensor) -> torch.Tensor:
 
 @register_head
 class SigsoftmaxHead(LinearHead):
-    """Sigsoftmax: p ∝ exp(z) σ(z), z = h Wᵀ, W (V x D): log p = z + log σ(z) - log Z, not confined to rank D.
+    """Sigsoftmax: p ∝ exp(z) σ(z), z = h Wᵀ, W (V x D): log-probabilities z + log σ(z) - c, not confined to rank D.
 
     The logit gradient G = ∂L/∂z = f'(z) ⊙ (p - onehot) / n_valid, with f'(z) = 2 - σ(z) in (1, 2), still reaches the
     backbone as G W: the gradient bottleneck of the linear head, with a forward map whose log-probabilities are not
