@@ -160,6 +160,7 @@ class ResolvedConfig(RunConfig):
         head = HEADS.get(self.head)
         head.check(self.vocab_size, self.d_model, self.head_rank, self.width)
         extra = head_params(head, self.head_params, from_strings=True)
+        head.check_params(extra, self.vocab_size, self.d_model)
         object.__setattr__(self, "task_params", task.params)
         object.__setattr__(self, "head_params", dataclasses.asdict(extra) if extra is not None else {})
         if self.examples_per_symbol is not None:

@@ -1,9 +1,12 @@
 """Chunked, fused linear + cross-entropy: the loss of logits x Wᵀ without ever holding all N x V logits."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 #: logits elements per chunk (rows x V) when no chunk size is given: tuned on CPU (2 cores, V = 32k..262k);
@@ -84,6 +87,20 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     with torch.autocast(x.device.type, enabled=False):
         return _LinearCrossEntropy.apply(x, weight, targets, chunk_size, grad and x.requires_grad,
                                          grad and weight.requires_grad)
+
+
+def checkpointed_nll(nll_sum: Callable[..., torch.Tensor], h: torch.Tensor, targets: torch.Tensor, row_size: int,
+                     *args) -> torch.Tensor:
+    """Mean negative log-likelihood of the non-ignored ``targets`` (N,) from ``nll_sum(h_chunk, targets_chunk, *args)``,
+    a chunk's summed negative log-likelihood, over chunks of about CHUNK_ELEMENTS / ``row_size`` tokens of ``h``
+    (N, D), each recomputed in the backward: never more than one chunk's ``row_size`` activations per token alive."""
+    chunk = default_chunk_size(row_size, h.device, min_rows=1)
+    total = 0
+    for start in range(0, h.shape[0], chunk):
+        hc, tc = h[start:start + chunk], targets[start:start + chunk]
+        total = total + (checkpoint(nll_sum, hc, tc, *args, use_reentrant=False) if torch.is_grad_enabled()
+                         else nll_sum(hc, tc, *args))
+    return total / (targets != IGNORE_INDEX).sum()
 
 
 def logit_gradient(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

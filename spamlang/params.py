@@ -51,6 +51,8 @@ def allowed(field: dataclasses.Field) -> str:
     m = field.metadata
     if m.get("choices"):
         return "one of " + ", ".join(map(str, m["choices"]))
+    if type_of(field) is str:
+        return "text"
     lo = "-inf" if m.get("low") is None else m["low"]
     hi = "inf" if m.get("high") is None else m["high"]
     return f"{'(' if m.get('low_open') or m.get('low') is None else '['}{lo}, {hi}{')' if m.get('high_open') or m.get('high') is None else ']'}"

@@ -329,16 +329,26 @@ def test_the_cliff_suites_hold_examples_per_symbol_and_span_v_over_d():
             assert c.steps // c.eval_every >= 8 and c.eval_sequences * (c.seq_len - 1) >= 512
 
 
-def test_the_heads_suite_tunes_lr_per_head_on_every_task():
-    from spamlang.heads.base import HEADS
+@pytest.mark.parametrize("name", ["heads", "remedies"])
+def test_the_head_suites_tune_lr_per_head_on_every_task(name):
     from spamlang.task import TASKS
-    suite = load("heads")
+    suite = load(name)
     runs = suite.runs
-    assert suite.version >= 2 and len({c.seed for c in runs}) >= 3
-    def builtin(registry, package):  # other tests register tasks and heads of their own
-        return {name for name in registry.names() if registry.get(name).__module__.startswith(package)}
-
-    assert {c.head for c in runs} == builtin(HEADS, "spamlang.heads.")
+    assert len({c.seed for c in runs}) >= 3 and "linear" in {c.head for c in runs}
     assert {c.task for c in runs} == builtin(TASKS, "spamlang.tasks.") - {"text"}  # text needs a corpus
     assert all(c.examples_per_symbol is not None for c in runs) and len({c.steps for c in runs}) == 1
     assert all(len({c.lr for c in runs if (c.task, c.head) == (r.task, r.head)}) >= 2 for r in runs)
+
+
+def builtin(registry, package):
+    """The registry's names defined in ``package`` (other tests register tasks and heads of their own)."""
+    return {name for name in registry.names() if registry.get(name).__module__.startswith(package)}
+
+
+def test_every_builtin_head_is_on_a_head_leaderboard_and_the_boards_share_their_linear_runs():
+    from spamlang.heads.base import HEADS
+    heads, remedies = load("heads"), load("remedies")
+    assert heads.version >= 2
+    assert {c.head for c in heads.runs} | {c.head for c in remedies.runs} == builtin(HEADS, "spamlang.heads.")
+    linear = [{c.run_id for c in suite.runs if c.head == "linear"} for suite in (heads, remedies)]
+    assert linear[0] == linear[1] and linear[0]

@@ -53,12 +53,32 @@ class Head(nn.Module):
         return None
 
     @classmethod
+    def forward_rank_at(cls, vocab_size: int, d_model: int, rank: int | None, params) -> int | None:
+        """The forward rank the expressivity floor uses: :meth:`forward_rank`, unless a head's depends on V or on its
+        parameters (``params``: its checked ``Params``, or None). A head may declare a rank r that it reaches only in
+        a limit, approaching every log-probability matrix of a linear head of rank r (a floor is an infimum)."""
+        return cls.forward_rank(d_model, rank)
+
+    @classmethod
+    def check_params(cls, params, vocab_size: int, d_model: int) -> None:
+        """Raise ConfigError for parameters (``params``: the checked ``Params``, or None) impossible at this V and D."""
+
+    @classmethod
+    def train_macs(cls, vocab_size: int, d_model: int, rank: int | None, params) -> float:
+        """Multiply-adds of the training loss per predictable position, forward and backward, counting the matrix
+        products only: three times the forward's (the backward multiplies by both factors), four where the loss
+        recomputes its forward in the backward (checkpointed chunks). The default is a linear map's, 3 V D."""
+        return 3.0 * vocab_size * d_model
+
+    @classmethod
     def build(cls, vocab_size: int, d_model: int, rank: int | None, embedding: nn.Embedding,
               params: Mapping[str, Any] | None = None) -> "Head":
         """A checked, fresh head from its settings and its (untyped) parameters; ``embedding`` is the backbone's input
         embedding, which a head may share."""
         cls.check(vocab_size, d_model, rank, embedding.embedding_dim)
-        return cls(vocab_size, d_model, rank, embedding, head_params(cls, params))
+        params = head_params(cls, params)
+        cls.check_params(params, vocab_size, d_model)
+        return cls(vocab_size, d_model, rank, embedding, params)
 
     @property
     def rank(self) -> int:

@@ -46,6 +46,12 @@ class GradProjHead(LinearHead):
         super().__init__(vocab_size, d_model, rank, embedding, params)
         self.r = rank
 
+    @classmethod
+    def train_macs(cls, vocab_size, d_model, rank, params):
+        """3 V D, and 2 D r for projecting the backbone's gradient; the eigh of WᵀW, once per step (V D² + O(D³)),
+        is not per position and is left out."""
+        return 3.0 * vocab_size * d_model + 2.0 * d_model * rank
+
     @property
     def rank(self) -> int:
         return self.r

@@ -30,6 +30,10 @@ class LowRankHead(Head):
     def forward_rank(cls, d_model, rank):
         return rank
 
+    @classmethod
+    def train_macs(cls, vocab_size, d_model, rank, params):
+        return 3.0 * rank * (d_model + vocab_size)  # h Bᵀ (r D), then A (V r)
+
     @property
     def rank(self) -> int:
         return self.B.shape[0]

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from spamlang.diagnostics import orthonormal_basis
 from spamlang.heads.base import Head, register_head
 from spamlang.heads.linear import INIT_STD
-from spamlang.loss import IGNORE_INDEX, compute_dtype, default_chunk_size
+from spamlang.loss import IGNORE_INDEX, checkpointed_nll, compute_dtype
 from spamlang.params import param
 
 
@@ -40,6 +39,12 @@ class MoSHead(Head):
     def forward_rank(cls, d_model, rank):
         return d_model  # identical components: softmax(W tanh(P h)), W scaled without bound
 
+    @classmethod
+    def train_macs(cls, vocab_size, d_model, rank, params):
+        """4 K (D + D² + V D): prior, contexts and K logit rows, forward twice (checkpointed chunks) and backward."""
+        k = (params or cls.Params()).components
+        return 4.0 * k * (d_model + d_model ** 2 + vocab_size * d_model)
+
     @property
     def rank(self) -> int:
         return min(self.vocab_size, self.d_model)
@@ -62,14 +67,7 @@ class MoSHead(Head):
         return -(ll * valid).sum()
 
     def loss(self, h, targets):
-        chunk = default_chunk_size(self.k * self.vocab_size, h.device, min_rows=1)
-        total = 0
-        for start in range(0, h.shape[0], chunk):
-            hc, tc = h[start:start + chunk], targets[start:start + chunk]
-            # recompute each chunk in backward: never more than chunk x K x V probabilities alive
-            total = total + (checkpoint(self._nll_sum, hc, tc, use_reentrant=False) if torch.is_grad_enabled()
-                             else self._nll_sum(hc, tc))
-        return total / (targets != IGNORE_INDEX).sum()
+        return checkpointed_nll(self._nll_sum, h, targets, self.k * self.vocab_size)  # chunk x K x V probabilities
 
     def log_probs(self, h):
         log_prior, log_p = self._mixture(h)

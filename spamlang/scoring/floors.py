@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 
 from spamlang.heads.base import HEADS
+from spamlang.heads.base import head_params as checked_params
 from spamlang.rng import Rng
 from spamlang.scoring.floorfit import RESTARTS, build_head, fit, nearest
 from spamlang.system import atomic
@@ -57,10 +58,18 @@ SCALE_FIT_MAX_V = 2048
 POLYGON_VERTICES = 255
 
 
+def forward_rank(head_name: str, vocab_size: int, d_model: int, rank: int | None,
+                 head_params: Mapping[str, Any] | None = None) -> int | None:
+    """The forward rank a head of this kind declares at V with these parameters (:meth:`Head.forward_rank_at`)."""
+    cls = HEADS.get(head_name)
+    return cls.forward_rank_at(vocab_size, d_model, rank, checked_params(cls, head_params))
+
+
 def analytic_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int,
-                   rank: int | None) -> float | None:
-    """The floor where theory gives it, else None. Both cases give the Bayes loss, for heads whose logits can be any
-    matrix H Wᵀ of rank <= their declared ``forward_rank`` (free H and weights): the forward map decides the floor.
+                   rank: int | None, head_params: Mapping[str, Any] | None = None) -> float | None:
+    """The floor where theory gives it, else None. Both cases give the Bayes loss, for heads that reach (or approach)
+    every logit matrix H Wᵀ of rank <= their declared forward rank (free H and weights, ``Head.forward_rank_at``):
+    the forward map decides the floor.
 
     * forward rank >= V - 1: logits H Wᵀ with W's rows the vertices of a simplex reach every logit vector up to a
       constant shift, which softmax ignores, so the head can output any distribution, the Bayes predictor included.
@@ -69,10 +78,10 @@ def analytic_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
       a margin of at least s (1 - cos 2π/V), so the loss is at most log(1 + (V - 1) exp(-s (1 - cos 2π/V))),
       which goes to 0, the Bayes loss, as s grows (the floor is an infimum; no finite head attains it).
     """
-    forward_rank = HEADS.get(head_name).forward_rank(d_model, rank)
-    if forward_rank is None:
+    declared = forward_rank(head_name, vocab_size, d_model, rank, head_params)
+    if declared is None:
         return None
-    if forward_rank >= vocab_size - 1 or (task.deterministic and forward_rank >= 2):
+    if declared >= vocab_size - 1 or (task.deterministic and declared >= 2):
         return task.bayes_loss(vocab_size, seq_len)
     return None
 
@@ -197,7 +206,7 @@ def _fitted(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: 
         torch.manual_seed(seed)  # the heads' own initialisation
         return _estimate(task, vocab_size, seq_len,
                          lambda: build_head(head_name, vocab_size, d_model, rank, head_params, embed_dim),
-                         contexts, seed, scale, HEADS.get(head_name).forward_rank(d_model, rank))
+                         contexts, seed, scale, forward_rank(head_name, vocab_size, d_model, rank, head_params))
 
 
 def _cached(cache: "FloorCache | None", key: dict, compute) -> dict:
@@ -243,7 +252,7 @@ def expressivity_floor(task: Task, vocab_size: int, seq_len: int, head_name: str
       fitted sample, understates the floor (the fit memorises its sample).
     """
     def compute() -> dict:
-        analytic = analytic_floor(task, vocab_size, seq_len, head_name, d_model, rank)
+        analytic = analytic_floor(task, vocab_size, seq_len, head_name, d_model, rank, head_params)
         if analytic is not None:
             return {"floor": analytic, "floor_se": 0.0, "method": "analytic"}
         return _fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts, seed,
@@ -273,8 +282,8 @@ def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
     if math.isinf(scale):
         return expressivity_floor(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
                                   contexts=contexts, seed=seed, cache=cache)
-    forward_rank = HEADS.get(head_name).forward_rank(d_model, rank)
-    analytic = task.deterministic and forward_rank is not None and forward_rank >= vocab_size - 1
+    declared = forward_rank(head_name, vocab_size, d_model, rank, head_params)
+    analytic = task.deterministic and declared is not None and declared >= vocab_size - 1
     if not analytic and vocab_size > SCALE_FIT_MAX_V:
         return {"floor": None, "floor_se": None, "method": f"not fitted above V = {SCALE_FIT_MAX_V}", "scale": scale}
 
