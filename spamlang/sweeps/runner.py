@@ -11,8 +11,8 @@ round after round, until the chosen lr is inside the range, the upper edge diver
 spent. Each record's ``suite.lr_round`` says in which round its run was added (0: the suite's own grid).
 
 A failure is checked against more data (a suite's ``extend_budget``, see :func:`budget_extensions`): after those
-rounds, each configuration that most seeds did not learn at its chosen lr (``final.steps_to_learn`` None, the
-learned criterion of :func:`spamlang.record.learned.learned_from`) runs again at ``extend_budget`` times its budget, at the
+rounds, each configuration that most seeds did not learn at its chosen lr (by the learned rule,
+:func:`spamlang.record.learned.learned_from`, of each record's history) runs again at ``extend_budget`` times its budget, at the
 chosen lr and its two neighbours (x and / LR_FACTOR), for all its seeds; the lr rounds then apply to those runs too.
 Each record's ``suite.budget_round`` says which budget round added it (0: the suite's own budget, 1: the extension).
 """
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from spamlang import record
 from spamlang.config import RunConfig
 from spamlang.errors import SpamLangError
+from spamlang.record.learned import learned_from
 from spamlang.scoring.configurations import choose, lr_groups, outcome
 from spamlang.sweeps.executors import EXECUTORS, _device, _local, _ray
 from spamlang.sweeps.lrgrid import LR_FACTOR, LR_ROUNDS, next_lrs, outward
@@ -78,8 +79,10 @@ def lr_extensions(configs: Iterable[RunConfig], runs_dir: Path, factor: float = 
 def budget_extensions(configs: Iterable[RunConfig], runs_dir: Path, budget_factor: float,
                       lr_factor: float = LR_FACTOR) -> list[RunConfig]:
     """The runs the budget round adds: each configuration (every setting but seed and lr) whose chosen lr
-    (:func:`spamlang.scoring.configurations.choose` on val) most of its seeds did not learn (no record of status ok with a
-    ``final.steps_to_learn``), at ``budget_factor`` times its budget (see :func:`scaled_budget`), at the chosen lr and
+    (:func:`spamlang.scoring.configurations.choose` on val) most of its seeds did not learn (no record of status ok
+    learned by the current rule, :func:`spamlang.record.learned.learned_from` of its history: a stored
+    ``final.steps_to_learn`` is an older harness's answer), at ``budget_factor`` times its budget (see
+    :func:`scaled_budget`), at the chosen lr and
     at it x and / ``lr_factor``, for each of its seeds. A configuration whose seeds all failed at the chosen lr (an
     error, not a result) is not extended."""
     new = []
@@ -88,8 +91,8 @@ def budget_extensions(configs: Iterable[RunConfig], runs_dir: Path, budget_facto
         chosen = choose({lr: [_outcome(r) for r in records[lr]] for lr in sorted(records)})
         if all(r is None or r.status == "failed" for r in records[chosen]):
             continue
-        learned = sum(r is not None and r.status == "ok" and r.final.steps_to_learn is not None
-                      for r in records[chosen])
+        learned = sum(r is not None and r.status == "ok" and learned_from(r.history, r.bayes_loss) is not None
+                      for r in records[chosen])  # the rule as it is now, not as an older harness stored it
         if 2 * learned > len(records[chosen]):
             continue
         seeds = {c.seed: c for runs in by_lr.values() for c in runs}
