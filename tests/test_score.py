@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -516,3 +517,17 @@ def test_a_failure_shows_what_the_larger_budget_showed(tmp_path):
     assert "at larger budget" not in format_table(scored(tmp_path / "b", *records[:3]), "md")
     from spamlang.publishing.ranking import own_budget
     assert sorted(own_budget(table)["head"]) == ["linear", "lowrank", "tied"]  # the ranking's rows
+
+
+def test_the_time_to_learn_is_a_kaplan_meier_median_read_at_the_fastest_lr(tmp_path):
+    """Two lrs: 0.01 learns at step 100 in every seed, 0.001 at 200 with a lower final val loss. The loss columns
+    read 0.001, the time columns 0.01; one seed of 0.01 not learned by its cap is censored, not dropped."""
+    fast = [make_record(lr=1e-2, seed=s, losses=(4.0, 0.01, 0.01), val_losses=(4.0, 0.02, 0.02)) for s in (0, 1)]
+    fast.append(make_record(lr=1e-2, seed=2, losses=(4.0, 1.0, 0.5), val_losses=(4.0, 1.0, 0.5)))
+    slow = [make_record(lr=1e-3, seed=s, losses=(4.0, 1.0, 0.01), val_losses=(4.0, 1.0, 0.001)) for s in range(3)]
+    row = scored(tmp_path, *fast, *slow).iloc[0]
+    assert row["lr"] == 1e-3 and row["time_lr"] == 1e-2
+    assert (row["steps_to_learn"], row["n_learned"]) == (100, 2)  # S(100) = 1/3 <= 1/2 with the third censored at 200
+    assert row["steps_to_learn_high"] is None or row["steps_to_learn_high"] >= 100
+    cell = format_table(pd.DataFrame([row]), "md")
+    assert re.search(r"\| 100 \[\d+–(\d+|∞)\] @0\.01 \(2/3\) \|", cell), cell
