@@ -54,7 +54,8 @@ def test_each_seed_has_its_own_eval_streams():
         assert not torch.equal(a.evaluator.eval_batches[name], b.evaluator.eval_batches[name])
         assert torch.equal(a.evaluator.eval_batches[name], again.evaluator.eval_batches[name])
     assert not torch.equal(a.evaluator.eval_batches["val"], a.evaluator.eval_batches["test"])
-    assert not torch.equal(a.evaluator.eval_batches["test"], trainer(seed=0, eval_seed=1).evaluator.eval_batches["test"])
+    assert not torch.equal(a.evaluator.eval_batches["test"],
+                           trainer(seed=0, eval_seed=1).evaluator.eval_batches["test"])
     expected = make_task("spam").sample(32, 8, 64, Rng(1, 0, "test"))
     assert torch.equal(b.evaluator.eval_batches["test"], expected)
 
@@ -81,7 +82,8 @@ def test_baselines_are_scored_on_the_very_test_positions():
     assert last.test_uniform_loss == pytest.approx(math.log(32))
     for key in ("test_loss_se", "val_loss_se", "test_bayes_gap_se", "test_unigram_gap_se"):
         assert 0 < getattr(last, key) < 0.2
-    assert {k: getattr(rec.final, k) for k in FROM_LAST_EVALUATION} == {k: getattr(last, k) for k in FROM_LAST_EVALUATION}
+    assert ({k: getattr(rec.final, k) for k in FROM_LAST_EVALUATION}
+            == {k: getattr(last, k) for k in FROM_LAST_EVALUATION})
 
 
 def test_gap_standard_errors_are_paired_over_sequences():
@@ -109,13 +111,14 @@ def test_unigram_baseline_uses_token_frequencies():
     point = zipf.evaluator.baseline_metrics(torch.zeros_like(zipf.evaluator.baselines["unigram"]))
     assert point["test_unigram_loss"] == pytest.approx(entropy, abs=0.15) and entropy < math.log(64) - 0.5
     spam = trainer(eval_sequences=400)
-    assert spam.evaluator.baseline_metrics(torch.zeros_like(spam.evaluator.baselines["unigram"]))["test_unigram_loss"] == \
-        pytest.approx(math.log(64), abs=0.01)
+    assert (spam.evaluator.baseline_metrics(torch.zeros_like(spam.evaluator.baselines["unigram"]))["test_unigram_loss"]
+            == pytest.approx(math.log(64), abs=0.01))
 
 
 def test_tasks_without_log_prob_have_no_bayes_loss_on_the_test_stream(monkeypatch):
     t = trainer()
-    monkeypatch.setattr(type(t.trainer.task), "log_prob", lambda self, tokens, v: (_ for _ in ()).throw(NotImplementedError))
+    monkeypatch.setattr(type(t.trainer.task), "log_prob",
+                        lambda self, tokens, v: (_ for _ in ()).throw(NotImplementedError))
     t = trainer()
     out = t.evaluator.baseline_metrics(t.evaluator.evaluate("test")["losses"])
     assert out["test_bayes_loss"] is None and out["test_bayes_gap_se"] is None and out["test_unigram_loss"] > 0
@@ -206,7 +209,8 @@ def test_update_cosine_never_touches_training():
         trainer_without = Trainer(config)
         without = [trainer_without.train_step(s).item() for s in range(12)]
         assert with_measure == without
-        for (name, a), b in zip(trainer_with.trainer.model.state_dict().items(), trainer_without.model.state_dict().values()):
+        for (name, a), b in zip(trainer_with.trainer.model.state_dict().items(),
+                                trainer_without.model.state_dict().values()):
             assert torch.equal(a, b), name
         for a, b in zip(trainer_with.trainer.optimizer.state.values(), trainer_without.optimizer.state.values()):
             assert all(torch.equal(a[k], b[k]) for k in a)

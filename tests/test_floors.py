@@ -181,7 +181,8 @@ def test_a_corrupt_cache_file_is_reported_and_ignored(tmp_path):
 
 
 def test_the_scorer_side_never_imports_the_trainer():
-    code = "import sys, spamlang.scoring.floors, spamlang.scoring.scorer; sys.exit('spamlang.training.loop' in sys.modules)"
+    code = ("import sys, spamlang.scoring.floors, spamlang.scoring.scorer; "
+            "sys.exit('spamlang.training.loop' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

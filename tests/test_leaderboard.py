@@ -150,7 +150,8 @@ def test_leaderboard_command_writes_self_contained_files(run_cli, tmp_path):
     text = (out / "leaderboard.md").read_text()
     assert text.startswith(r.out.rstrip("\n")) and "## Plots" in text and "## Plots" not in r.out
     summary, files = r.err.strip().splitlines()
-    assert summary.startswith("heads: 1 linear (") and "2 lowrank:2" in summary and "verdicts of 6 configurations" in summary
+    assert (summary.startswith("heads: 1 linear (") and "2 lowrank:2" in summary
+            and "verdicts of 6 configurations" in summary)
     assert str(out / "leaderboard.md") in files and str(out / "kept_cos.png") in files
     for fragment in (f"spamlang leaderboard {tmp_path / 'a'} {tmp_path / 'b'} --out {out}", "devices: cpu",
                      str(git_commit()), "torch ", "suites: hand v3", "## Configurations", "(learnability.png)"):

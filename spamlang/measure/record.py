@@ -1,10 +1,10 @@
 """The measurement record (schema ``spamlang.measure/1``): one JSON file per measured checkpoint.
 
-Fields: ``schema``, ``measure_id`` (a hash of the checkpoint's path, config hash and parameter count, the text files' sha256
-and the settings), ``created``, ``model`` (path, name, architecture, model_type, config_hash, parameters, vocab_size
-V, hidden_size D, head_rank, tied, bias, step), ``tokenizer`` (folder and class; null for pre-tokenized text), ``text``
-(files with format, bytes and sha256; tokens read, windows, seq_len, tokens measured), ``settings`` (seed, dtype,
-device, spectrum method, sketch size, step norm, chunk), ``per_token``, ``spectrum``, ``update`` (see
+Fields: ``schema``, ``measure_id`` (a hash of the checkpoint's path, config hash and parameter count, the text files'
+sha256 and the settings), ``created``, ``model`` (path, name, architecture, model_type, config_hash, parameters,
+vocab_size V, hidden_size D, head_rank, tied, bias, step), ``tokenizer`` (folder and class; null for pre-tokenized
+text), ``text`` (files with format, bytes and sha256; tokens read, windows, seq_len, tokens measured), ``settings``
+(seed, dtype, device, spectrum method, sketch size, step norm, chunk), ``per_token``, ``spectrum``, ``update`` (see
 :mod:`spamlang.measure.pertoken`, :mod:`.spectrum`, :mod:`.update`), ``timing`` (seconds, tokens per second) and
 ``env`` (device, torch's intra-op threads, library versions, git commit).
 """

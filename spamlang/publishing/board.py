@@ -2,10 +2,11 @@
 
 Publishing results
 ------------------
-A results folder is any folder holding run records: the ``*.json`` run records (schema ``spamlang.run/2``, or the older ``/1``, read as 2) that
-``spamlang train`` and ``spamlang run`` write (``spamlang run SUITE --out DIR`` puts them in ``DIR/runs``). To publish
-yours, zip the folder or commit it; nothing else is needed, since every record carries its configuration, task version,
-history, device, library versions and git commit. Anyone can then rank your runs together with theirs::
+A results folder is any folder holding run records: the ``*.json`` run records (schema ``spamlang.run/2``, or the older
+``/1``, read as 2) that ``spamlang train`` and ``spamlang run`` write (``spamlang run SUITE --out DIR`` puts them in
+``DIR/runs``). To publish yours, zip the folder or commit it; nothing else is needed, since every record carries its
+configuration, task version, history, device, library versions and git commit. Anyone can then rank your runs together
+with theirs::
 
     spamlang leaderboard theirs/ yours/ --out board/
 
@@ -16,8 +17,8 @@ comparable; a run present in several folders (same run id) is kept once, with a 
 self-contained ``leaderboard.html`` and the plots as PNG and SVG files. The Markdown and HTML pages state the
 provenance of their runs; the CSV files are plain tables (``pandas.read_csv(path)``) whose provenance is in
 ``leaderboard.provenance.json``. Runs of a task with a Bayes loss over a V grid also get the scaling fits
-(``fit.csv``, ``control.csv`` and their figures, see :mod:`spamlang.scoring.fit`). Runs of tasks without a Bayes loss (text)
-get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.scoring.speedup`)
+(``fit.csv``, ``control.csv`` and their figures, see :mod:`spamlang.scoring.fit`). Runs of tasks without a Bayes loss
+(text) get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.scoring.speedup`)
 and its loss-vs-tokens plot.
 """
 from __future__ import annotations
@@ -161,7 +162,8 @@ def write_fit(runs: pd.DataFrame, out: str | Path, command: str = "", resamples:
     check_outputs(out, names)
     prov = provenance(runs, command)
     head = ["# SpamLang scaling fits", "", "## Provenance", ""]
-    head += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in _provenance_items(prov)]
+    head += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
+             for key, value in _provenance_items(prov)]
     head = "\n".join(head) + "\n\n"
     files = {"fit.md": head + fitreport.markdown(fits, list(figures)),
              "fit.csv": csv(fitreport.fit_csv(fits.table), prov),

@@ -88,8 +88,8 @@ def learnability_heatmap(scored: pd.DataFrame) -> Figure | None:
 
 def learning_curves(scored: pd.DataFrame, chosen: pd.DataFrame, task: str = "spam") -> Figure | None:
     """Test accuracy and loss against step for each configuration of ``task`` (mean over its ok runs at the chosen
-    swept values, as :func:`spamlang.publishing.leaderboard.chosen_runs` lists them), coloured by V/rank, one line style per
-    head."""
+    swept values, as :func:`spamlang.publishing.leaderboard.chosen_runs` lists them), coloured by V/rank, one line style
+    per head."""
     data = _table(scored)
     runs = chosen[(chosen["task"] == task) & (chosen["status"] == "ok") & chosen["config"].isin(data.index)]
     if runs.empty:
@@ -284,9 +284,9 @@ DIRECTION_ROWS = (("grad_destroyed", "destroyed ratio", False), ("update_cosine"
 
 def direction_scale(obs: pd.DataFrame, runs: pd.DataFrame, width: int) -> Figure | None:
     """For width ``width``: the destroyed-gradient ratio, the realised update's cosine with −G and the logit scale
-    over training (x: examples per symbol seen) of every configuration in ``obs`` (:func:`spamlang.scoring.fit.observations`),
-    one column per head, coloured by V/D; the mean over seeds with a band from the lowest to the highest seed, solid
-    where most seeds learned within the budget, dashed where they did not."""
+    over training (x: examples per symbol seen) of every configuration in ``obs``
+    (:func:`spamlang.scoring.fit.observations`), one column per head, coloured by V/D; the mean over seeds with a band
+    from the lowest to the highest seed, solid where most seeds learned within the budget, dashed where they did not."""
     obs = obs[obs["d_model"] == width]
     if obs.empty:
         return None

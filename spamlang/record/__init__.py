@@ -134,8 +134,8 @@ class Env:
     spamlang: str = metric("spamlang version", required=True)
     git_commit: str | None = metric("commit of the spamlang source, '-dirty' if changed", required=True)
     platform: str = metric("operating system", required=True)
-    threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before the "
-                                 "thread policy")
+    threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before "
+                                 "the thread policy")
 
 
 @dataclass(frozen=True, kw_only=True)

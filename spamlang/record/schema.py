@@ -88,4 +88,5 @@ def validator() -> jsonschema.protocols.Validator:
 
 if __name__ == "__main__":  # regenerate the published schema file from the types
     from spamlang.system import atomic
-    atomic.write_text(Path(__file__).parent / SCHEMA_FILE, json.dumps(json_schema(), indent=1, ensure_ascii=False) + "\n")
+    atomic.write_text(Path(__file__).parent / SCHEMA_FILE,
+                      json.dumps(json_schema(), indent=1, ensure_ascii=False) + "\n")

@@ -1,8 +1,8 @@
-"""The scorer: a frame of runs in (see :mod:`spamlang.scoring.frames`), one row per configuration out, with floors, gaps,
-their noise, trivial baselines, learnability and a verdict (the rules: :mod:`spamlang.scoring.verdicts`).
+"""The scorer: a frame of runs in (see :mod:`spamlang.scoring.frames`), one row per configuration out, with floors,
+gaps, their noise, trivial baselines, learnability and a verdict (the rules: :mod:`spamlang.scoring.verdicts`).
 
-Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream (:mod:`spamlang.scoring.selection`); every
-reported number comes from the ``test`` stream. Seeds are aggregated (mean and a 95% t-interval, or a standard
+Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream (:mod:`spamlang.scoring.selection`);
+every reported number comes from the ``test`` stream. Seeds are aggregated (mean and a 95% t-interval, or a standard
 error). Pure functions of the runs, except for the floors, which are computed once per configuration (and reached
 logit scale) and kept in the floor cache the caller gives.
 """
@@ -212,8 +212,8 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     (a gap below 0 beyond its noise: the floor, or the Bayes loss, is wrong); gradient diagnostics at the first
     evaluation (``_start``) and at the end (``_end``); ``tokens_per_second``; ``error`` (of a failed run);
     ``extended_budget`` (for a configuration not learned at its own budget, what the budget round's larger budget
-    showed, see :func:`spamlang.scoring.budget.extended_budget`); where the table has task and head: ``copies_input`` (the
-    task's target is the current input token) and ``copy_at_init`` (and the head shares the input embedding, so the
+    showed, see :func:`spamlang.scoring.budget.extended_budget`); where the table has task and head: ``copies_input``
+    (the task's target is the current input token) and ``copy_at_init`` (and the head shares the input embedding, so the
     run starts with the copy solution; see :mod:`spamlang.scoring.tying`).
 
     A gap counts when it exceeds both ``tolerance`` and NOISE_SE of its standard errors (see :mod:`verdicts`).
@@ -221,8 +221,8 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     uniform or the unigram predictor does not count. ``data_limited``: not learned, some symbols never seen in
     training, accuracy on the seen ones >= ``seen_accuracy`` and overall below it.
 
-    Floors are looked up in and added to ``cache`` (a :class:`~spamlang.scoring.floors.FloorCache`; one with a path keeps
-    them on disk); without one, they are computed afresh and kept in memory only. A floor not cached is a fit of
+    Floors are looked up in and added to ``cache`` (a :class:`~spamlang.scoring.floors.FloorCache`; one with a path
+    keeps them on disk); without one, they are computed afresh and kept in memory only. A floor not cached is a fit of
     seconds to minutes, so a bar over the configurations shows on stderr (``progress``; default: when a terminal).
     """
     if df.empty:
