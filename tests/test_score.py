@@ -15,7 +15,7 @@ from spamlang.config import RunConfig
 from spamlang.errors import ConfigError, SpamLangError
 from spamlang.publishing.tables import format_table
 from spamlang.record import RunRecord, schema
-from spamlang.scoring.floors import CACHE_NAME, FloorCache, expressivity_floor
+from spamlang.scoring.floors import CACHE_NAME, FloorCache, FloorSpec, expressivity_floor
 from spamlang.scoring.frames import load_runs
 from spamlang.scoring.scorer import learnability, score
 from spamlang.scoring.stats import mean_ci, t_quantile
@@ -162,8 +162,8 @@ def test_the_scale_gap_splits_the_optimization_gap(tmp_path, monkeypatch):
     import spamlang.scoring.scorer as scorer
     asked = []
 
-    def floor_at_scale(task, vocab_size, seq_len, head, d_model, rank, head_params, embed_dim, scale, cache=None):
-        asked.append((task.name, vocab_size, head, rank, scale))
+    def floor_at_scale(spec, scale, cache=None):
+        asked.append((spec.task.name, spec.vocab_size, spec.head, spec.rank, scale))
         return {"floor": 2.0, "floor_se": 0.0, "method": "estimated"}
 
     monkeypatch.setattr(scorer, "floor_at_scale", floor_at_scale)
@@ -181,7 +181,7 @@ def bag_floor(k=4, vocab_size=16, rank=2):
     Bayes loss (1.79) and the uniform predictor's (2.77)."""
     task = make_task("bag", {"k": k})
     config = dict(task="bag", task_params={"k": k}, vocab_size=vocab_size, d_model=8, head="lowrank", head_rank=rank)
-    floor = expressivity_floor(task, vocab_size, 16, "lowrank", 8, rank, {}, None, cache=CACHE)
+    floor = expressivity_floor(FloorSpec(task, vocab_size, 16, "lowrank", 8, rank, {}, None), cache=CACHE)
     return floor["floor"], task.bayes_loss(vocab_size, 16), config
 
 

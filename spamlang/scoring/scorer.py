@@ -23,11 +23,10 @@ from spamlang.record.learned import bayes_gap as gap_to_bayes
 from spamlang.scoring import tying, verdicts
 from spamlang.scoring.budget import extended_budget
 from spamlang.scoring.configurations import configurations, edge, grouping
-from spamlang.scoring.floors import FloorCache, expressivity_floor, floor_at_scale
+from spamlang.scoring.floors import FloorCache, FloorSpec, expressivity_floor, floor_at_scale
 from spamlang.scoring.frames import RUN_TYPES, config_key, is_missing, python_values, value_order
 from spamlang.scoring.stats import is_finite, mean_ci, mean_se, slope, t_quantile
 from spamlang.scoring.times import fastest, run_budget, time_columns
-from spamlang.task import make_task
 
 #: nats: a gap (loss - Bayes, floor - Bayes, loss - floor, gain over a trivial predictor) at most this large is
 #: immaterial, whatever its noise (see :func:`verdicts.counts`); the harness's own margin by default
@@ -78,6 +77,7 @@ def _still_improving(run: Mapping, tolerance: float) -> tuple[float, float, bool
     return b, se, verdicts.still_improving(b, se, critical, span, tolerance)
 
 
+#: the run settings a floor depends on (those of :class:`~spamlang.scoring.floors.FloorSpec`)
 FLOOR_FIELDS = ("task", "task_params", "vocab_size", "seq_len", "head", "d_model", "head_rank", "head_params",
                 "embed_dim")
 
@@ -90,9 +90,7 @@ def _floors(cache: FloorCache):
         key = tuple(config_key(run[f]) for f in FLOOR_FIELDS)
         if key not in seen:
             try:
-                task = make_task(run["task"], run["task_params"])
-                seen[key] = expressivity_floor(task, run["vocab_size"], run["seq_len"], run["head"], run["d_model"],
-                                               run["head_rank"], run["head_params"], run["embed_dim"], cache=cache)
+                seen[key] = expressivity_floor(FloorSpec.of(run), cache=cache)
             except SpamLangError as exc:
                 warnings.warn(f"no expressivity floor for {run['task']} with head {run['head']}: {exc}",
                               RuntimeWarning)
@@ -112,10 +110,7 @@ def _scale_floors(cache: FloorCache):
         key = (*(config_key(run[f]) for f in FLOOR_FIELDS), scale)
         if key not in seen:
             try:
-                task = make_task(run["task"], run["task_params"])
-                value = floor_at_scale(task, run["vocab_size"], run["seq_len"], run["head"], run["d_model"],
-                                       run["head_rank"], run["head_params"], run["embed_dim"], scale,
-                                       cache=cache).get("floor")
+                value = floor_at_scale(FloorSpec.of(run), scale, cache=cache).get("floor")
             except SpamLangError as exc:
                 warnings.warn(f"no floor at logit scale {scale:.3g} for {run['task']} with head {run['head']}: "
                               f"{exc}", RuntimeWarning)
