@@ -253,7 +253,8 @@ def test_the_floor_at_scale_rises_as_the_scale_shrinks_and_is_unconstrained_at_i
     small, large = (floor_at_scale(FloorSpec(task, 16, 8, "lowrank", 4, 2), scale=a, contexts=64) for a in (0.5, 2.0))
     cache = FloorCache()
     free = floor_at_scale(FloorSpec(task, 16, 8, "lowrank", 4, 2), scale=math.inf, contexts=64, cache=cache)
-    assert len(cache) == 1 and expressivity_floor(FloorSpec(task, 16, 8, "lowrank", 4, 2), contexts=64, cache=cache) == free
+    spec = FloorSpec(task, 16, 8, "lowrank", 4, 2)
+    assert len(cache) == 1 and expressivity_floor(spec, contexts=64, cache=cache) == free
     assert small["floor"] > large["floor"] > free["floor"] - free["floor_se"]
     assert small["floor"] < math.log(16) + small["floor_se"]  # the uniform predictor, within the estimate's noise
 

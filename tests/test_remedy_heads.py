@@ -360,7 +360,9 @@ def test_a_head_reaches_the_linear_heads_of_its_declared_forward_rank(name, d, p
     """The construction behind each declaration, with one coordinate fewer it is not declared: at V = 16, rank 2
     (classfactor with 4 classes of 4 tokens spends 3 coordinates, with 12 classes the 4 classes of 2 tokens; the
     adaptive head one coordinate per tail cluster, whose widths 4 and 2 read x)."""
-    assert FloorSpec(make_task("spam"), 16, 16, name, d, None, params).forward_rank == 2 and FloorSpec(make_task("spam"), 16, 16, name, d - 1, None, params).forward_rank < 2
+    spam = make_task("spam")
+    assert FloorSpec(spam, 16, 16, name, d, None, params).forward_rank == 2
+    assert FloorSpec(spam, 16, 16, name, d - 1, None, params).forward_rank < 2
     gen = torch.Generator().manual_seed(3)
     u = 2 * torch.randn(16, 2, generator=gen, dtype=torch.float64)
     x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
