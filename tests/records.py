@@ -21,7 +21,10 @@ def make_record(*, losses=(4.0, 1.0, 0.01), accuracies=None, val_losses=None, st
     sqrt(1 - destroyed²)). Bayes loss, determinism and task version default to the task's; ``suite`` is a dict of
     SuiteInfo fields (version and source optional); ``measured`` a dict of the optional metrics (``test_loss_se``,
     ``test_bayes_loss``, ``logit_scale``, ...) of the final, and of the last evaluation where it has them. The final's
-    ``steps_to_learn`` follows from the history, as the harness's does."""
+    ``steps_to_learn`` follows from the history, as the harness's does; the run's steps (its cap) default to its last
+    evaluation's."""
+    if "steps" not in config and "examples_per_symbol" not in config:
+        config["steps"] = 100 * (len(losses) - 1)
     c = RunConfig(**config)
     suite = SuiteInfo(**{"version": 1, "source": "test", **suite, "sweep": tuple(suite["sweep"])}) if suite else None
     if status == "failed":

@@ -203,7 +203,7 @@ def test_mixed(tmp_path):
 
 
 def test_diverged(tmp_path):
-    row = scored(tmp_path, *seeds(2, status="diverged"), make_record(seed=2, losses=(4.0, 3.0))).iloc[0]
+    row = scored(tmp_path, *seeds(2, status="diverged"), make_record(seed=2, losses=(4.0, 3.0), steps=200)).iloc[0]
     assert row["verdict"] == "diverged"
     assert (row["n_diverged"], row["n_ok"]) == (2, 1)
 

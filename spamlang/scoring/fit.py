@@ -28,7 +28,7 @@ from spamlang.scoring.configurations import grouping
 from spamlang.scoring.frames import config_key, python_values
 from spamlang.scoring.stats import holm, is_finite, paired_t
 from spamlang.scoring.survival import paired_censored_test
-from spamlang.scoring.times import fastest, run_budget, time_to_learn
+from spamlang.scoring.times import cap_budget, fastest, time_to_learn
 
 #: settings that may change along a V grid of one (head, D) group: V itself, the budget that follows it, the batch a
 #: suite may scale with V (``cliff``: V / 16, so that the steps stay fixed) and the evaluation cadence and warm-up a
@@ -177,11 +177,10 @@ def _observation(run: Mapping) -> dict[str, Any] | None:
     time = time_to_learn(run, LEARNED_MARGIN)
     if time is None:
         return None
-    steps, tokens, examples = run_budget(run)
-    cap = max(steps, run["steps"] or steps)
+    cap, tokens, examples = cap_budget(run)
     return {"run_id": run["run_id"], "seed": run["seed"], "learned": time.observed, "censored": not time.observed,
             "steps": time.steps, "examples": time.examples, "tokens": time.tokens, "budget_steps": cap,
-            "budget_examples": examples * cap / steps, "budget_tokens": tokens * cap / steps}
+            "budget_examples": examples, "budget_tokens": tokens}
 
 
 def _group_key(fields: Mapping) -> str:
@@ -189,7 +188,7 @@ def _group_key(fields: Mapping) -> str:
 
 
 def _budget_of(config: Mapping) -> float:
-    budgets = [run_budget(r)[0] for r in config["runs"] if r["history"]]
+    budgets = [cap_budget(r)[0] for r in config["runs"] if r["history"]]
     return statistics.median(budgets) if budgets else -math.inf
 
 
@@ -334,7 +333,7 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
         f = config["fields"]
         row = {"task": f["task"], "task_params": f["task_params"], "vocab_size": f["vocab_size"],
                "d_model": f["d_model"], "r": rank,
-               "budget_examples": statistics.median(run_budget(r)[2] for r in arms["gradproj"]) if seeds else math.nan,
+               "budget_examples": statistics.median(cap_budget(r)[2] for r in arms["gradproj"]) if seeds else math.nan,
                "n": len(seeds)}
         for name, arm in arms.items():
             losses = [x for x in map(_loss, arm) if math.isfinite(x)]

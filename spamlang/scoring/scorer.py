@@ -26,7 +26,7 @@ from spamlang.scoring.configurations import configurations, edge, grouping
 from spamlang.scoring.floors import FloorCache, FloorSpec, expressivity_floor, floor_at_scale
 from spamlang.scoring.frames import RUN_TYPES, config_key, is_missing, python_values, value_order
 from spamlang.scoring.stats import is_finite, mean_ci, mean_se, slope, t_quantile
-from spamlang.scoring.times import fastest, run_budget, time_columns
+from spamlang.scoring.times import cap_budget, fastest, time_columns
 
 #: nats: a gap (loss - Bayes, floor - Bayes, loss - floor, gain over a trivial predictor) at most this large is
 #: immaterial, whatever its noise (see :func:`verdicts.counts`); the harness's own margin by default
@@ -320,7 +320,7 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
         optimization_counts=verdicts.counts(optimization_gap, optimization_gap_se, tolerance),
         budget_limited=budget_limited)
     fast = fastest(group, swept, tolerance) if swept else group  # where a time measure is read
-    budgets = [run_budget(r) for r in runs if r["history"]]
+    budgets = [cap_budget(r) for r in runs if r["history"]]  # the caps: a run stopped once learned had more
     train_steps, train_tokens, examples = (statistics.median(b[i] for b in budgets) if budgets else math.nan
                                            for i in range(3))
     seen, coverage = _mean(ok, "accuracy_seen"), _mean(ok, "coverage")
