@@ -185,7 +185,7 @@ def test_control_says_which_head_gradproj_behaves_like(tmp_path):
     row = control.iloc[0]
     assert row["n"] == 4 and (row["learned_gradproj"], row["learned_lowrank"]) == (4, 0)
     assert row["p_loss_lowrank"] < 0.05 and math.isnan(row["p_loss_linear"])  # identical losses: untestable
-    # times: gradproj learned before lowrank's cap in all 4 pairs (exact p = 2/2^4), tied with linear in all (untestable)
+    # times: gradproj learned before lowrank's cap in all 4 pairs (exact p = 2/2^4), tied with linear (untestable)
     assert row["p_steps_lowrank"] == pytest.approx(0.125) and math.isnan(row["p_steps_linear"])
     assert row["dsteps_lowrank"] == pytest.approx(math.log(300 / BUDGET))  # the budget, a lower bound
     assert "| linear" in fitreport.control_markdown(control)
