@@ -22,8 +22,8 @@ from spamlang.training.loop import train
 from spamlang.training.model import LanguageModel
 from spamlang.training.resources import parameter_count
 from tests.conftest import assert_user_error
+from tests.test_heads import D, V, batch  # the same shapes and batches as the other heads' tests
 
-V, D = 50, 8
 #: each remedy with parameters that suit V, D (the adaptive's tails: 15 tokens of width 4, 25 of width 2)
 REMEDIES = {"adaptive": {"cutoffs": "0.2,0.5"}, "sampled": {"negatives": 12}, "sigsoftmax": {},
             "classfactor": {"classes": 6}, "mlp": {"width": 20}}
@@ -32,14 +32,6 @@ REMEDIES = {"adaptive": {"cutoffs": "0.2,0.5"}, "sampled": {"negatives": 12}, "s
 def make(name, vocab=V, d=D, seed=0, **params):
     torch.manual_seed(seed)
     return build_head(name, vocab, d, None, {**REMEDIES[name], **params})
-
-
-def batch(n=40, d=D, vocab=V, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    t = torch.randint(0, vocab, (n,), generator=gen)
-    t[::7] = -100
-    return h, t
 
 
 def next_negatives(head):
