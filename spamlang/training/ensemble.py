@@ -53,6 +53,17 @@ BETAS, EPS = (0.9, 0.95), 1e-8
 CLIP_EPS = 1e-6
 #: most training sequences sampled at once per member (token blocks never cross an evaluation)
 BLOCK_SEQUENCES = 2**16
+#: the cost model of grouping (:func:`batchable`, :func:`max_members`; docs/performance.md#ensembles): batching pays
+#: while a step is dispatch-bound. Per-member training step on one CPU thread, sequential / ensemble (K = 9), 2-core
+#: Intel Xeon shared with other jobs: 8.8x at 9.8e5 FLOPs/step (V = 128, T = 2), 4.4x at 3.0e7 (V = 1,024, T = 2), 2.0x
+#: at 3.1e7 (V = 128, T = 8, batch 64: attention-bound), 1.8x at 6.9e7 (V = 512, T = 8), 2.3x at 1.1e8 (V = 2,048,
+#: T = 2), 1.2x at 2.2e8 (V = 2,048, T = 8), 0.9-1.1x at 4.2e8 (V = 4,096); a run joins an ensemble only below
+#: ENSEMBLE_FLOPS per step (``threads.step_flops``)
+ENSEMBLE_FLOPS = 1.5e8
+#: at most GROUP_FLOPS per batched step and MAX_MEMBERS members: beyond about 6e8 FLOPs per batched step a larger K
+#: gained nothing or lost (T = 8: 1.8x at K = 9, 1.4x at K = 27 for V = 512; T = 2, V = 1,024: 4.7x at K = 18, 3.9x at
+#: K = 27), while the smallest runs still gained up to K = 27 (V = 128, T = 2: 14x)
+GROUP_FLOPS, MAX_MEMBERS = 6e8, 27
 
 Params = dict[str, torch.Tensor]  # parameter name (as in LanguageModel.named_parameters) -> (K, *shape)
 
@@ -197,6 +208,20 @@ HEADS: dict[str, Callable[[nn.Module, Params, torch.Tensor, torch.Tensor], torch
     "lowrank": lambda head, p, h, y: linear_cross_entropy(h @ p["head.B"].to(h.dtype).mT, p["head.A"], y),
     "gradproj": _gradproj_loss,
 }
+
+
+def batchable(config: RunConfig) -> bool:
+    """Whether the run ``config`` may train in an ensemble (see :data:`ENSEMBLE_FLOPS`): its backbone and head have a
+    batched form here, it is not compiled, it trains on the CPU (where the cost model was measured) and its step costs
+    at most ENSEMBLE_FLOPS."""
+    return (config.backbone in BACKBONES and config.head in HEADS and not config.compile and config.device == "cpu"
+            and step_flops(config) <= ENSEMBLE_FLOPS)
+
+
+def max_members(config: RunConfig) -> int:
+    """The most members of an ensemble of ``config``'s runs: as many as fit in GROUP_FLOPS per batched step, at most
+    MAX_MEMBERS (1: no ensemble)."""
+    return max(1, min(MAX_MEMBERS, int(GROUP_FLOPS // step_flops(config)))) if batchable(config) else 1
 
 
 def check_group(configs: list[RunConfig]) -> list[RunConfig]:
@@ -374,14 +399,15 @@ def train_ensemble(configs: list[RunConfig], threads: int | None = None,
     overflowed (its sequential run raises too, and is recorded as failed), so a caller that gets one should train the
     members one by one with ``spamlang.train``.
 
-    Torch runs on ``threads`` intra-op threads (default: the thread policy's choice for the K members' work).
+    Torch runs on ``threads`` intra-op threads (default: the thread policy's choice for one member, as its sequential
+    run gets, so that the group does not change it).
     ``on_eval`` is called with (member index, evaluation point), ``on_step`` with (member index, steps done,
     steps). A member's timing holds its own setup and evaluations and its share (1/members training) of each
     batched step's wall time, so ``tokens_per_second`` is its throughput within the ensemble.
     """
     resolved = check_group(configs)
     on_eval, on_step = on_eval or _ignore, on_step or _ignore
-    count = choose(len(resolved) * step_flops(resolved[0])) if threads is None else threads
+    count = choose(step_flops(resolved[0])) if threads is None else threads
     started = datetime.datetime.now(datetime.timezone.utc)
     with using(count):
         members = []
