@@ -116,7 +116,8 @@ class Final:
     logit_scale: float | None = metric("median logit half-range at the last evaluation")
     update_cosine: float | None = metric("cosine of the optimizer step's first-order logit change with −G at the "
                                          "last evaluation")
-    grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values at the last evaluation")
+    grad_top_share: float | None = metric("share of ‖G‖² in its top 2·rank singular values at the last "
+                                          "evaluation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,8 +136,11 @@ class Env:
     spamlang: str = metric("spamlang version", required=True)
     git_commit: str | None = metric("commit of the spamlang source, '-dirty' if changed", required=True)
     platform: str = metric("operating system", required=True)
-    threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before the "
-                                 "thread policy")
+    threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before "
+                                 "the thread policy")
+    ensemble: bool | None = metric("trained as a member of an ensemble (spamlang.training.ensemble): its metrics equal "
+                                   "its run's alone up to float rounding, and train_ensemble([config]) on the same "
+                                   "threads reproduces them; None in records from before ensembles")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -451,7 +451,7 @@ def _run(ensemble: _Ensemble, started: datetime.datetime, threads: int, on_eval,
         for m in members:
             timing = Timing(steps=steps_done, train_seconds=m.train_seconds, eval_seconds=m.eval_seconds,
                             total_seconds=m.other_seconds + m.train_seconds + m.eval_seconds)
-            m.record = run_record(m.trainer, tuple(m.history), status, timing, started, threads)
+            m.record = run_record(m.trainer, tuple(m.history), status, timing, started, threads, ensemble=True)
 
     for step in range(c.steps):
         losses = ensemble.step(step)  # (K,)

@@ -129,9 +129,10 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
 
 
 def run_record(trainer: Trainer, history: tuple[EvalPoint, ...], status: str, timing: Timing,
-               started: datetime.datetime, threads: int) -> RunRecord:
+               started: datetime.datetime, threads: int, ensemble: bool = False) -> RunRecord:
     """The record of ``trainer``'s run from its evaluations, status and wall times: ``final`` repeats the last
-    evaluation, with the trainer's coverage and the throughput of ``timing``."""
+    evaluation, with the trainer's coverage and the throughput of ``timing``; ``ensemble``: trained as a member of
+    one (``env.ensemble``)."""
     task, c = trainer.task, trainer.config
     bayes = task.bayes_loss(c.vocab_size, c.seq_len)
     steps_done, tokens_per_step = timing.steps, c.batch_size * c.seq_len
@@ -148,5 +149,5 @@ def run_record(trainer: Trainer, history: tuple[EvalPoint, ...], status: str, ti
     return RunRecord(run_id=c.run_id, config=c, task_version=task.version, bayes_loss=bayes,
                      deterministic=task.deterministic, rank=trainer.model.head.rank,
                      data=task.provenance(c.vocab_size), status=status, history=history, final=final, timing=timing,
-                     env=environment(device_name(trainer.device), threads),
+                     env=environment(device_name(trainer.device), threads, ensemble),
                      created=started.isoformat(timespec="seconds"))
