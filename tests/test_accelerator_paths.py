@@ -157,4 +157,5 @@ def test_ray_tasks_ask_for_a_gpu_when_the_cluster_has_one(monkeypatch, gpus, ask
     assert [r["num_gpus"] for r in fake.requests] == [asked, asked]
     assert all(1 <= r["num_cpus"] <= 4 and r["num_cpus"] == result[2] for r, result in zip(fake.requests, results))
     assert executors.ray_request({"CPU": 16.0, "GPU": 8.0}, 3) == {"num_cpus": 3, "num_gpus": 1}
-    assert executors.ray_cores([{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 6.0}}]) == 6
+    assert executors.ray_cores([{"Alive": True, "Resources": {"CPU": 2.0}},
+                                {"Alive": True, "Resources": {"CPU": 6.0}}]) == 6
