@@ -74,11 +74,15 @@ def suites(as_json, folders):
               help="Print one JSON object on stdout instead of the tables: the plan with --dry-run, else the closing "
                    "summary (counts, files written, head ranking).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else one line per run).")
+@click.option("--ensemble/--no-ensemble", default=True, show_default=True,
+              help="Train the pending CPU runs of a configuration that differ only in seed and lr, when small enough "
+                   "for it to pay, as one batched computation (each run keeps its own record, equal up to float "
+                   "rounding); --no-ensemble trains every run alone.")
 @tracker_option
 @threads_option
 @plugin_options
 def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters, limit, dry_run, as_json, quiet,
-        tracker, threads):
+        ensemble, tracker, threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     import dataclasses
     from pathlib import Path
@@ -111,13 +115,14 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters
     try:
         counts = run_suite(spec, out, executor, workers, device, progress=bar, lr_rounds=lr_rounds, threads=threads,
                            log=log, extend_budget=extend_budget,
-                           tracker=tracking.TrackerSpec(tracker, str(out.resolve()), spec.name) if tracker else None)
+                           tracker=tracking.TrackerSpec(tracker, str(out.resolve()), spec.name) if tracker else None,
+                           ensemble=ensemble)
     except KeyboardInterrupt:
         _fail(f"interrupted; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", 130)
     budget = f", {counts['budget_added']} by the budget round" if counts["budget_added"] else ""
     click.echo(f"suite {spec.name}: {counts['total']} runs ({counts['lr_added']} added by {counts['lr_rounds']} lr "
-               f"round(s){budget}), {counts['skipped']} already recorded, {counts['ok']} ok, {counts['diverged']} diverged, "
-               f"{counts['failed']} failed -> {out / 'runs'}", err=True)
+               f"round(s){budget}), {counts['skipped']} already recorded, {counts['ok']} ok, {counts['diverged']} "
+               f"diverged, {counts['failed']} failed -> {out / 'runs'}", err=True)
     board = _write_leaderboard([out / "runs"], out, as_json=as_json)
     if as_json:
         _print_json({"suite": spec.name, "source": spec.source, "runs_dir": str(out / "runs"), **counts,

@@ -136,6 +136,9 @@ class Env:
     platform: str = metric("operating system", required=True)
     threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before "
                                  "the thread policy")
+    ensemble: bool | None = metric("trained as a member of an ensemble (spamlang.training.ensemble): its metrics equal "
+                                   "its run's alone up to float rounding, and train_ensemble([config]) on the same "
+                                   "threads reproduces them; None in records from before ensembles")
 
 
 @dataclass(frozen=True, kw_only=True)
