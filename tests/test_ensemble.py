@@ -116,3 +116,14 @@ def test_refuses_what_it_cannot_batch():
         train_ensemble(configs(head="mos"))
     with pytest.raises(SpamLangError, match="at least one"):
         train_ensemble([])
+
+
+def test_a_member_learned_at_stop_after_evaluations_in_a_row_stops_alone():
+    """The time-to-learn protocol's early stop: a member stops where its own run stops (its record says 'learned'),
+    the others go on to the cap."""
+    group = configs(members=((0, 0.03), (1, 0.0003)), steps=100, schedule="constant", stop_after=2, batch_size=32)
+    records = train_ensemble(group)
+    expected = [sequential(config) for config in group]
+    assert [r.final.stopped for r in expected] == ["learned", "cap"]  # the fast lr learns, the slow one does not
+    for got, want in zip(records, expected):
+        assert_same_run(got, want)
