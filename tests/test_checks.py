@@ -88,7 +88,8 @@ def test_a_record_of_status_ok_with_non_finite_losses_is_refused_by_the_type():
         dataclasses.replace(rec, final=dataclasses.replace(rec.final, loss=math.nan))
     with pytest.raises(ValueError, match=r"history\[1\].test_loss"):
         dataclasses.replace(rec, history=(rec.history[0], dataclasses.replace(rec.history[1], test_loss=None)))
-    diverged = dataclasses.replace(rec, status="diverged", final=dataclasses.replace(rec.final, loss=math.nan))
+    diverged = dataclasses.replace(rec, status="diverged", final=dataclasses.replace(rec.final, loss=math.nan),
+                                   history=(*rec.history[:-1], dataclasses.replace(rec.history[-1], test_loss=None)))
     assert record.RunRecord.from_json(diverged.to_json()).status == "diverged"  # a diverged run may have them
 
 

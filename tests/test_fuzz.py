@@ -71,8 +71,8 @@ def workspace(tmp_path, monkeypatch):
     (tmp_path / "emptydir").mkdir()
     write_all(tmp_path / "runs", [make_record(seed=s) for s in range(2)])
     rec = make_record()
-    write_all(tmp_path / "ghosts", [dataclasses.replace(rec, config=dataclasses.replace(rec.config, task="ghost"),
-                                                        run_id="ghost")])
+    ghost = dataclasses.replace(rec.config, task="ghost")
+    write_all(tmp_path / "ghosts", [dataclasses.replace(rec, config=ghost, run_id=ghost.run_id)])
     (tmp_path / "tiny.toml").write_text(SUITE)
     (tmp_path / "exclude.toml").write_text(SUITE.replace(EXCLUDE, 'exclude = [{ hed = "linear" }]'))
     (tmp_path / "broken.toml").write_text("[suite\n")
