@@ -124,6 +124,15 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
     return Written(shown, _write_files(out, files, formats, written), summary(ranking, scored), ranking, scored)
 
 
+def check_before(out: str | Path, formats: Iterable[str] = FORMATS) -> None:
+    """Refuse (SpamLangError) now, before any run trains, a leaderboard that :func:`write` would refuse at the end:
+    ``out`` a file, or a file there of a name it writes (its tables, pages, sidecar and fixed plots) that the tool
+    did not write."""
+    names = [*_CAPTIONS, *_svgs(_CAPTIONS), fitreport.STEPS_FIGURE, *_svgs([fitreport.STEPS_FIGURE]), PROVENANCE_FILE,
+             *(name for fmt in formats for name in TABLE_FILES[fmt])]
+    check_outputs(Path(out), names)
+
+
 def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]) -> list[Path]:
     for fmt in formats:
         for name, content in files[fmt].items():

@@ -113,7 +113,7 @@ def _local(configs: list[dict], info: record.SuiteInfo, workers: int, threads: i
     ctx = multiprocessing.get_context("spawn")
     live = Live(ctx, workers)
     pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                  initargs=(live.array, live.claimed))
+                                  initargs=(live.array, live.claimed, os.getpid()))
     futures = {pool.submit(execute, config, info, n, tracker, number)
                for number, (config, n) in enumerate(zip(configs, counts), first)}
     try:
@@ -128,11 +128,14 @@ def _local(configs: list[dict], info: record.SuiteInfo, workers: int, threads: i
     pool.shutdown()
 
 
-def _worker_init(array=None, claimed=None) -> None:
-    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`), give tqdm a thread lock
-    (its default is a named semaphore, which a stopped worker would leak), and claim their slot of the live step
-    counts (``array``, ``claimed``: see :class:`Live`)."""
+def _worker_init(array=None, claimed=None, parent: int | None = None) -> None:
+    """Worker processes die with the driver (``parent``; kill -9 included, see
+    :func:`spamlang.system.processes.die_with_parent`), leave Ctrl-C to it, which stops them (see :func:`_stop`), give
+    tqdm a thread lock (its default is a named semaphore, which a stopped worker would leak), and claim their slot of
+    the live step counts (``array``, ``claimed``: see :class:`Live`)."""
     global _WORKER_SLOT
+    from spamlang.system.processes import die_with_parent
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tqdm.set_lock(threading.RLock())
     if array is not None:
