@@ -294,3 +294,12 @@ def test_the_readme_task_and_suite_examples_work(tmp_path):
             f"from spamlang.sweeps.suite import load; print(len(load({str(tmp_path / 'mine.toml')!r}).runs))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "60", done.stderr
+    # its budget unit is what a sequence shows: the distinct symbols of a sample, not its predictable positions
+    code = (f"from spamlang.task import TASKS, make_task; from spamlang.rng import Rng; "
+            f"TASKS.load_folders([{str(tmp_path / 'mytasks')!r}])\n"
+            f"for q in (0.5, 0.9):\n t = make_task('sticky', {{'q': q}}); x = t.sample(2000, 16, 4096, Rng(0))\n"
+            f" print(t.symbols_per_sequence(16), sum(len(set(r.tolist())) for r in x) / len(x))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    for line in done.stdout.splitlines() or [done.stderr]:
+        unit, distinct = map(float, line.split())
+        assert abs(unit - distinct) <= 1, (unit, distinct)

@@ -82,8 +82,9 @@ def speedup(folder, reference, fmt, plot):
     to reach each head's final val loss, with a seed-bootstrap interval, and the loss gap at equal tokens."""
     from spamlang.publishing import plots
     from spamlang.scoring.frames import load_runs
-    from spamlang.scoring.speedup import format_speedup, speedup_table
+    from spamlang.scoring.speedup import check_reference, format_speedup, speedup_table
     runs = load_runs(folder)
+    check_reference(runs, reference)
     table = speedup_table(runs, reference)
     click.echo(format_speedup(table, fmt), nl=False)
     if plot:
@@ -109,6 +110,7 @@ def leaderboard(folders, out, formats, as_json, allow_missing_tasks):
     write leaderboard.md, leaderboard.csv, configurations.csv, a self-contained leaderboard.html and PNG plots."""
     if out is None and len(folders) > 1:
         raise SpamLangError("--out is required with several folders")
+    _check_out(out or folders[0])
     board = _write_leaderboard(folders, out or folders[0], formats, allow_missing_tasks, as_json=as_json)
     _check_out(out or folders[0])
     if as_json:
@@ -163,6 +165,7 @@ def fit(folders, out, resamples, seed):
     from spamlang.publishing.load import load_folders
     if out is None and len(folders) > 1:
         raise SpamLangError("--out is required with several folders")
+    _check_out(out or folders[0])
     runs = load_folders(folders)
     _check_out(out or folders[0])
     text, written = write_fit(runs, out or folders[0], _command_line(), resamples, seed)
