@@ -261,7 +261,9 @@ def test_symbols_per_sequence_of_the_builtin_tasks():
 def test_examples_per_symbol_sets_the_steps():
     assert budget_steps(150, 128, 64, 1) == 300
     assert budget_steps(0.1, 10, 1, 1) == 1 and budget_steps(10, 1000, 64, 15) == 11  # 10.42 -> 11
-    config = RunConfig(task="spam", vocab_size=128, batch_size=64, examples_per_symbol=150, steps=7).resolve()
+    with pytest.raises(ConfigError, match=r"give steps or examples_per_symbol, not both \(steps=7"):
+        RunConfig(task="spam", vocab_size=128, batch_size=64, examples_per_symbol=150, steps=7).resolve()
+    config = RunConfig(task="spam", vocab_size=128, batch_size=64, examples_per_symbol=150).resolve()
     assert config.steps == 300 and config.examples_per_symbol == 150
     assert config.resolve() == config and dataclasses.replace(config, batch_size=32).steps == 600
     assert RunConfig(task="cycle", vocab_size=128, batch_size=64, examples_per_symbol=150).resolve().steps == 100
@@ -278,7 +280,8 @@ def test_records_report_steps_tokens_and_examples_per_symbol():
 def test_train_cli_budget_and_optimizer(run_cli, tmp_path):
     base = ["train", "--task", "spam", "--vocab-size", 32, "--d-model", 16, "--layers", 1, "--eval-sequences", 16,
             "--device", "cpu", "--out", tmp_path]
-    assert_user_error(run_cli(*base, "--steps", 5, "--examples-per-symbol", 2), "--steps or --examples-per-symbol")
+    assert_user_error(run_cli(*base, "--steps", 5, "--examples-per-symbol", 2),
+                      "give steps or examples_per_symbol, not both (steps=5, examples_per_symbol=2.0)")
     assert_user_error(run_cli(*base, "--optimizer", "adam"), "adam")
     assert_user_error(run_cli(*base, "--momentum", 0.5), "momentum applies to optimizer 'sgd' only")
     r = run_cli(*base, "--examples-per-symbol", 4, "--optimizer", "sgd", "--momentum", 0.8, "--json")

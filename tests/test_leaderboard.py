@@ -235,8 +235,8 @@ def ghost_records(folder):
     records = []
     for seed in range(2):
         rec = make_record(seed=seed)
-        records.append(dataclasses.replace(rec, config=dataclasses.replace(rec.config, task="ghost"),
-                                           run_id=f"ghost{seed}"))
+        config = dataclasses.replace(rec.config, task="ghost")
+        records.append(dataclasses.replace(rec, config=config, run_id=config.run_id))
     return write_all(folder, records)
 
 
@@ -245,7 +245,7 @@ def test_runs_of_unregistered_tasks_are_refused_unless_allowed(run_cli, tmp_path
     folder = ghost_records(tmp_path / "runs")
     r = run_cli(verb, folder)
     assert_user_error(r, "not registered here: ghost", "--tasks-dir", "--allow-missing-tasks")
-    assert sorted(p.name for p in folder.iterdir()) == ["ghost0.json", "ghost1.json"]
+    assert len(list(folder.iterdir())) == 2
     r = run_cli(verb, folder, "--allow-missing-tasks")
     assert r.code == 0, r.err
     assert "undetermined" in r.out

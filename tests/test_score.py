@@ -19,6 +19,7 @@ from spamlang.scoring.floors import CACHE_NAME, FloorCache, FloorSpec, expressiv
 from spamlang.scoring.frames import load_runs
 from spamlang.scoring.scorer import learnability, score
 from spamlang.scoring.stats import mean_ci, t_quantile
+from spamlang.system import atomic
 from spamlang.task import make_task
 from tests.records import make_record as build_record
 
@@ -405,12 +406,51 @@ def test_the_published_results_load():
     assert len(df) == len(list(folder.glob("*.json"))) and set(df["status"]) == {"ok"}
 
 
-def test_spamlang_score_keeps_the_floor_cache_beside_the_records(run_cli, tmp_path):
+def test_spamlang_score_keeps_the_floor_cache_in_the_user_cache_and_never_writes_into_the_folder(
+        run_cli, tmp_path, monkeypatch):
     floor, _, config = bag_floor()
-    runs(tmp_path, *seeds(**config, losses=(4.0, 3.0)))
-    assert run_cli("score", tmp_path).code == 0
-    cached = json.loads((tmp_path / CACHE_NAME).read_text())
+    folder = tmp_path / "runs"
+    runs(folder, *seeds(**config, losses=(4.0, 3.0)))
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SPAMLANG_CACHE_DIR", raising=False)
+    assert run_cli("score", folder).code == 0
+    assert sorted(p.name for p in folder.iterdir()) == before
+    cached = json.loads((tmp_path / "xdg" / "spamlang" / CACHE_NAME).read_text())
     assert [v["floor"] for v in cached.values()] == [pytest.approx(floor)]
+    assert run_cli("score", folder, "--cache", tmp_path / "mine.json").code == 0  # an explicit cache file
+    assert json.loads((tmp_path / "mine.json").read_text()).keys() == cached.keys()
+
+
+def test_spamlang_score_reads_a_read_only_folder_and_the_cache_shipped_with_it(run_cli, tmp_path, monkeypatch):
+    import os
+    import stat
+    _, _, config = bag_floor()
+    suite = tmp_path / "suite"
+    runs(suite / "runs", *seeds(**config, losses=(4.0, 3.0)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert run_cli("score", suite / "runs").code == 0
+    shipped = json.loads((tmp_path / "xdg" / "spamlang" / CACHE_NAME).read_text())
+    shipped = {k: {**v, "floor": 0.123456} for k, v in shipped.items()}  # a marked copy, shipped beside runs/
+    (suite / CACHE_NAME).write_text(json.dumps(shipped))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "fresh"))
+    write_bytes = atomic.write_bytes
+
+    def read_only(path, *args, **kwargs):  # as a read-only mount refuses (chmod alone does not stop root)
+        if suite in Path(path).parents:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return write_bytes(path, *args, **kwargs)
+    monkeypatch.setattr(atomic, "write_bytes", read_only)
+    for path in (suite / "runs", suite):
+        os.chmod(path, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        r = run_cli("score", suite / "runs", "--format", "json")
+    finally:
+        for path in (suite, suite / "runs"):
+            os.chmod(path, 0o755)
+    assert r.code == 0, r.err
+    assert [row["floor"] for row in json.loads(r.out)] == [pytest.approx(0.123456)]
+    assert not (tmp_path / "fresh").exists()  # nothing new to cache
 
 
 # -- output ------------------------------------------------------------------------------------------------------------

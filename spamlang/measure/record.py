@@ -58,8 +58,16 @@ def read(path: str | Path) -> dict:
 
 
 def is_measurement(path: str | Path) -> bool:
-    """Whether ``path`` is a JSON file that declares this schema (without checking the rest)."""
+    """Whether ``path`` is a JSON file that declares this schema (without checking the rest). A file that opens with
+    its ``schema`` key naming another schema, as every run record does, is told by its first bytes (a folder of run
+    records is not parsed twice); any other is parsed."""
+    import re
     try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+        found = re.match(rb'\s*\{\s*"schema"\s*:\s*"([^"\\]*)"', head)
+        if found and found.group(1).decode() != SCHEMA:
+            return False  # another schema (a run record): no need to parse it
         return json.loads(Path(path).read_text()).get("schema") == SCHEMA
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return False

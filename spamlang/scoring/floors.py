@@ -311,30 +311,52 @@ def floor_at_scale(spec: FloorSpec, scale: float = math.inf, *, contexts: int = 
     return _cached(cache, {**spec.key(contexts, seed), "scale": scale}, compute)
 
 
-class FloorCache(dict):
-    """Floors by key, in memory and, given a path, in a JSON file that every new entry is merged into atomically.
+def user_cache_dir() -> Path:
+    """Where SpamLang keeps what it can recompute: ``$SPAMLANG_CACHE_DIR``, else ``$XDG_CACHE_HOME/spamlang``, else
+    ``~/.cache/spamlang``."""
+    import os
+    if os.environ.get("SPAMLANG_CACHE_DIR"):
+        return Path(os.environ["SPAMLANG_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spamlang"
 
-    An unreadable cache file is reported (warnings.warn) and its floors recomputed, never trusted.
+
+def shipped_caches(folders) -> list[Path]:
+    """The floor caches published with results folders: ``CACHE_NAME`` in each folder and in its parent (a suite's
+    ``results/NAME/floors.cache.json`` beside ``results/NAME/runs``), those that exist."""
+    found = []
+    for folder in map(Path, folders):
+        for candidate in (folder / CACHE_NAME, folder.parent / CACHE_NAME):
+            if candidate.is_file() and candidate not in found:
+                found.append(candidate)
+    return found
+
+
+class FloorCache(dict):
+    """Floors by key, in memory and, given a path, in a JSON file that every new entry is merged into atomically;
+    ``sources`` are further cache files read (never written), such as those shipped with published results.
+
+    An unreadable cache file is reported (warnings.warn) and its floors recomputed, never trusted; a cache file that
+    cannot be written is reported once and the floors kept in memory.
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, sources=()):
         super().__init__()
+        for source in [*map(Path, sources), *([Path(path)] if path is not None else [])]:
+            try:
+                super().update(_read_cache(source))
+            except ValueError as exc:
+                warnings.warn(f"{source}: floor cache not readable ({exc}); floors will be recomputed",
+                              RuntimeWarning)
         self.path = Path(path) if path is not None else None
-        try:
-            self.update(self._read())
-        except ValueError as exc:
-            warnings.warn(f"{self.path}: floor cache not readable ({exc}); floors will be recomputed", RuntimeWarning)
+
+    @classmethod
+    def for_user(cls, folders=(), path: str | Path | None = None) -> "FloorCache":
+        """The cache of a command that must not write into its input ``folders``: the caches shipped with them are
+        read, new floors go to ``path`` (default: ``floors.cache.json`` in :func:`user_cache_dir`)."""
+        return cls(path if path is not None else user_cache_dir() / CACHE_NAME, shipped_caches(folders))
 
     def _read(self) -> dict:
-        if self.path is None or not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(str(exc)) from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
+        return _read_cache(self.path) if self.path is not None else {}
 
     def __setitem__(self, key: str, value: dict) -> None:
         super().__setitem__(key, value)
@@ -343,4 +365,21 @@ class FloorCache(dict):
                 merged = {**self._read(), key: value}  # keep what other processes wrote meanwhile
             except ValueError:
                 merged = dict(self)
-            atomic.write_text(self.path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+            try:
+                atomic.write_text(self.path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+            except OSError as exc:
+                warnings.warn(f"{self.path}: floor cache not writable ({exc.strerror or exc}); floors are kept in "
+                              f"memory only", RuntimeWarning)
+                self.path = None
+
+
+def _read_cache(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data

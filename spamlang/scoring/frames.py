@@ -21,8 +21,8 @@ from spamlang.scoring.floors import CACHE_NAME
 from spamlang.task import TASKS
 
 #: JSON files SpamLang writes beside the run records that are not records: the floor cache and the leaderboard's
-#: provenance (``spamlang leaderboard FOLDER`` reads and writes the same folder)
-NOT_RECORDS = (CACHE_NAME, "leaderboard.provenance.json")
+#: provenance, and the fit's (``spamlang leaderboard FOLDER`` and ``fit FOLDER`` read and write the same folder)
+NOT_RECORDS = (CACHE_NAME, "leaderboard.provenance.json", "fit.provenance.json")
 #: the run settings, each a column of the frame
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 #: the prefix of a run's final metrics (record.Final) as columns of the run frame

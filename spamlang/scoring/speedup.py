@@ -95,6 +95,15 @@ def _parse_reference(reference: str) -> tuple[str, int | None]:
     return name, int(rank) if rank else None
 
 
+def check_reference(runs: pd.DataFrame, reference: str) -> None:
+    """SpamLangError unless some run of ``runs`` (a run frame) has the head ``reference`` (NAME or NAME:RANK)."""
+    name, rank = _parse_reference(reference)
+    heads = {(h, None if r is None or r != r else int(r)) for h, r in zip(runs["head"], runs["head_rank"])}
+    if (name, rank) not in heads:
+        shown = sorted(f"{h}:{r}" if r is not None else h for h, r in heads)
+        raise SpamLangError(f"--reference {reference!r}: no run has that head (heads: {', '.join(shown)})")
+
+
 def _finite(value: Any) -> float:
     return float(value) if value is not None and math.isfinite(value) else math.inf
 

@@ -173,7 +173,7 @@ def _local(items: list[list[dict]], info: record.SuiteInfo, workers: int, thread
     ctx = multiprocessing.get_context("spawn")
     live = Live(ctx, workers)
     pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                  initargs=(live.array, live.claimed))
+                                  initargs=(live.array, live.claimed, os.getpid()))
     futures = {pool.submit(execute_group, item, info, n, tracker, number)
                for number, item, n in zip(numbered(items, first), items, counts)}
     try:
@@ -188,11 +188,14 @@ def _local(items: list[list[dict]], info: record.SuiteInfo, workers: int, thread
     pool.shutdown()
 
 
-def _worker_init(array=None, claimed=None) -> None:
-    """Worker processes leave Ctrl-C to the driver, which stops them (see :func:`_stop`), give tqdm a thread lock
-    (its default is a named semaphore, which a stopped worker would leak), and claim their slot of the live step
-    counts (``array``, ``claimed``: see :class:`Live`)."""
+def _worker_init(array=None, claimed=None, parent: int | None = None) -> None:
+    """Worker processes die with the driver (``parent``; kill -9 included, see
+    :func:`spamlang.system.processes.die_with_parent`), leave Ctrl-C to it, which stops them (see :func:`_stop`), give
+    tqdm a thread lock (its default is a named semaphore, which a stopped worker would leak), and claim their slot of
+    the live step counts (``array``, ``claimed``: see :class:`Live`)."""
     global _WORKER_SLOT
+    from spamlang.system.processes import die_with_parent
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tqdm.set_lock(threading.RLock())
     if array is not None:
