@@ -145,10 +145,7 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """A stable hash of everything that determines the result (execution fields excluded)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in LATER_FIELDS}
-        content = {k: v for k, v in self.to_dict().items()
-                   if k not in EXECUTION_FIELDS and not (k in defaults and v == defaults[k])}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+        return config_hash(self.to_dict())
 
     def resolve(self) -> "ResolvedConfig":
         """This configuration checked against its task, backbone and head (ConfigError for an impossible
@@ -159,6 +156,15 @@ class RunConfig:
             raise ConfigError(f"give steps or examples_per_symbol, not both (steps={self.steps}, examples_per_symbol="
                               f"{self.examples_per_symbol:g} gives {resolved.steps} steps)")
         return resolved
+
+
+def config_hash(values: Mapping[str, Any]) -> str:
+    """The run id of a configuration's settings (a RunConfig's, or the ``config`` a record stores): a hash of all but
+    the execution fields and the LATER_FIELDS left at their defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in LATER_FIELDS}
+    content = {k: v for k, v in values.items()
+               if k not in EXECUTION_FIELDS and not (k in defaults and v == defaults[k])}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def budget_steps(examples_per_symbol: float, vocab_size: int, batch_size: int, symbols_per_sequence: int) -> int:

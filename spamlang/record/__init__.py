@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from spamlang.config import RunConfig
+from spamlang.config import RunConfig, config_hash
 from spamlang.errors import SpamLangError
 from spamlang.record.schema import best_error, validator
 from spamlang.record.schema import hints as type_hints
@@ -242,15 +242,6 @@ REPEATED = (("loss", "test_loss"), ("accuracy", "test_accuracy"), ("val_loss", "
 #: fields whose values are shares, in [0, 1]
 _SHARES = {"accuracy", "val_accuracy", "test_accuracy", "test_accuracy_seen", "test_accuracy_unseen",
            "accuracy_seen", "accuracy_unseen", "coverage", "grad_top_share"}
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """The run id of a configuration as a record stores it (execution fields left out; see RunConfig.run_id)."""
-    import hashlib
-
-    from spamlang.config import EXECUTION_FIELDS
-    content = {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _NONNEGATIVE = {"step", "steps", "tokens", "tokens_per_second", "examples_per_symbol", "grad_destroyed",

@@ -180,7 +180,7 @@ def _timing(path: Path) -> dict | None:
     import json
 
     from spamlang.config import RunConfig
-    from spamlang.record import config_hash
+    from spamlang.config import config_hash
     try:
         data = json.loads(path.read_text())
         config = data["config"]
