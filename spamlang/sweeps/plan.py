@@ -179,8 +179,7 @@ def _timing(path: Path) -> dict | None:
     its configuration (a changed record times nothing)."""
     import json
 
-    from spamlang.config import RunConfig
-    from spamlang.config import config_hash
+    from spamlang.config import RunConfig, config_hash
     try:
         data = json.loads(path.read_text())
         config = data["config"]
