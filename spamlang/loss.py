@@ -13,8 +13,13 @@ IGNORE_INDEX = -100
 #: on accelerators larger chunks amortise kernel launches (untuned)
 CHUNK_ELEMENTS = {"cpu": 2**22}
 ACCELERATOR_CHUNK_ELEMENTS = 2**26
-#: fewest rows per chunk: at huge V, thinner chunks re-read the V x d weight too often
-MIN_CHUNK_ROWS = 32
+#: fewest rows per chunk: each chunk adds its rows' share to the V x d weight gradient, a pass over all of it, which
+#: thinner chunks make memory-bound (on the 2-core CPU at V = 131,072, D = 64: 32 rows reach 0.8-0.9 of torch.mm's
+#: rate on the same three products, 96-128 rows 0.97-1.0, 256 or more rows 0.7)
+MIN_CHUNK_ROWS = 128
+#: the most bytes of one chunk's logits: above V = 524,288 (fp32) chunks get thinner than MIN_CHUNK_ROWS rather than
+#: larger than this
+MAX_CHUNK_BYTES = 2**28
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -22,10 +27,11 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def default_chunk_size(row_size: int, device: torch.device, min_rows: int = MIN_CHUNK_ROWS) -> int:
-    """Tokens per chunk: about CHUNK_ELEMENTS logits of ``row_size`` per token, at least ``min_rows`` tokens."""
+def default_chunk_size(row_size: int, device: torch.device, min_rows: int = MIN_CHUNK_ROWS, itemsize: int = 4) -> int:
+    """Tokens per chunk: about CHUNK_ELEMENTS logits of ``row_size`` per token, at least ``min_rows`` tokens, at most
+    MAX_CHUNK_BYTES of ``itemsize``-byte logits (at least one token)."""
     elements = CHUNK_ELEMENTS.get(device.type, ACCELERATOR_CHUNK_ELEMENTS)
-    return max(min_rows, elements // row_size)
+    return max(1, min(max(min_rows, elements // row_size), MAX_CHUNK_BYTES // (row_size * itemsize)))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -82,7 +88,8 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or targets.shape != x.shape[:1]:
         raise ValueError(f"expected x (N, d), weight (V, d), targets (N,); got {tuple(x.shape)}, "
                          f"{tuple(weight.shape)}, {tuple(targets.shape)}")
-    chunk_size = chunk_size or default_chunk_size(weight.shape[0], x.device)
+    itemsize = torch.finfo(compute_dtype(x, weight)).bits // 8
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0], x.device, itemsize=itemsize)
     grad = torch.is_grad_enabled()
     with torch.autocast(x.device.type, enabled=False):
         return _LinearCrossEntropy.apply(x, weight, targets, chunk_size, grad and x.requires_grad,

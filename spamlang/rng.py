@@ -6,8 +6,10 @@ the same whether 10 or 10 million elements are drawn. Keys are derived by hashin
 """
 from __future__ import annotations
 
+import functools
 import zlib
 
+import numpy as np
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -30,11 +32,39 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hash_int(value: int) -> int:
-    return int(_hash32(torch.tensor([value & _MASK32], dtype=torch.int64)).item())
+    """:func:`_hash32` of one value, on Python integers (the same bits, without a tensor per operation)."""
+    x = value & _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _hash_np(x: np.ndarray) -> np.ndarray:
+    """:func:`_hash32` on a uint32 array, in place (uint32 products wrap modulo 2**32: the same bits)."""
+    x ^= x >> 16
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> 15
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> 16
+    return x
 
 
 def _label(label: int | str) -> int:
     return zlib.crc32(label.encode()) if isinstance(label, str) else int(label)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(seed: int, path: tuple) -> int:
+    """The key of the stream (seed, *path): the seed's hash folded with each label's, on Python integers (cached:
+    the harness derives the same few streams' keys at every step)."""
+    key = _hash_int(seed ^ 0x9E3779B9)
+    for label in path:
+        v = _label(label)
+        for word in (v & _MASK32, (v >> 32) & _MASK32):  # fold 64-bit labels
+            key = _hash_int(key ^ _hash_int(word + 0x632BE5AB))
+    return key
 
 
 class Rng:
@@ -43,15 +73,22 @@ class Rng:
     def __init__(self, seed: int, *path: int | str):
         if not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-        key = _hash_int(seed ^ 0x9E3779B9)
-        for label in path:
-            v = _label(label)
-            for word in (v & _MASK32, (v >> 32) & _MASK32):  # fold 64-bit labels
-                key = _hash_int(key ^ _hash_int(word + 0x632BE5AB))
-        self.key, self.seed, self.path = key, seed, path
+        self.key, self.seed, self.path = _key(seed, path), seed, path
 
     def child(self, *path: int | str) -> "Rng":
         return Rng(self.seed, *self.path, *path)
+
+    def _bits_np(self, numel: int, offset: int, salt: int) -> np.ndarray:
+        """:meth:`_bits` on the CPU as uint32: the same integers in a dozen numpy operations instead of ~80 tensor
+        ones (the per-operation cost, not the arithmetic, is what a training step's small draws pay)."""
+        counters = np.arange(offset, offset + numel, dtype=np.uint64)
+        lo = (counters & np.uint64(_MASK32)).astype(np.uint32)
+        hi = (counters >> np.uint64(32)).astype(np.uint32)
+        lo ^= np.uint32((self.key + salt) & _MASK32)
+        hi ^= np.uint32(salt ^ 0x5BD1E995)
+        x = _hash_np(lo)
+        x ^= _hash_np(hi)
+        return _hash_np(x)
 
     def _bits(self, numel: int, offset: int, salt: int, device) -> torch.Tensor:
         counters = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
@@ -65,9 +102,14 @@ class Rng:
         numel = 1
         for s in shape:
             numel *= s
-        a = self._bits(numel, offset, 0x1B873593, work) >> 5   # 27 bits
-        b = self._bits(numel, offset, 0x68E31DA4, work) >> 6   # 26 bits
-        u = (a.double() * 67108864.0 + b.double()) / 9007199254740992.0
+        if work.type == "cpu":  # exact either way: a 53-bit integer times a power of two
+            a = self._bits_np(numel, offset, 0x1B873593) >> np.uint32(5)  # 27 bits
+            b = self._bits_np(numel, offset, 0x68E31DA4) >> np.uint32(6)  # 26 bits
+            u = torch.from_numpy((a * 67108864.0 + b) / 9007199254740992.0)
+        else:
+            a = self._bits(numel, offset, 0x1B873593, work) >> 5   # 27 bits
+            b = self._bits(numel, offset, 0x68E31DA4, work) >> 6   # 26 bits
+            u = (a.double() * 67108864.0 + b.double()) / 9007199254740992.0
         return u.reshape(shape).to(device) if work != device else u.reshape(shape)
 
     def integers(self, high: int, shape, device="cpu", offset: int = 0) -> torch.Tensor:

@@ -19,7 +19,7 @@ from spamlang.rng import Rng
 from spamlang.task import make_task
 from spamlang.training.evaluator import Evaluator, mean_and_se, tie_aware_hits
 from spamlang.training.loop import train
-from spamlang.training.probes import GradientProbe
+from spamlang.training.probes import GradientProbe, copied_update, next_update
 from spamlang.training.trainer import Trainer
 from tests.conftest import assert_user_error
 
@@ -131,6 +131,16 @@ def test_tie_aware_hits():
     assert tie_aware_hits(lp, y).tolist() == [False, True, False, False]
 
 
+def test_tie_aware_hits_in_place_agree_with_a_top_two_sort():
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randint(0, 4, (500, 6), generator=g).float()  # many ties
+    y = torch.randint(0, 6, (500,), generator=g)
+    top = lp.topk(2, dim=1)
+    expected = (top.indices[:, 0] == y) & (top.values[:, 0] > top.values[:, 1])
+    assert torch.equal(tie_aware_hits(lp, y), expected) and 0 < expected.sum() < 500
+    assert torch.equal(tie_aware_hits(lp.clone(), y, inplace=True), expected)
+
+
 def test_a_constant_predictor_scores_zero_accuracy_and_no_logit_scale():
     t = trainer()
     with torch.no_grad():
@@ -200,7 +210,7 @@ def test_update_cosine_matches_an_independent_first_order_computation(optimizer)
 def test_update_cosine_never_touches_training():
     """Training with the measurement and without it gives bit-identical trajectories and weights (AdamW state with a
     tied head, SGD momentum)."""
-    for settings in (dict(head="tied"), dict(optimizer="sgd", head="lowrank", head_rank=2)):
+    for settings in (dict(head="tied"), dict(optimizer="sgd", head="lowrank", head_rank=2), dict(head="sampled")):
         config = RunConfig(task="cycle", vocab_size=32, **TINY, steps=12, eval_every=4, **settings)
         trainer_with, with_measure = parts(config), []
         for step in range(12):
@@ -214,6 +224,38 @@ def test_update_cosine_never_touches_training():
             assert torch.equal(a, b), name
         for a, b in zip(trainer_with.trainer.optimizer.state.values(), trainer_without.optimizer.state.values()):
             assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(task="cycle", head="tied", weight_decay=0.1),
+                                      dict(optimizer="sgd", head="lowrank", head_rank=2, weight_decay=0.01),
+                                      dict(optimizer="sgd", momentum=0.0, grad_clip=0.0, head="mos"),
+                                      dict(task="shift", head="sampled", backbone="gru", grad_clip=0.05)])
+def test_the_computed_next_step_is_the_step_of_a_copy(settings):
+    """Δθ computed from the gradients and the optimizer's state (next_update) against one step of a copied model and
+    optimizer (the former implementation, copied_update), before any step and after some; and the cosines."""
+    t = trainer(**{"task": "spam", "vocab_size": 32, "steps": 12, **settings})
+    tokens = t.evaluator.eval_batches["val"][:t.probe.diag_rows]
+    for step in (0, 4, 9):
+        computed, copied = next_update(t.trainer, tokens, 0.01), copied_update(t.trainer, tokens, 0.01)
+        assert computed.keys() == copied.keys()
+        params = dict(t.trainer.model.named_parameters())
+        for name, d in copied.items():
+            expected = torch.zeros_like(d) if computed[name] is None else computed[name]
+            ulp = 2.4e-7 * params[name].detach().abs().max().item()  # the copy's Δθ is rounded to float32 θ + Δθ
+            assert torch.allclose(expected, d, rtol=1e-4, atol=ulp), (settings, step, name)
+        for s in range(step, step + 5):
+            t.trainer.train_step(s)
+
+
+def test_update_cosine_is_the_copied_steps(monkeypatch):
+    t = trainer(task="cycle", vocab_size=32, steps=12)
+    for s in range(6):
+        t.trainer.train_step(s)
+    tokens = t.evaluator.eval_batches["val"][:t.probe.diag_rows]
+    g, _ = t.probe.logit_gradient(tokens)
+    computed = t.probe.update_cosine(tokens, g, 6)
+    monkeypatch.setattr("spamlang.training.probes.next_update", lambda *args: None)  # falls back to the copy
+    assert computed == pytest.approx(t.probe.update_cosine(tokens, g, 6), abs=1e-6)
 
 
 def test_update_cosine_is_recorded_for_every_builtin_head():

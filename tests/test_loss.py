@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spamlang.loss import linear_cross_entropy, logit_gradient
+from spamlang.loss import default_chunk_size, linear_cross_entropy, logit_gradient
 
 # float64 is ~1000x tighter than float32, not 1e-12: torch 2.13's first multi-threaded float64 exp in a process is
 # occasionally off by ~1e-9 (a torch issue, seen with plain torch.exp)
@@ -105,3 +105,14 @@ def test_second_backward_raises_instead_of_rescaling():
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         out.backward()
+
+
+def test_default_chunks_hold_at_least_128_rows_under_the_byte_cap():
+    """2**22 logits per chunk at small V (a whole small batch in one chunk), at least 128 rows at huge V (thinner
+    chunks make the weight gradient's passes memory-bound), never more than 256 MiB of logits."""
+    cpu = torch.device("cpu")
+    assert default_chunk_size(256, cpu) == 2**14 and default_chunk_size(32_768, cpu) == 128
+    assert default_chunk_size(131_072, cpu) == 128 and default_chunk_size(131_072, cpu, itemsize=8) == 128
+    assert default_chunk_size(2**21, cpu) == 32 and default_chunk_size(2**21, cpu, itemsize=8) == 16
+    assert default_chunk_size(2**31, cpu) == 1
+    assert default_chunk_size(131_072, cpu, min_rows=1) == 32  # checkpointed heads keep their own floor

@@ -2,10 +2,10 @@
 
 A filter keeps the runs whose setting ``KEY`` equals ``VALUE``: any run setting (``vocab_size=512``, ``lr=0.01``,
 ``head=lowrank`` or, with its rank, ``head=lowrank:2``), or a task or head parameter (``task_params.k=16``). Filters on
-different keys must all hold; values given for the same key are alternatives. The cost of a run is its training FLOPs
-(:func:`spamlang.system.threads.step_flops` x steps) turned into wall time by a rate: the recorded runs of this machine's
-platform and device in the results folder (their FLOPs over their wall time, evaluations included), else the suite's
-nominal CPU rate :data:`spamlang.sweeps.suite.CPU_FLOPS`.
+different keys must all hold; values given for the same key are alternatives. The cost of a run
+(:func:`run_flops`) is the arithmetic of its training steps and evaluations plus their fixed costs, in FLOPs at the
+nominal rate, turned into wall time by a rate: the recorded runs of this machine's platform and device in the results
+folder (their cost over their wall time), else the nominal :data:`NOMINAL_FLOPS`.
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ from typing import Any, Iterable, Sequence
 from spamlang import record
 from spamlang.config import ResolvedConfig, RunConfig
 from spamlang.errors import SpamLangError
-from spamlang.heads.base import head_label
+from spamlang.heads.base import HEADS, head_label, head_params
 from spamlang.params import parse_value, scalar_fields
 from spamlang.scoring.frames import value_order
 from spamlang.sweeps.runner import run_state
-from spamlang.sweeps.suite import CPU_FLOPS
-from spamlang.system.threads import step_flops
+from spamlang.task import make_task
 
 NESTED = ("task_params", "head_params")
 SETTINGS = {f.name: f for f in scalar_fields(RunConfig)}
@@ -120,14 +119,63 @@ def select(runs: Sequence[ResolvedConfig], filters: dict[str, tuple[str, ...]],
 
 
 # -- cost -----------------------------------------------------------------------------------------------------------
+#: the nominal machine, one run at a time (``results/perf/``: one core of the 2-core CPU, torch 2.13): the rate of a
+#: step's matrix products (the fused head reaches 65-77 GFLOP/s there at V = 32,768-131,072, D = 64)
+NOMINAL_FLOPS = 6e10
+#: fixed seconds of one training step beyond its arithmetic at NOMINAL_FLOPS: a few hundred small kernels, the
+#: optimizer (9-10 ms steps at V = 256-1,024, D = 32, T = 16, batch 64 hold 3-6 ms of arithmetic)
+STEP_SECONDS = 6e-3
+#: fixed seconds of one evaluation (the held-out forward passes' small kernels, the diagnostics' set-up)
+EVAL_SECONDS = 0.25
+#: FLOP-equivalents at NOMINAL_FLOPS of the passes over each held-out logit besides its product (log-softmax, the
+#: target's, the top-1 test): 2 x 2,048 x 131,072 logits cost 3.5 s
+LOGIT_FLOPS = 250
+#: FLOP-equivalents per diagnostic position, symbol and width: the float64 logit gradient, its projection on the head's
+#: basis, the SVDs and the update cosine's gradient and forward-mode pass (2.9 s at 256 x 131,072 x 64)
+DIAG_FLOPS = 80
+
+
+def _positions(config: RunConfig) -> int:
+    """Predictable positions per sequence (every one after the first for a task this process cannot build)."""
+    try:
+        return int(make_task(config.task, config.task_params).predictable_mask(config.seq_len)[1:].sum())
+    except SpamLangError:
+        return config.seq_len - 1
+
+
+def _head_macs(config: RunConfig) -> float:
+    """The head's multiply-adds per predictable position of a training step, forward and backward."""
+    try:
+        head = HEADS.get(config.head)
+        return head.train_macs(config.vocab_size, config.d_model, config.head_rank,
+                               head_params(head, config.head_params, from_strings=True))
+    except SpamLangError:
+        return 3.0 * config.vocab_size * config.d_model
+
+
+def evaluations(config: RunConfig) -> int:
+    """Evaluations of a run that does not stop early: at step 0, every ``eval_every`` steps and after the last."""
+    return 1 + -(-config.steps // config.eval_every)
+
+
 def run_flops(config: RunConfig) -> float:
-    """Training FLOPs of a run: :func:`spamlang.system.threads.step_flops` x steps."""
-    return step_flops(config) * config.steps
+    """The cost of a run in FLOPs at :data:`NOMINAL_FLOPS`: the arithmetic of its training steps (the backbone, about
+    24 L D² FLOPs per input token forward, three times that with the backward, on the T - 1 input tokens of each
+    sequence; the head's ``train_macs`` on its predictable positions) and of its evaluations (both held-out streams'
+    forward, :data:`LOGIT_FLOPS` per logit, the diagnostics), plus :data:`STEP_SECONDS` per step and
+    :data:`EVAL_SECONDS` per evaluation as FLOPs at the nominal rate. A run that stops early costs less."""
+    v, d, inputs, positions = config.vocab_size, config.d_model, config.seq_len - 1, _positions(config)
+    backbone = 24 * config.layers * d * d  # forward FLOPs per input token
+    step = config.batch_size * (3 * backbone * inputs + 2 * _head_macs(config) * positions)
+    held_out = 2 * config.eval_sequences * (backbone * inputs + positions * v * (2 * d + LOGIT_FLOPS))
+    evaluation = held_out + DIAG_FLOPS * config.diag_tokens * v * d
+    return (config.steps * (step + STEP_SECONDS * NOMINAL_FLOPS)
+            + evaluations(config) * (evaluation + EVAL_SECONDS * NOMINAL_FLOPS))
 
 
 @dataclass(frozen=True)
 class Rate:
-    """Training FLOPs per wall-clock second, and where the number comes from."""
+    """Cost (:func:`run_flops`) per wall-clock second, and where the number comes from."""
     flops_per_second: float
     records: int  # recorded runs it was measured on (0: the nominal rate)
     basis: str
@@ -135,8 +183,8 @@ class Rate:
 
 def calibrate(records: Iterable[record.RunRecord], device: str | None) -> Rate:
     """The FLOP rate of the ``ok`` records that ran on this machine's platform and on ``device`` (a device name as
-    records write it, e.g. ``cpu``): their total training FLOPs over their total wall time. Without such records, or
-    without a ``device``, the nominal :data:`~spamlang.sweeps.suite.CPU_FLOPS`."""
+    records write it, e.g. ``cpu``): their total cost (:func:`run_flops`) over their total wall time. Without such
+    records, or without a ``device``, the nominal :data:`NOMINAL_FLOPS`."""
     here = platform.platform()
     flops = seconds = 0.0
     count = 0
@@ -149,7 +197,7 @@ def calibrate(records: Iterable[record.RunRecord], device: str | None) -> Rate:
             count += 1
     if count and device is not None:
         return Rate(flops / seconds, count, f"measured on {count} recorded run(s) of this machine, device {device}")
-    return Rate(CPU_FLOPS, 0, "the nominal CPU rate: no recorded run of this machine to calibrate on")
+    return Rate(NOMINAL_FLOPS, 0, "the nominal CPU rate: no recorded run of this machine to calibrate on")
 
 
 def machine_rate(runs_dirs: Iterable[Path], device: str | None) -> Rate:
@@ -230,7 +278,7 @@ def timings(paths: Sequence[Path]) -> list[dict]:
 
 
 def estimate(runs: Iterable[RunConfig], rate: Rate) -> tuple[float, float]:
-    """(training FLOPs, estimated wall seconds one run at a time) of ``runs`` at ``rate``: the one cost model of
+    """(cost in FLOPs, estimated wall seconds one run at a time) of ``runs`` at ``rate``: the one cost model of
     ``spamlang suites`` and ``spamlang run --dry-run``."""
     flops = sum(run_flops(c) for c in runs)
     return flops, flops / rate.flops_per_second
@@ -296,5 +344,5 @@ def plan_text(runs: Sequence[ResolvedConfig], result: dict) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *lines])
     return (f"{text}\n{result['selected']} run(s) selected, {result['recorded']} already recorded, {result['to_run']} "
-            f"to run: {result['flops']:.2e} training FLOPs, ~{duration(result['seconds'])} one run at a time at "
+            f"to run: {result['flops']:.2e} FLOPs, ~{duration(result['seconds'])} one run at a time at "
             f"{result['flops_per_second']:.2e} FLOP/s ({result['basis']})\n")

@@ -30,18 +30,20 @@ def parameter_count(config: RunConfig) -> int:
 
 def run_memory(config: RunConfig, device_type: str = "cpu") -> dict[str, int]:
     """Estimated bytes of one training run, by part: ``parameters`` (weights, gradients and two AdamW moments, float32,
-    twice: the ``update_cosine`` diagnostic steps a copy of the model and its optimizer),
+    twice: the ``update_cosine`` diagnostic holds its own gradients, step and forward-mode tangents),
     ``activations`` (what the backbone keeps for backward, attention scores included), ``logits`` (the largest block
     of logits alive at once: a training chunk of the fused loss, an evaluation chunk, or the diagnostics' logit
     gradient with the SVD of the head matrix), ``evaluation`` (the val and test streams, int64, and what an
     evaluation keeps per position: float64 losses of the model and of the Bayes and unigram baselines, hits, the
     float32 chunks before they are joined) and ``total``."""
-    from spamlang.loss import ACCELERATOR_CHUNK_ELEMENTS, CHUNK_ELEMENTS, MIN_CHUNK_ROWS
+    import torch
+
+    from spamlang.loss import default_chunk_size
     V, D, T, B = config.vocab_size, config.d_model, config.seq_len, config.batch_size
     params = parameter_count(config)
     per_token_layer = 16 * max(D, config.width) + config.n_heads * T  # residual, MLP (4D), norms; attention scores
     activations = B * T * config.layers * per_token_layer * FLOAT
-    chunk = max(CHUNK_ELEMENTS.get(device_type, ACCELERATOR_CHUNK_ELEMENTS), MIN_CHUNK_ROWS * V)
+    chunk = default_chunk_size(V, torch.device(device_type)) * V
     train_logits = 3 * chunk * FLOAT  # logits, probabilities, gradient
     eval_logits = 3 * max(1 << 22, T * V) * FLOAT
     diagnostics = 3 * config.diag_tokens * V * 8 + 3 * V * max(D, config.width) * 8  # float64 G, G Q Qᵀ; SVD of W
