@@ -214,7 +214,7 @@ def machine_rate(runs_dirs: Iterable[Path], device: str | None) -> Rate:
             count += 1
     if count and device is not None:
         return Rate(flops / seconds, count, f"measured on {count} recorded run(s) of this machine, device {device}")
-    return Rate(CPU_FLOPS, 0, "the nominal CPU rate: no recorded run of this machine to calibrate on")
+    return Rate(NOMINAL_FLOPS, 0, "the nominal CPU rate: no recorded run of this machine to calibrate on")
 
 
 #: the cache of :func:`timings`, in the user's cache folder (see spamlang.scoring.floors.user_cache_dir)

@@ -35,8 +35,6 @@ from spamlang.system.threads import step_flops
 SUITE_KEYS = {"name", "description", "version", "sweep", "extend_budget"}
 NESTED = ("task_params", "head_params")
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
-#: effective CPU throughput used for the cost estimate (FLOP/s on a 2-core machine, measured on the smoke suite)
-CPU_FLOPS = 8e9
 #: the most runs a suite's grids may expand to (counted before any is built; the largest built-in suite has 756)
 MAX_RUNS = 20_000
 
@@ -154,15 +152,15 @@ def check_size(grids: list[dict], defaults: dict[str, Any], where: str) -> int:
     total = sum(counts)
     if total <= MAX_RUNS:
         return total
+    from spamlang.sweeps.plan import NOMINAL_FLOPS, duration, run_flops  # the one cost model (plan imports suites)
     flops = 0.0
     for i, (grid, count) in enumerate(zip(grids, counts)):
         if count:
             first = next(iter(_expand({**defaults, **{k: v for k, v in grid.items() if k != "exclude"}})))
             config = _config(first, f"{where}: grid[{i}]")
-            flops += count * step_flops(config) * config.steps
-    from spamlang.sweeps.plan import duration
+            flops += count * run_flops(config)
     raise SpamLangError(f"{where}: the grids expand to {total:,} runs (about {flops:.2e} training FLOPs, "
-                        f"~{duration(flops / CPU_FLOPS)} one at a time at the nominal CPU rate), above the "
+                        f"~{duration(flops / NOMINAL_FLOPS)} one at a time at the nominal CPU rate), above the "
                         f"allowed {MAX_RUNS:,} runs per suite; split it into smaller suites")
 
 
