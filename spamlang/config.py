@@ -87,7 +87,8 @@ class RunConfig:
     eval_sequences: int = param(2048, "Sequences in each held-out stream (val, test).", low=1)
     diag_tokens: int = param(256, "Predictable positions used for the gradient diagnostics.", low=1)
     seed: int = param(0, "Training seed (init and data).", low=0, high=2**32, high_open=True)
-    eval_seed: int = param(0, "Seed of the held-out streams, combined with the seed (each seed has its own).", low=0, high=2**32, high_open=True)
+    eval_seed: int = param(0, "Seed of the held-out streams, combined with the seed (each seed has its own).",
+                           low=0, high=2**32, high_open=True)
     device: str = param("auto", "auto, cpu, cuda[:N] or mps.")
     compile: bool = param(False, "torch.compile the backbone (CUDA, or CPU with a C compiler).")
     precision: str = param("auto", "Autocast precision of the forward pass: auto (bf16 on CUDA, fp32 elsewhere), fp32, "

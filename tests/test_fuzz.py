@@ -47,13 +47,16 @@ MALFORMED = [
     [*T, "--out", "keep.txt"],
     # score and leaderboard
     ["score", "missing-dir"], ["score", "emptydir"], ["score", "runs", "--tolerance", "nan"],
-    ["score", "runs", "--tolerance", "inf"], ["score", "runs", "--tolerance", "-0.1"], ["score", "runs", "--tolerance", "0"],
+    ["score", "runs", "--tolerance", "inf"], ["score", "runs", "--tolerance", "-0.1"],
+    ["score", "runs", "--tolerance", "0"],
     ["score", "runs", "--format", "xml"], ["score", "ghosts"], ["leaderboard"], ["leaderboard", "runs", "ghosts"],
-    ["leaderboard", "ghosts"], ["leaderboard", "runs", "--out", "keep.txt"], ["leaderboard", "runs", "--out", "userboard"],
+    ["leaderboard", "ghosts"], ["leaderboard", "runs", "--out", "keep.txt"],
+    ["leaderboard", "runs", "--out", "userboard"],
     ["leaderboard", "runs", "--format", "pdf"],
     # run
     ["run", "nope"], ["run", "exclude.toml"], ["run", "broken.toml"], ["run", "name.toml"], ["run", "future.toml"],
-    ["run", "tiny.toml", "--workers", "0"], ["run", "tiny.toml", "--executor", "dask"], ["run", "tiny.toml", "--device", "tpu"],
+    ["run", "tiny.toml", "--workers", "0"], ["run", "tiny.toml", "--executor", "dask"],
+    ["run", "tiny.toml", "--device", "tpu"],
     # probe, heads, suites, the group
     ["probe", "missing.pt"], ["probe", "keep.txt"], ["probe", "x.pt", "--batches", "0"], ["heads", "--frob"],
     ["suites", "--frob"], ["frobnicate"], ["--frobnicate"],

@@ -19,7 +19,8 @@ from spamlang.cli.options import FiniteRange, _print_json
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed of the windows drawn from the text.")
 @click.option("--spectrum", "spectrum_method", type=click.Choice(["auto", "exact", "sketch"]), default="auto",
-              show_default=True, help="Exact Gram spectrum, Frequent Directions sketch, or exact when min(N, V) <= 8192.")
+              show_default=True,
+              help="Exact Gram spectrum, Frequent Directions sketch, or exact when min(N, V) <= 8192.")
 @click.option("--sketch-size", type=click.IntRange(2), default=None,
               help="Directions kept by the sketch (default: max(1024, 2·rank + 128)).")
 @click.option("--step-norm", default=0.1, show_default=True, type=FiniteRange(0, min_open=True),

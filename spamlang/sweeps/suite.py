@@ -110,7 +110,8 @@ def _check_excludes(excludes: list[dict], grid: dict[str, Any], where: str) -> N
     for j, rule in enumerate(excludes):
         for key, want in rule.items():
             if key not in CONFIG_KEYS:
-                raise SpamLangError(f"{where}[{j}]: unknown key '{key}' (run settings: {', '.join(sorted(CONFIG_KEYS))})")
+                raise SpamLangError(f"{where}[{j}]: unknown key '{key}' "
+                                    f"(run settings: {', '.join(sorted(CONFIG_KEYS))})")
             if key not in NESTED:
                 continue
             if not isinstance(want, dict):

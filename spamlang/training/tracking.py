@@ -7,8 +7,8 @@ harness knows nothing of trackers: it calls an ``on_eval`` callback, which :meth
 
 Where each tracker writes: TensorBoard event files in ``<folder>/tensorboard/<run_id>``; W&B runs in
 ``<folder>/wandb`` (``$WANDB_DIR`` when set; offline with ``WANDB_MODE=offline``; project ``$WANDB_PROJECT`` or
-``spamlang``); MLflow runs at ``$MLFLOW_TRACKING_URI``, else in the SQLite file ``<folder>/mlflow.db``, in the experiment
-``$MLFLOW_EXPERIMENT_NAME``, else the suite's name, else ``spamlang``. ``<folder>`` is the results folder of
+``spamlang``); MLflow runs at ``$MLFLOW_TRACKING_URI``, else in the SQLite file ``<folder>/mlflow.db``, in the
+experiment ``$MLFLOW_EXPERIMENT_NAME``, else the suite's name, else ``spamlang``. ``<folder>`` is the results folder of
 ``spamlang run`` or the ``--out`` folder of ``spamlang train``.
 """
 from __future__ import annotations
