@@ -135,7 +135,7 @@ def test_a_group_that_raises_trains_run_by_run(tmp_path, monkeypatch):
         return real(config, *args, **kwargs)
     monkeypatch.setattr(spamlang.training.loop, "train", train)
     out = tmp_path / "out"
-    with pytest.warns(RuntimeWarning, match=r"the ensemble of runs 1-3 raised RuntimeError: linalg.eigh: .*; "
+    with pytest.warns(RuntimeWarning, match=r"the ensemble of runs (1-3|4-6) raised RuntimeError: linalg.eigh: .*; "
                                             r"training them one by one"):
         counts = run_suite(suite, out, progress=False, lr_rounds=0, tracker=TrackerSpec("tensorboard", str(out)))
     assert (counts["ok"], counts["failed"]) == (5, 1)

@@ -55,15 +55,15 @@ CLIP_EPS = 1e-6
 #: most training sequences sampled at once per member (token blocks never cross an evaluation)
 BLOCK_SEQUENCES = 2**16
 #: the cost model of grouping (:func:`batchable`, :func:`max_members`; docs/performance.md#ensembles): batching pays
-#: while a step is dispatch-bound. Per-member training step on one CPU thread, sequential / ensemble (K = 9), 2-core
-#: Intel Xeon shared with other jobs: 8.8x at 9.8e5 FLOPs/step (V = 128, T = 2), 4.4x at 3.0e7 (V = 1,024, T = 2), 2.0x
-#: at 3.1e7 (V = 128, T = 8, batch 64: attention-bound), 1.8x at 6.9e7 (V = 512, T = 8), 2.3x at 1.1e8 (V = 2,048,
-#: T = 2), 1.2x at 2.2e8 (V = 2,048, T = 8), 0.9-1.1x at 4.2e8 (V = 4,096); a run joins an ensemble only below
-#: ENSEMBLE_FLOPS per step (``threads.step_flops``)
+#: while a step is dispatch-bound. Training time per member step on one CPU thread, alone / in an ensemble of 9
+#: (benchmarks/test_ensemble_perf.py::test_step_cost, a 2-core Intel Xeon shared with other jobs): 7.2x at 9.8e5
+#: FLOPs/step (V = 128, T = 2), 3.5x at 3.0e7 (V = 1,024, T = 2), 1.6x at 3.1e7 (V = 128, T = 8: attention-bound),
+#: 1.3x at 6.9e7 (V = 512, T = 8), 1.9x at 1.1e8 (V = 2,048, T = 2), 0.9x at 2.2e8 (V = 2,048, T = 8), 0.8-1.0x at
+#: 4.2e8 (V = 4,096); a run joins an ensemble only at or below ENSEMBLE_FLOPS per step (``threads.step_flops``)
 ENSEMBLE_FLOPS = 1.5e8
-#: at most GROUP_FLOPS per batched step and MAX_MEMBERS members: beyond about 6e8 FLOPs per batched step a larger K
-#: gained nothing or lost (T = 8: 1.8x at K = 9, 1.4x at K = 27 for V = 512; T = 2, V = 1,024: 4.7x at K = 18, 3.9x at
-#: K = 27), while the smallest runs still gained up to K = 27 (V = 128, T = 2: 14x)
+#: at most GROUP_FLOPS per batched step and MAX_MEMBERS members: past about 6e8 FLOPs per batched step a larger K
+#: gained nothing or lost (K = 3, 9, 27: 2.2, 1.9, 1.7x at V = 2,048, T = 2; 2.4, 3.5, 3.2x at V = 1,024, T = 2), while
+#: the smallest runs still gained up to K = 27 (V = 128, T = 2: 3.8, 7.2, 11.6x)
 GROUP_FLOPS, MAX_MEMBERS = 6e8, 27
 
 Params = dict[str, torch.Tensor]  # parameter name (as in LanguageModel.named_parameters) -> (K, *shape)
@@ -395,11 +395,11 @@ def train_ensemble(configs: list[RunConfig], threads: int | None = None,
     T = 2 and 4, 40 steps; linear, lowrank, gradproj and tied heads, transformer and GRU, AdamW and SGD): train, val
     and test losses within 1.2e-6 relative, every other metric within 6.5e-6 (update_cosine), the same statuses at
     the same steps. The deviations come from summation order (batched matmuls, one gradient norm over all parameters)
-    and grow along a trajectory, as between two machines: on the smoke suite (300 steps) the median final test loss
-    was within 7e-7, the worst 1.6e-3 (bag, V = 256, gradproj:2, unlearned at loss ~ log V, where 2 threads instead of
-    1 moved the sequential run by 1.2e-3); the exploding values of a diverging member are chaotic (rounding amplified
-    by lr / eps), so only its status, steps and the evaluations before are reproducible. On one thread a member's
-    record is the same bits whatever the rest of its group.
+    and grow along a trajectory, as between two machines: median final test losses were within 7e-7 on the smoke
+    suite and 1.6e-5 on the cliff suite at D = 32, the worst 1.6e-3 and 4.2e-2 on runs as sensitive to rounding under
+    one thread against two (1.2e-3, 3e-2; docs/performance.md#ensembles); the exploding values of a diverging member
+    are chaotic (rounding amplified by lr / eps), so only its status, steps and the evaluations before are
+    reproducible. On one thread a member's record is the same bits whatever the rest of its group.
 
     An exception in the batched computation fails the whole group: gradproj's eigh raises on a member whose weights
     overflowed (its sequential run raises too, and is recorded as failed), so a caller that gets one should train the
