@@ -3,10 +3,10 @@ process.
 
 Run:  pytest benchmarks/test_threads.py --benchmark-only      (plain ``pytest`` collects only tests/)
 
-- ``test_small_run``: a whole small run through ``spamlang.training.loop.train`` (spam, V = 2,048, D = 32, 1 layer, T = 8,
-  batch 64, 100 steps, 2 evaluations), on the policy's count (1 thread: the run is below ``SERIAL_FLOPS``) and on 2
-  threads, with the machine otherwise ``idle`` and with one ``busy`` competitor (a Python busy loop, started before
-  and stopped after the measurement). extra_info holds, once both arms of a condition
+- ``test_small_run``: a whole small run through ``spamlang.training.loop.train`` (spam, V = 2,048, D = 32, 1 layer,
+  T = 8, batch 64, 100 steps, 2 evaluations), on the policy's count (1 thread: the run is below ``SERIAL_FLOPS``) and
+  on 2 threads, with the machine otherwise ``idle`` and with one ``busy`` competitor (a Python busy loop, started
+  before and stopped after the measurement). extra_info holds, once both arms of a condition
   have run, ``speedup_vs_2_threads`` = time on 2 threads / time under the policy (target: >= 3 busy, >= 1 idle).
 - ``test_large_step``: one training step (``Trainer.train_step``) of the head-dominated configuration (V = 32,768,
   D = 64, 2-layer transformer, batch 64 x 16 tokens) on the policy's count and on 1 thread, 2 threads and all the

@@ -2,17 +2,17 @@
 __version__ = "0.1.0"
 
 from spamlang import _moved
-from spamlang.config import RunConfig
 from spamlang.errors import ConfigError, SpamLangError
 from spamlang.params import param
-from spamlang.rng import Rng
-from spamlang.task import TASKS, Targets, Task, make_task, register_task
 
 _moved.install()
 
-#: the Python API that lives downstream of the tasks, imported on first use so that importing a task or the scorer
-#: never loads the trainer (data flows one way)
-_LAZY = {"train": ("training.loop", "train"), "RunRecord": ("record", "RunRecord"),
+#: the rest of the Python API, imported on first use: importing ``spamlang`` (and starting the command line) loads
+#: neither torch nor the trainer, and importing a task or the scorer never loads the trainer (data flows one way)
+_LAZY = {"RunConfig": ("config", "RunConfig"), "Rng": ("rng", "Rng"), "TASKS": ("task", "TASKS"),
+         "Targets": ("task", "Targets"), "Task": ("task", "Task"), "make_task": ("task", "make_task"),
+         "register_task": ("task", "register_task"),
+         "train": ("training.loop", "train"), "RunRecord": ("record", "RunRecord"),
          "load_runs": ("scoring.frames", "load_runs"), "history": ("scoring.frames", "history"),
          "score": ("scoring.scorer", "score_frame"), "format_table": ("publishing.tables", "format_table")}
 

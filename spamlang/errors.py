@@ -7,3 +7,7 @@ class SpamLangError(Exception):
 
 class ConfigError(SpamLangError, ValueError):
     """A parameter or configuration value outside what is allowed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread while a command runs: stops it as Ctrl-C does (see spamlang.cli.app)."""

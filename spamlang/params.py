@@ -55,7 +55,9 @@ def allowed(field: dataclasses.Field) -> str:
         return "text"
     lo = "-inf" if m.get("low") is None else m["low"]
     hi = "inf" if m.get("high") is None else m["high"]
-    return f"{'(' if m.get('low_open') or m.get('low') is None else '['}{lo}, {hi}{')' if m.get('high_open') or m.get('high') is None else ']'}"
+    left = "(" if m.get("low_open") or m.get("low") is None else "["
+    right = ")" if m.get("high_open") or m.get("high") is None else "]"
+    return f"{left}{lo}, {hi}{right}"
 
 
 def check_field(owner: str, field: dataclasses.Field, value: Any) -> None:
@@ -79,7 +81,8 @@ def check_field(owner: str, field: dataclasses.Field, value: Any) -> None:
         bad |= lo is not None and (value <= lo if m.get("low_open") else value < lo)
         bad |= hi is not None and (value >= hi if m.get("high_open") else value > hi)
         if bad:
-            raise ConfigError(f"{owner}: parameter '{field.name}'={value!r} is outside the allowed range {allowed(field)}")
+            raise ConfigError(f"{owner}: parameter '{field.name}'={value!r} is outside the allowed range "
+                              f"{allowed(field)}")
     if m.get("choices") and value not in m["choices"]:
         raise ConfigError(f"{owner}: parameter '{field.name}'={value!r} is not {allowed(field)}")
 
@@ -104,7 +107,8 @@ def build(cls: type, owner: str, values: Mapping[str, Any], *, from_strings: boo
     if unknown:
         known = ", ".join(fields) or "none"
         raise ConfigError(f"{owner}: unknown parameter '{unknown[0]}' (parameters: {known})")
-    kwargs = {k: parse_value(owner, fields[k], v) if from_strings and isinstance(v, str) else v for k, v in values.items()}
+    kwargs = {k: parse_value(owner, fields[k], v) if from_strings and isinstance(v, str) else v
+              for k, v in values.items()}
     return cls(**kwargs)
 
 

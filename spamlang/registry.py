@@ -25,7 +25,8 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Classes of one base, registered under a unique ``name`` class attribute."""
 
-    def __init__(self, kind: str, base: type, builtin_package: str, entry_point_group: str, path_env: str | None = None):
+    def __init__(self, kind: str, base: type, builtin_package: str, entry_point_group: str,
+                 path_env: str | None = None):
         self.kind, self.base = kind, base
         self.builtin_package, self.entry_point_group, self.path_env = builtin_package, entry_point_group, path_env
         self._classes: dict[str, type] = {}

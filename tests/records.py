@@ -16,19 +16,22 @@ def make_record(*, losses=(4.0, 1.0, 0.01), accuracies=None, val_losses=None, st
                 deterministic=None, rank=None, task_version=None, suite=None, measured=None,
                 created="2026-01-01T00:00:00+00:00", **config) -> RunRecord:
     """A record of the run ``config`` (RunConfig settings) whose test loss follows ``losses`` and test accuracy
-    ``accuracies`` (default 1 - loss / 4), evaluated every 100 steps from step 0. The gradient diagnostics are
-    ``destroyed`` at step 0 and ``destroyed[1]`` after, with a kept cosine of ``kept_cos`` (default
+    ``accuracies`` (default 1 - loss / 4, within [0, 1]), evaluated every 100 steps from step 0. The gradient
+    diagnostics are ``destroyed`` at step 0 and ``destroyed[1]`` after, with a kept cosine of ``kept_cos`` (default
     sqrt(1 - destroyed²)). Bayes loss, determinism and task version default to the task's; ``suite`` is a dict of
     SuiteInfo fields (version and source optional); ``measured`` a dict of the optional metrics (``test_loss_se``,
     ``test_bayes_loss``, ``logit_scale``, ...) of the final, and of the last evaluation where it has them. The final's
-    ``steps_to_learn`` follows from the history, as the harness's does."""
+    ``steps_to_learn`` follows from the history, as the harness's does; the run's steps (its cap) default to its last
+    evaluation's."""
+    if "steps" not in config and "examples_per_symbol" not in config:
+        config["steps"] = 100 * (len(losses) - 1)
     c = RunConfig(**config)
     suite = SuiteInfo(**{"version": 1, "source": "test", **suite, "sweep": tuple(suite["sweep"])}) if suite else None
     if status == "failed":
         failed = RunRecord.failed(c, "RuntimeError: out of memory")
         return dataclasses.replace(failed, created=created, suite=suite)
     task = make_task(c.task, c.task_params)
-    accuracies = accuracies or [1.0 - loss / 4 for loss in losses]
+    accuracies = accuracies or [min(1.0, max(0.0, 1.0 - loss / 4)) for loss in losses]  # a share, as read checks
     history = tuple(
         EvalPoint(step=100 * i, tokens=100 * i * c.batch_size * c.seq_len, lr=c.lr, train_loss=loss, val_loss=val,
                   val_accuracy=acc, test_loss=loss, test_accuracy=acc,

@@ -134,7 +134,7 @@ class FakeRay:
                 return self
 
             def remote(self, *args):
-                return args
+                return [args]  # what the task returns: a list, as execute_group's records
         return lambda fn: Remote()
 
     def wait(self, refs, num_returns):
@@ -152,9 +152,10 @@ def test_ray_tasks_ask_for_a_gpu_when_the_cluster_has_one(monkeypatch, gpus, ask
     monkeypatch.setitem(__import__("sys").modules, "ray", fake)
     configs = [RunConfig(task="spam", vocab_size=v, device="auto").to_dict() for v in (16, 4096)]
     info = record.SuiteInfo(name="t", version=1, source="t.toml", sweep=())
-    results = list(executors._ray(configs, info, 1, None))
-    assert [r[0]["vocab_size"] for r in results] == [16, 4096] and [r[4] for r in results] == [1, 2]
+    results = list(executors._ray([[c] for c in configs], info, 1, None))
+    assert [r[0][0]["vocab_size"] for r in results] == [16, 4096] and [r[4] for r in results] == [1, 2]
     assert [r["num_gpus"] for r in fake.requests] == [asked, asked]
     assert all(1 <= r["num_cpus"] <= 4 and r["num_cpus"] == result[2] for r, result in zip(fake.requests, results))
     assert executors.ray_request({"CPU": 16.0, "GPU": 8.0}, 3) == {"num_cpus": 3, "num_gpus": 1}
-    assert executors.ray_cores([{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 6.0}}]) == 6
+    assert executors.ray_cores([{"Alive": True, "Resources": {"CPU": 2.0}},
+                                {"Alive": True, "Resources": {"CPU": 6.0}}]) == 6

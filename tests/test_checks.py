@@ -37,8 +37,8 @@ def test_score_tolerance_must_be_finite_and_positive(run_cli, tmp_path, value):
     (["tasks", "validate", "bag", "-p", "k=4", "-p", "k=5"], "--param k is given twice (k=4 and k=5)"),
     (["train", "--task", "spam", "--vocab-size", 16, "--head", "mos", "--head-param", "components=2",
       "--head-param", "components=3"], "--head-param components is given twice"),
-    (["tasks", "validate", "bag", "-n", 0], "num_sequences must be an integer >= 2"),
-    (["tasks", "validate", "bag", "-n", 1], "num_sequences must be an integer >= 2"),
+    (["tasks", "validate", "bag", "-n", 0], "num_sequences=0 is outside the allowed range [2, 1e+07]"),
+    (["tasks", "validate", "bag", "-n", 1], "num_sequences=1 is outside the allowed range [2, 1e+07]"),
     (["train", "--task", "spam", "--vocab-size", 16, "--lr", "nan"], "lr"),
     (["train", "--task", "spam", "--vocab-size", 16, "--lr", "inf"], "lr"),
 ])
@@ -88,7 +88,8 @@ def test_a_record_of_status_ok_with_non_finite_losses_is_refused_by_the_type():
         dataclasses.replace(rec, final=dataclasses.replace(rec.final, loss=math.nan))
     with pytest.raises(ValueError, match=r"history\[1\].test_loss"):
         dataclasses.replace(rec, history=(rec.history[0], dataclasses.replace(rec.history[1], test_loss=None)))
-    diverged = dataclasses.replace(rec, status="diverged", final=dataclasses.replace(rec.final, loss=math.nan))
+    diverged = dataclasses.replace(rec, status="diverged", final=dataclasses.replace(rec.final, loss=math.nan),
+                                   history=(*rec.history[:-1], dataclasses.replace(rec.history[-1], test_loss=None)))
     assert record.RunRecord.from_json(diverged.to_json()).status == "diverged"  # a diverged run may have them
 
 
@@ -135,7 +136,7 @@ def test_parameter_part_of_the_estimate_is_the_real_parameter_count():
 def test_memory_estimate_grows_with_the_vocabulary():
     small, big = (resources.run_memory(RunConfig(task="spam", vocab_size=v, d_model=32)) for v in (256, 262_144))
     assert big["total"] > 30 * small["total"] and big["logits"] > small["logits"]
-    assert small["total"] == small["parameters"] + small["activations"] + small["logits"]
+    assert small["total"] == small["parameters"] + small["activations"] + small["logits"] + small["evaluation"]
 
 
 def test_available_memory_is_known_on_this_machine():
@@ -148,7 +149,7 @@ def test_a_run_that_cannot_fit_is_refused_with_the_numbers(run_cli, monkeypatch)
     assert_user_error(r, "needs about", "TB", "available")
     monkeypatch.setattr(resources, "available_memory", lambda *a: 50_000_000)
     r = run_cli("train", "--task", "spam", "--vocab-size", 256, "--d-model", 32, "--steps", 1)
-    assert_user_error(r, "needs about 56.4 MB", "cpu has 50.0 MB available")
+    assert_user_error(r, "needs about 58.5 MB", "evaluation 2.1 MB", "cpu has 50.0 MB available")
 
 
 def test_cuda_memory_is_read_from_the_device(monkeypatch):
@@ -293,3 +294,12 @@ def test_the_readme_task_and_suite_examples_work(tmp_path):
             f"from spamlang.sweeps.suite import load; print(len(load({str(tmp_path / 'mine.toml')!r}).runs))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "60", done.stderr
+    # its budget unit is what a sequence shows: the distinct symbols of a sample, not its predictable positions
+    code = (f"from spamlang.task import TASKS, make_task; from spamlang.rng import Rng; "
+            f"TASKS.load_folders([{str(tmp_path / 'mytasks')!r}])\n"
+            f"for q in (0.5, 0.9):\n t = make_task('sticky', {{'q': q}}); x = t.sample(2000, 16, 4096, Rng(0))\n"
+            f" print(t.symbols_per_sequence(16), sum(len(set(r.tolist())) for r in x) / len(x))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    for line in done.stdout.splitlines() or [done.stderr]:
+        unit, distinct = map(float, line.split())
+        assert abs(unit - distinct) <= 1, (unit, distinct)

@@ -35,7 +35,7 @@ def test_a_broken_suite_or_missing_library_fails_with_status_1(run_cli, monkeypa
     assert r.code == 1
     assert re.search(r"^BAD  tqdm +missing: pip install -e \.$", r.out, re.M)
     assert re.search(r"^BAD  suite smoke +smoke.toml: unknown key 'x'$", r.out, re.M)
-    assert re.search(r"^ok   extra \[text\] +missing gensim: pip install 'spamlang\[text\]'$", r.out, re.M)
+    assert re.search(r"^--   extra \[text\] +missing gensim: pip install 'spamlang\[text\]'$", r.out, re.M)
     assert r.err.strip() == "spamlang: error: 2 check(s) failed: tqdm, suite smoke"
 
 

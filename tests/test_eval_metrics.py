@@ -54,7 +54,8 @@ def test_each_seed_has_its_own_eval_streams():
         assert not torch.equal(a.evaluator.eval_batches[name], b.evaluator.eval_batches[name])
         assert torch.equal(a.evaluator.eval_batches[name], again.evaluator.eval_batches[name])
     assert not torch.equal(a.evaluator.eval_batches["val"], a.evaluator.eval_batches["test"])
-    assert not torch.equal(a.evaluator.eval_batches["test"], trainer(seed=0, eval_seed=1).evaluator.eval_batches["test"])
+    assert not torch.equal(a.evaluator.eval_batches["test"],
+                           trainer(seed=0, eval_seed=1).evaluator.eval_batches["test"])
     expected = make_task("spam").sample(32, 8, 64, Rng(1, 0, "test"))
     assert torch.equal(b.evaluator.eval_batches["test"], expected)
 
@@ -81,7 +82,8 @@ def test_baselines_are_scored_on_the_very_test_positions():
     assert last.test_uniform_loss == pytest.approx(math.log(32))
     for key in ("test_loss_se", "val_loss_se", "test_bayes_gap_se", "test_unigram_gap_se"):
         assert 0 < getattr(last, key) < 0.2
-    assert {k: getattr(rec.final, k) for k in FROM_LAST_EVALUATION} == {k: getattr(last, k) for k in FROM_LAST_EVALUATION}
+    assert ({k: getattr(rec.final, k) for k in FROM_LAST_EVALUATION}
+            == {k: getattr(last, k) for k in FROM_LAST_EVALUATION})
 
 
 def test_gap_standard_errors_are_paired_over_sequences():
@@ -109,13 +111,14 @@ def test_unigram_baseline_uses_token_frequencies():
     point = zipf.evaluator.baseline_metrics(torch.zeros_like(zipf.evaluator.baselines["unigram"]))
     assert point["test_unigram_loss"] == pytest.approx(entropy, abs=0.15) and entropy < math.log(64) - 0.5
     spam = trainer(eval_sequences=400)
-    assert spam.evaluator.baseline_metrics(torch.zeros_like(spam.evaluator.baselines["unigram"]))["test_unigram_loss"] == \
-        pytest.approx(math.log(64), abs=0.01)
+    assert (spam.evaluator.baseline_metrics(torch.zeros_like(spam.evaluator.baselines["unigram"]))["test_unigram_loss"]
+            == pytest.approx(math.log(64), abs=0.01))
 
 
 def test_tasks_without_log_prob_have_no_bayes_loss_on_the_test_stream(monkeypatch):
     t = trainer()
-    monkeypatch.setattr(type(t.trainer.task), "log_prob", lambda self, tokens, v: (_ for _ in ()).throw(NotImplementedError))
+    monkeypatch.setattr(type(t.trainer.task), "log_prob",
+                        lambda self, tokens, v: (_ for _ in ()).throw(NotImplementedError))
     t = trainer()
     out = t.evaluator.baseline_metrics(t.evaluator.evaluate("test")["losses"])
     assert out["test_bayes_loss"] is None and out["test_bayes_gap_se"] is None and out["test_unigram_loss"] > 0
@@ -216,7 +219,8 @@ def test_update_cosine_never_touches_training():
         trainer_without = Trainer(config)
         without = [trainer_without.train_step(s).item() for s in range(12)]
         assert with_measure == without
-        for (name, a), b in zip(trainer_with.trainer.model.state_dict().items(), trainer_without.model.state_dict().values()):
+        for (name, a), b in zip(trainer_with.trainer.model.state_dict().items(),
+                                trainer_without.model.state_dict().values()):
             assert torch.equal(a, b), name
         for a, b in zip(trainer_with.trainer.optimizer.state.values(), trainer_without.optimizer.state.values()):
             assert all(torch.equal(a[k], b[k]) for k in a)
@@ -299,7 +303,9 @@ def test_symbols_per_sequence_of_the_builtin_tasks():
 def test_examples_per_symbol_sets_the_steps():
     assert budget_steps(150, 128, 64, 1) == 300
     assert budget_steps(0.1, 10, 1, 1) == 1 and budget_steps(10, 1000, 64, 15) == 11  # 10.42 -> 11
-    config = RunConfig(task="spam", vocab_size=128, batch_size=64, examples_per_symbol=150, steps=7).resolve()
+    with pytest.raises(ConfigError, match=r"give steps or examples_per_symbol, not both \(steps=7"):
+        RunConfig(task="spam", vocab_size=128, batch_size=64, examples_per_symbol=150, steps=7).resolve()
+    config = RunConfig(task="spam", vocab_size=128, batch_size=64, examples_per_symbol=150).resolve()
     assert config.steps == 300 and config.examples_per_symbol == 150
     assert config.resolve() == config and dataclasses.replace(config, batch_size=32).steps == 600
     assert RunConfig(task="cycle", vocab_size=128, batch_size=64, examples_per_symbol=150).resolve().steps == 100
@@ -316,7 +322,8 @@ def test_records_report_steps_tokens_and_examples_per_symbol():
 def test_train_cli_budget_and_optimizer(run_cli, tmp_path):
     base = ["train", "--task", "spam", "--vocab-size", 32, "--d-model", 16, "--layers", 1, "--eval-sequences", 16,
             "--device", "cpu", "--out", tmp_path]
-    assert_user_error(run_cli(*base, "--steps", 5, "--examples-per-symbol", 2), "--steps or --examples-per-symbol")
+    assert_user_error(run_cli(*base, "--steps", 5, "--examples-per-symbol", 2),
+                      "give steps or examples_per_symbol, not both (steps=5, examples_per_symbol=2.0)")
     assert_user_error(run_cli(*base, "--optimizer", "adam"), "adam")
     assert_user_error(run_cli(*base, "--momentum", 0.5), "momentum applies to optimizer 'sgd' only")
     r = run_cli(*base, "--examples-per-symbol", 4, "--optimizer", "sgd", "--momentum", 0.8, "--json")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from spamlang import record
@@ -185,7 +187,7 @@ def test_control_says_which_head_gradproj_behaves_like(tmp_path):
     row = control.iloc[0]
     assert row["n"] == 4 and (row["learned_gradproj"], row["learned_lowrank"]) == (4, 0)
     assert row["p_loss_lowrank"] < 0.05 and math.isnan(row["p_loss_linear"])  # identical losses: untestable
-    # times: gradproj learned before lowrank's cap in all 4 pairs (exact p = 2/2^4), tied with linear in all (untestable)
+    # times: gradproj learned before lowrank's cap in all 4 pairs (exact p = 2/2^4), tied with linear (untestable)
     assert row["p_steps_lowrank"] == pytest.approx(0.125) and math.isnan(row["p_steps_linear"])
     assert row["dsteps_lowrank"] == pytest.approx(math.log(300 / BUDGET))  # the budget, a lower bound
     assert "| linear" in fitreport.control_markdown(control)
@@ -238,6 +240,11 @@ def test_fit_cli_writes_the_table_and_figures(run_cli, tmp_path):
             f"direction_D{D}.svg"} <= names
     assert "](steps_to_learn.png)" in (tmp_path / "board" / "fit.md").read_text()
     assert "b_examples_low" in (tmp_path / "board" / "fit.csv").read_text()
+    for name in ("fit.csv", "control.csv"):  # plain tables: pandas reads them as they are, provenance in the sidecar
+        table = pd.read_csv(tmp_path / "board" / name)
+        assert not (tmp_path / "board" / name).read_text().startswith("#") and len(table.columns) > 3
+    sidecar = json.loads((tmp_path / "board" / "fit.provenance.json").read_text())
+    assert set(sidecar["tables"]) >= {"fit.csv", "control.csv"} and sidecar["command"].startswith("spamlang fit")
     assert run_cli("fit", folder, "--out", tmp_path / "board", "--resamples", 50).code == 0  # its own files: replaced
 
 

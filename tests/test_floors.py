@@ -16,6 +16,7 @@ from spamlang.scoring import floors
 from spamlang.scoring.floorfit import build_head, entropy, fit, half_range, tempered
 from spamlang.scoring.floors import (
     FloorCache,
+    FloorSpec,
     circle_loss,
     expressivity_floor,
     floor_at_scale,
@@ -61,36 +62,36 @@ def test_fit_with_a_fixed_head_leaves_the_head_alone():
 @pytest.mark.parametrize("task", ["spam", "cycle", "permutation", "shift", "spam-zipf"])
 @pytest.mark.parametrize("head,rank", [("lowrank", 2), ("linear", None), ("gradproj", 1), ("tied", None)])
 def test_deterministic_tasks_have_an_analytic_zero_floor_from_rank_two(task, head, rank):
-    out = expressivity_floor(make_task(task), 4096, 16, head, 8, rank)
+    out = expressivity_floor(FloorSpec(make_task(task), 4096, 16, head, 8, rank))
     assert out["method"] == "analytic"
     assert out["floor"] == 0.0
 
 
 def test_rank_one_on_spam_is_estimated_and_far_above_zero():
-    out = expressivity_floor(make_task("spam"), 16, 16, "lowrank", 4, 1)
+    out = expressivity_floor(FloorSpec(make_task("spam"), 16, 16, "lowrank", 4, 1))
     assert out["method"] == "estimated" and out["exhaustive"]
     assert out["floor"] > 0.5
 
 
 def test_a_head_as_wide_as_the_vocabulary_has_the_bayes_loss_as_floor():
     task = make_task("spam-noisy", {"p": 0.3})
-    out = expressivity_floor(task, 8, 16, "linear", 8, None)
+    out = expressivity_floor(FloorSpec(task, 8, 16, "linear", 8, None))
     assert out["method"] == "analytic"
     assert out["floor"] == pytest.approx(task.bayes_loss(8, 16))
 
 
 def test_bag_with_k_well_above_the_rank_has_a_floor_well_above_bayes():
     task = make_task("bag", {"k": 16})
-    out = expressivity_floor(task, 64, 12, "lowrank", 8, 2, contexts=128)
+    out = expressivity_floor(FloorSpec(task, 64, 12, "lowrank", 8, 2), contexts=128)
     assert out["method"] == "estimated" and not out["exhaustive"]
     assert out["floor"] > task.bayes_loss(64, 12) + 0.15
-    wide = expressivity_floor(task, 64, 12, "linear", 32, None, contexts=128)
+    wide = expressivity_floor(FloorSpec(task, 64, 12, "linear", 32, None), contexts=128)
     assert wide["floor"] < out["floor"] - 0.05  # more rank, lower floor
 
 
 def test_sampled_estimates_report_their_uncertainty_and_stop_when_two_sizes_agree():
     task = make_task("bag", {"k": 4})
-    out = expressivity_floor(task, 32, 8, "lowrank", 8, 1, contexts=128)
+    out = expressivity_floor(FloorSpec(task, 32, 8, "lowrank", 8, 1), contexts=128)
     bayes = task.bayes_loss(32, 8)
     assert out["floor"] > bayes + 0.1
     assert 0 < out["floor_se"] < 0.05
@@ -121,10 +122,10 @@ class Planted(Task):
 
 
 def test_the_estimator_reproduces_a_known_floor_within_its_uncertainty():
-    out = expressivity_floor(Planted(), Planted.V, 8, "lowrank", 4, 2, contexts=64)
+    out = expressivity_floor(FloorSpec(Planted(), Planted.V, 8, "lowrank", 4, 2), contexts=64)
     assert out["method"] == "estimated" and not out["exhaustive"]
     assert abs(out["floor"] - 1.0) <= 2 * out["floor_se"] + 1e-4
-    rank_one = expressivity_floor(Planted(), Planted.V, 8, "lowrank", 4, 1, contexts=64)
+    rank_one = expressivity_floor(FloorSpec(Planted(), Planted.V, 8, "lowrank", 4, 1), contexts=64)
     assert rank_one["floor"] > 1.0 + 0.1 + 2 * rank_one["floor_se"]  # ...and is not trivially reached
 
 
@@ -134,15 +135,15 @@ BAG_RANK_ONE_REFERENCE, REFERENCE_SE = 2.7123, 0.003
 
 
 def test_the_estimate_for_a_bag_matches_a_long_fit_on_many_contexts():
-    out = expressivity_floor(make_task("bag", {"k": 4}), 16, 8, "lowrank", 4, 1, contexts=128)
+    out = expressivity_floor(FloorSpec(make_task("bag", {"k": 4}), 16, 8, "lowrank", 4, 1), contexts=128)
     assert out["floor_se"] < 0.05
     assert abs(out["floor"] - BAG_RANK_ONE_REFERENCE) <= 2 * math.hypot(out["floor_se"], REFERENCE_SE)
 
 
 def test_gradproj_has_the_linear_heads_floor():
     task = make_task("bag", {"k": 8})
-    linear = expressivity_floor(task, 32, 8, "linear", 2, None, contexts=64)
-    gradproj = expressivity_floor(task, 32, 8, "gradproj", 2, 1, contexts=64)
+    linear = expressivity_floor(FloorSpec(task, 32, 8, "linear", 2, None), contexts=64)
+    gradproj = expressivity_floor(FloorSpec(task, 32, 8, "gradproj", 2, 1), contexts=64)
     assert gradproj["floor"] == pytest.approx(linear["floor"], abs=1e-6)
 
 
@@ -150,24 +151,24 @@ def test_no_target_distributions_means_no_floor():
     class Opaque(type(make_task("spam-noisy"))):
         def target_distributions(self, vocab_size, seq_len, num_contexts, generator):
             return None
-    out = expressivity_floor(Opaque(), 16, 8, "lowrank", 4, 1)
+    out = expressivity_floor(FloorSpec(Opaque(), 16, 8, "lowrank", 4, 1))
     assert out["method"] == "unavailable" and out["floor"] is None
 
 
 def test_the_floor_leaves_the_global_generator_alone():
     state = torch.get_rng_state()
-    expressivity_floor(make_task("spam"), 8, 8, "lowrank", 4, 1)
+    expressivity_floor(FloorSpec(make_task("spam"), 8, 8, "lowrank", 4, 1))
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_cache_in_memory_and_on_disk(tmp_path, monkeypatch):
     path = tmp_path / "floors.cache.json"
     cache = FloorCache(path)
-    first = expressivity_floor(make_task("spam"), 8, 8, "lowrank", 4, 1, cache=cache)
+    first = expressivity_floor(FloorSpec(make_task("spam"), 8, 8, "lowrank", 4, 1), cache=cache)
     assert len(json.loads(path.read_text())) == 1
     monkeypatch.setattr("spamlang.scoring.floors._estimate", lambda *a: pytest.fail("recomputed a cached floor"))
-    assert expressivity_floor(make_task("spam"), 8, 8, "lowrank", 4, 1, cache=cache) == first
-    assert expressivity_floor(make_task("spam"), 8, 8, "lowrank", 4, 1, cache=FloorCache(path)) == first
+    assert expressivity_floor(FloorSpec(make_task("spam"), 8, 8, "lowrank", 4, 1), cache=cache) == first
+    assert expressivity_floor(FloorSpec(make_task("spam"), 8, 8, "lowrank", 4, 1), cache=FloorCache(path)) == first
 
 
 def test_a_corrupt_cache_file_is_reported_and_ignored(tmp_path):
@@ -176,12 +177,13 @@ def test_a_corrupt_cache_file_is_reported_and_ignored(tmp_path):
     with pytest.warns(RuntimeWarning, match="floor cache not readable"):
         cache = FloorCache(path)
     assert len(cache) == 0
-    expressivity_floor(make_task("spam"), 8, 8, "lowrank", 2, 2, cache=cache)
+    expressivity_floor(FloorSpec(make_task("spam"), 8, 8, "lowrank", 2, 2), cache=cache)
     assert len(json.loads(path.read_text())) == 1
 
 
 def test_the_scorer_side_never_imports_the_trainer():
-    code = "import sys, spamlang.scoring.floors, spamlang.scoring.scorer; sys.exit('spamlang.training.loop' in sys.modules)"
+    code = ("import sys, spamlang.scoring.floors, spamlang.scoring.scorer; "
+            "sys.exit('spamlang.training.loop' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -195,7 +197,7 @@ def test_tempering_bounds_every_half_range_and_leaves_small_ones_alone():
 
 @pytest.mark.parametrize("vocab_size,scale", [(128, 5.0), (128, 30.6), (512, 13.0)])
 def test_the_rank_two_floor_at_scale_is_the_polygon_arrangement_within_its_uncertainty(vocab_size, scale):
-    out = floor_at_scale(make_task("spam"), vocab_size, 8, "lowrank", 8, 2, scale=scale)
+    out = floor_at_scale(FloorSpec(make_task("spam"), vocab_size, 8, "lowrank", 8, 2), scale=scale)
     assert out["method"] == "estimated" and out["exhaustive"]
     circle = circle_loss(vocab_size, scale)
     assert out["bound"] <= circle  # the odd polygon beats the circle...
@@ -231,7 +233,7 @@ def test_the_circle_reproduces_the_quoted_rank_two_losses():
 
 
 def test_a_full_rank_head_at_scale_has_the_one_vs_rest_floor():
-    analytic = floor_at_scale(make_task("spam"), 16, 8, "linear", 16, None, scale=2.0)
+    analytic = floor_at_scale(FloorSpec(make_task("spam"), 16, 8, "linear", 16, None), scale=2.0)
     assert analytic["method"] == "analytic" and analytic["floor_se"] == 0.0
     assert analytic["floor"] == pytest.approx(math.log1p(15 * math.exp(-4.0)))
     fitted = fit(targets_of(torch.eye(16, dtype=torch.float64)), build_head("linear", 16, 15, None), scale=2.0)
@@ -240,32 +242,33 @@ def test_a_full_rank_head_at_scale_has_the_one_vs_rest_floor():
 
 def test_no_fit_at_scale_above_the_size_limit_but_the_analytic_floor_at_any_size():
     big = floors.SCALE_FIT_MAX_V * 2
-    skipped = floor_at_scale(make_task("spam"), big, 2, "lowrank", 16, 2, scale=5.0)
+    skipped = floor_at_scale(FloorSpec(make_task("spam"), big, 2, "lowrank", 16, 2), scale=5.0)
     assert skipped["floor"] is None and "not fitted" in skipped["method"]
-    analytic = floor_at_scale(make_task("spam"), big, 2, "linear", big, None, scale=5.0)
+    analytic = floor_at_scale(FloorSpec(make_task("spam"), big, 2, "linear", big, None), scale=5.0)
     assert analytic["floor"] == pytest.approx(floors.one_vs_rest_loss(big, 5.0))
 
 
 def test_the_floor_at_scale_rises_as_the_scale_shrinks_and_is_unconstrained_at_infinity():
     task = make_task("bag", {"k": 4})
-    small, large = (floor_at_scale(task, 16, 8, "lowrank", 4, 2, scale=a, contexts=64) for a in (0.5, 2.0))
+    small, large = (floor_at_scale(FloorSpec(task, 16, 8, "lowrank", 4, 2), scale=a, contexts=64) for a in (0.5, 2.0))
     cache = FloorCache()
-    free = floor_at_scale(task, 16, 8, "lowrank", 4, 2, scale=math.inf, contexts=64, cache=cache)
-    assert len(cache) == 1 and expressivity_floor(task, 16, 8, "lowrank", 4, 2, contexts=64, cache=cache) == free
+    free = floor_at_scale(FloorSpec(task, 16, 8, "lowrank", 4, 2), scale=math.inf, contexts=64, cache=cache)
+    spec = FloorSpec(task, 16, 8, "lowrank", 4, 2)
+    assert len(cache) == 1 and expressivity_floor(spec, contexts=64, cache=cache) == free
     assert small["floor"] > large["floor"] > free["floor"] - free["floor_se"]
     assert small["floor"] < math.log(16) + small["floor_se"]  # the uniform predictor, within the estimate's noise
 
 
 def test_a_negative_scale_is_refused():
     with pytest.raises(ValueError, match="scale"):
-        floor_at_scale(make_task("spam"), 16, 8, "lowrank", 4, 2, scale=-1.0)
+        floor_at_scale(FloorSpec(make_task("spam"), 16, 8, "lowrank", 4, 2), scale=-1.0)
 
 
 def test_nearby_scales_share_one_cached_floor():
     cache = FloorCache()
-    first = floor_at_scale(make_task("spam"), 16, 8, "linear", 16, None, scale=2.0004, cache=cache)
+    first = floor_at_scale(FloorSpec(make_task("spam"), 16, 8, "linear", 16, None), scale=2.0004, cache=cache)
     assert first["scale"] == 2.0 and first["floor"] == pytest.approx(math.log1p(15 * math.exp(-4.0)))
-    assert floor_at_scale(make_task("spam"), 16, 8, "linear", 16, None, scale=1.9996, cache=cache) == first
+    assert floor_at_scale(FloorSpec(make_task("spam"), 16, 8, "linear", 16, None), scale=1.9996, cache=cache) == first
     assert len(cache) == 1
 
 

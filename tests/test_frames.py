@@ -86,7 +86,7 @@ def test_the_scorer_reads_the_typed_frame_and_returns_one(tmp_path):
     dtypes = scored.dtypes
     assert dtypes["head_rank"] == "Int64" and dtypes["vocab_size"] == "int64" and dtypes["n_seeds"] == "int64"
     assert dtypes["loss"] == "float64" and dtypes["floor"] == "float64" and dtypes["lr"] == "float64"
-    assert dtypes["budget_limited"] in ("bool", "boolean") and dtypes["verdict"] == object
+    assert dtypes["budget_limited"] in ("bool", "boolean") and dtypes["verdict"] == "object"
     assert math.isnan(by_head.loc["mos", "loss"])  # the failed run's configuration: NaN, not None
     assert {"loss", "learnability", "n_seeds", "head_rank"} <= set(scored.select_dtypes("number").columns)
     assert not scored.select_dtypes("number").corr().empty

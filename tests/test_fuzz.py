@@ -1,5 +1,5 @@
-"""Malformed input across every verb: exit status 2, exactly one line on stderr, no traceback, no file created,
-changed or removed."""
+"""Malformed input across every verb, suite files and run records: exit status 2, exactly one line on stderr, no
+traceback, no file created, changed or removed."""
 from __future__ import annotations
 
 import dataclasses
@@ -47,17 +47,69 @@ MALFORMED = [
     [*T, "--out", "keep.txt"],
     # score and leaderboard
     ["score", "missing-dir"], ["score", "emptydir"], ["score", "runs", "--tolerance", "nan"],
-    ["score", "runs", "--tolerance", "inf"], ["score", "runs", "--tolerance", "-0.1"], ["score", "runs", "--tolerance", "0"],
+    ["score", "runs", "--tolerance", "inf"], ["score", "runs", "--tolerance", "-0.1"],
+    ["score", "runs", "--tolerance", "0"],
     ["score", "runs", "--format", "xml"], ["score", "ghosts"], ["leaderboard"], ["leaderboard", "runs", "ghosts"],
-    ["leaderboard", "ghosts"], ["leaderboard", "runs", "--out", "keep.txt"], ["leaderboard", "runs", "--out", "userboard"],
+    ["leaderboard", "ghosts"], ["leaderboard", "runs", "--out", "keep.txt"],
+    ["leaderboard", "runs", "--out", "userboard"],
     ["leaderboard", "runs", "--format", "pdf"],
     # run
     ["run", "nope"], ["run", "exclude.toml"], ["run", "broken.toml"], ["run", "name.toml"], ["run", "future.toml"],
-    ["run", "tiny.toml", "--workers", "0"], ["run", "tiny.toml", "--executor", "dask"], ["run", "tiny.toml", "--device", "tpu"],
+    ["run", "tiny.toml", "--workers", "0"], ["run", "tiny.toml", "--executor", "dask"],
+    ["run", "tiny.toml", "--device", "tpu"],
     # probe, heads, suites, the group
     ["probe", "missing.pt"], ["probe", "keep.txt"], ["probe", "x.pt", "--batches", "0"], ["heads", "--frob"],
     ["suites", "--frob"], ["frobnicate"], ["--frobnicate"],
 ]
+
+# every run setting of 'train' given a value it must refuse: not a number, nan, inf, below or above its range
+NUMBERS = [(flag, value) for flag in ("--vocab-size", "--d-model", "--layers", "--n-heads", "--seq-len", "--batch-size",
+                                      "--steps", "--warmup", "--eval-every", "--eval-sequences", "--diag-tokens",
+                                      "--seed", "--eval-seed", "--embed-dim", "--head-rank")
+           for value in ("x", "-1", "1.5")] + \
+          [(flag, value) for flag in ("--lr", "--weight-decay", "--grad-clip", "--examples-per-symbol", "--momentum")
+           for value in ("x", "nan", "-inf", "-1")] + \
+          [("--steps", "1000000001"), ("--seed", str(2 ** 32)), ("--momentum", "1"), ("--examples-per-symbol", "1e30"),
+           ("--eval-sequences", "1000000000"), ("--diag-tokens", "10000000000"), ("--batch-size", "100000000000")]
+MALFORMED += [args for args in ([*T, flag, value] for flag, value in NUMBERS) if args not in MALFORMED]
+MALFORMED += [["train"], ["train", "--task", "spam"], ["train", "--vocab-size", "16"],
+              [*T, "--steps", "5", "--examples-per-symbol", "2"], [*T, "--head", "lowrank:2", "--head-rank", "4"],
+              [*T, "--head", "lowrank:x"], [*T, "--out", "/"], [*T, "--tracker", "wandb"], [*T, "--tracker", "nope"],
+              [*T, "--optimizer", "lion"],
+              [*T, "--momentum", "0.5"], [*T, "--precision", "fp8"], [*T, "--device", "cuda:x"]]
+
+# suites: each file is refused by 'run' and by 'run --dry-run', before anything is written
+BAD_SUITES = {
+    "rank": ("", 'head = "lowrank:2"\nhead_rank = 4'), "both": ("examples_per_symbol = 4", ""),
+    "seed": ('sweep = ["seed"]', ""), "task": ('sweep = ["task", "lr"]', ""), "sweep1": ('sweep = ["warmup"]', ""),
+    "sweepx": ('sweep = ["nope"]', ""), "sweepstr": ('sweep = "lr"', ""), "absurd": ("", "steps = 1000000001"),
+    "eps": ("", "examples_per_symbol = 1e30\nsteps = 1"), "extend": ("extend_budget = 0.5", ""),
+    "extendinf": ("extend_budget = inf", ""), "nanlr": ("", "lr = nan"), "neglr": ("", "lr = -0.1"),
+    "big": ("", "lr = [" + ", ".join(str(0.001 * i) for i in range(1, 101)) + "]\nwarmup = [" +
+            ", ".join(map(str, range(100))) + "]\neval_every = [" + ", ".join(map(str, range(1, 101))) + "]"),
+    "head": ("", 'head = "nope"'), "device": ("", 'device = "tpu"'), "version": ('version = 0', ""),
+    "key": ("", "frobnicate = 1"), "params": ("", "task_params = { k = 3 }"), "empty": ("", "seed = []"),
+}
+MALFORMED += [["run", f"bad-{name}.toml", *extra] for name in BAD_SUITES for extra in ([], ["--dry-run"])]
+MALFORMED += [["run", "tiny.toml", "--dry-run", "--extend-budget", v] for v in ("inf", "nan", "0.5", "x")]
+MALFORMED += [["run", "tiny.toml", "--out", "userboard"], ["run", "tiny.toml", "--dry-run", "--out", "userboard"],
+              ["run", "tiny.toml", "--dry-run", "--tracker", "wandb"], ["run", "tiny.toml", "--out", "/"],
+              ["run", "tiny.toml", "--limit", "0"], ["run", "tiny.toml", "--filter", "lr=x"]]
+
+# records: a folder holding one bad record has no record to read, for every verb that reads records
+BAD_RECORDS = ["lr", "final_loss", "reversed", "repeated_step", "accuracy", "negative_loss", "nan", "learned_at",
+               "final_steps", "cosine", "run_id", "schema", "nojson", "history_item", "extra_key", "missing_final"]
+MALFORMED += [[verb, f"recs/{name}"] for name in BAD_RECORDS for verb in ("score", "leaderboard", "fit", "speedup")]
+
+# the rest of the command line
+MALFORMED += [["score", "runs", "--by", ","], ["score", "runs", "--by", "nope"],
+              ["speedup", "runs", "--reference", "nope"], ["speedup", "runs", "--reference", "a:b"],
+              ["leaderboard", "runs", "--out", "/"], ["fit", "runs", "--out", "/"],
+              ["tasks", "validate", "spam", "-n", "10000000000"], ["tasks", "validate", "spam", "-n", "x"],
+              ["prepare-text", "a.txt", "--out", "o", "--holdout", "nan"], ["doctor", "--seconds", "inf"],
+              ["measure", "m", "--text", "t.txt", "--device", "tpu"],
+              ["measure", "m", "--text", "t.txt", "--step-norm", "nan"],
+              ["generate", "spam", "-V", "16", "-T", "8", "-n", "10", "--out", "/"]]
 
 
 @pytest.fixture
@@ -71,8 +123,8 @@ def workspace(tmp_path, monkeypatch):
     (tmp_path / "emptydir").mkdir()
     write_all(tmp_path / "runs", [make_record(seed=s) for s in range(2)])
     rec = make_record()
-    write_all(tmp_path / "ghosts", [dataclasses.replace(rec, config=dataclasses.replace(rec.config, task="ghost"),
-                                                        run_id="ghost")])
+    ghost = dataclasses.replace(rec.config, task="ghost")
+    write_all(tmp_path / "ghosts", [dataclasses.replace(rec, config=ghost, run_id=ghost.run_id)])
     (tmp_path / "tiny.toml").write_text(SUITE)
     (tmp_path / "exclude.toml").write_text(SUITE.replace(EXCLUDE, 'exclude = [{ hed = "linear" }]'))
     (tmp_path / "broken.toml").write_text("[suite\n")
@@ -83,8 +135,36 @@ def workspace(tmp_path, monkeypatch):
               "config": config.to_dict()}
     (tmp_path / "out" / "future" / "runs").mkdir(parents=True)
     (tmp_path / "out" / "future" / "runs" / f"{config.run_id}.json").write_text(json.dumps(future))
+    for name, (meta, grid) in BAD_SUITES.items():
+        text = SUITE.replace("[suite]\n", f"[suite]\n{meta}\n").replace("[[grid]]\n", f"[[grid]]\n{grid}\n")
+        if name in ("absurd", "eps", "nanlr", "neglr", "head", "device", "key", "params", "empty", "big"):
+            text = text.replace("steps = 2\n", "")  # the grid's own value is the one given
+        (tmp_path / f"bad-{name}.toml").write_text(text)
+    for name in BAD_RECORDS:
+        (tmp_path / "recs" / name).mkdir(parents=True)
+        (tmp_path / "recs" / name / "r.json").write_text(_bad_record(name))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def _bad_record(name: str) -> str:
+    from tests.test_trust import _edit, _record_data
+    data = _record_data(seed=3)
+    if name == "run_id":
+        data["run_id"] = "0123456789abcdef"
+    elif name == "schema":
+        data["schema"] = "spamlang.run/9"
+    elif name == "nojson":
+        return "{not json"
+    elif name == "history_item":
+        data["history"][1] = [1, 2]
+    elif name == "extra_key":
+        data["history"][0]["surprise"] = 1
+    elif name == "missing_final":
+        del data["final"]
+    else:
+        data = _edit(data, name)
+    return json.dumps(data)
 
 
 def snapshot(folder):
@@ -92,7 +172,7 @@ def snapshot(folder):
 
 
 def test_enough_malformed_inputs():
-    assert len(MALFORMED) >= 50 and len({tuple(args) for args in MALFORMED}) == len(MALFORMED)
+    assert len(MALFORMED) >= 150 and len({tuple(args) for args in MALFORMED}) == len(MALFORMED)
 
 
 @pytest.mark.parametrize("args", MALFORMED, ids=" ".join)

@@ -150,7 +150,8 @@ def test_leaderboard_command_writes_self_contained_files(run_cli, tmp_path):
     text = (out / "leaderboard.md").read_text()
     assert text.startswith(r.out.rstrip("\n")) and "## Plots" in text and "## Plots" not in r.out
     summary, files = r.err.strip().splitlines()
-    assert summary.startswith("heads: 1 linear (") and "2 lowrank:2" in summary and "verdicts of 6 configurations" in summary
+    assert (summary.startswith("heads: 1 linear (") and "2 lowrank:2" in summary
+            and "verdicts of 6 configurations" in summary)
     assert str(out / "leaderboard.md") in files and str(out / "kept_cos.png") in files
     for fragment in (f"spamlang leaderboard {tmp_path / 'a'} {tmp_path / 'b'} --out {out}", "devices: cpu",
                      str(git_commit()), "torch ", "suites: hand v3", "## Configurations", "(learnability.png)"):
@@ -234,8 +235,8 @@ def ghost_records(folder):
     records = []
     for seed in range(2):
         rec = make_record(seed=seed)
-        records.append(dataclasses.replace(rec, config=dataclasses.replace(rec.config, task="ghost"),
-                                           run_id=f"ghost{seed}"))
+        config = dataclasses.replace(rec.config, task="ghost")
+        records.append(dataclasses.replace(rec, config=config, run_id=config.run_id))
     return write_all(folder, records)
 
 
@@ -244,7 +245,7 @@ def test_runs_of_unregistered_tasks_are_refused_unless_allowed(run_cli, tmp_path
     folder = ghost_records(tmp_path / "runs")
     r = run_cli(verb, folder)
     assert_user_error(r, "not registered here: ghost", "--tasks-dir", "--allow-missing-tasks")
-    assert sorted(p.name for p in folder.iterdir()) == ["ghost0.json", "ghost1.json"]
+    assert len(list(folder.iterdir())) == 2
     r = run_cli(verb, folder, "--allow-missing-tasks")
     assert r.code == 0, r.err
     assert "undetermined" in r.out

@@ -231,7 +231,8 @@ def test_leaderboard_merges_measurement_folders(run_cli, folder, tmp_path):
     assert again.code == 0, again.err
     (tmp_path / "runs").mkdir()
     configs = {p: json.loads(p.read_text())["config"] for p in sorted(RESULTS.glob("*.json"))}
-    published = [p for p, c in configs.items() if (c["task"], c["vocab_size"], c["head"]) == ("spam", 128, "linear")][:3]
+    published = [p for p, c in configs.items()
+                 if (c["task"], c["vocab_size"], c["head"]) == ("spam", 128, "linear")][:3]
     assert len(published) == 3
     for path in published:
         shutil.copy(path, tmp_path / "runs")

@@ -131,7 +131,8 @@ def test_csv_tables_are_known_by_the_hashes_in_the_provenance_file(run_cli, tmp_
     assert run_cli("leaderboard", runs, "--out", out, "--format", "csv").code == 0
     assert (out / "leaderboard.csv").read_text() == table
     sidecar = out / "leaderboard.provenance.json"
-    sidecar.write_text("{}")  # not the tool's provenance file: neither it nor the tables it would vouch for are replaced
+    # not the tool's provenance file: neither it nor the tables it would vouch for are replaced
+    sidecar.write_text("{}")
     assert_user_error(run_cli("leaderboard", runs, "--out", out, "--format", "csv"), "not written by")
     sidecar.unlink()  # without it, nothing says the tables are the tool's
     assert_user_error(run_cli("leaderboard", runs, "--out", out, "--format", "csv"), "leaderboard.csv")

@@ -3,7 +3,8 @@
 The page's script is checked three ways: its structure in Python; its sort and filter functions under Node when
 present; and the page itself in a headless Chromium when present (clicks, filtering, console errors, layout at
 phone and desktop width, screenshots at 390 and 1280 px; Chromium lays the page out at least 500 px wide when asked
-for 390, which still takes the narrow-screen rules). The browser tests skip without Chromium (Debian: ``apt-get install chromium``).
+for 390, which still takes the narrow-screen rules). The browser tests skip without Chromium (Debian:
+``apt-get install chromium``).
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_sort_keys_and_filter_under_node(tmp_path):
 var cells = {json.dumps(SORT_CASES)};
 function sorted(descending) {{
   return cells.map(function (c, i) {{ return {{c: c, k: sortKey(c), i: i}}; }})
-    .sort(function (a, b) {{ return compareKeys(a.k, b.k, descending) || a.i - b.i; }}).map(function (x) {{ return x.c; }});
+    .sort(function (a, b) {{ return compareKeys(a.k, b.k, descending) || a.i - b.i; }})\
+.map(function (x) {{ return x.c; }});
 }}
 console.log(JSON.stringify({{asc: sorted(false), desc: sorted(true),
   filter: [matches("spam 128 lowrank:2 learned", "LOWRANK learned"), matches("spam 128 linear", "lowrank"),

@@ -102,8 +102,9 @@ def test_sigint_with_workers_stops_children_and_keeps_records(tmp_path):
     assert 1 <= len(list((out / "runs").glob("*.json"))) < 6
 
 
-def _tiny_configs(tmp_path, steps: int, n: int) -> list[dict]:
-    return [c.to_dict() for c in load(str(tiny(tmp_path, steps=steps))).runs[:n]]
+def _tiny_items(tmp_path, steps: int, n: int) -> list[list[dict]]:
+    """The first ``n`` runs of the tiny suite, each a work item of its own."""
+    return [[c.to_dict()] for c in load(str(tiny(tmp_path, steps=steps))).runs[:n]]
 
 
 INFO = record.SuiteInfo(name="tiny", version=1, source="tiny.toml", sweep=())
@@ -111,7 +112,7 @@ INFO = record.SuiteInfo(name="tiny", version=1, source="tiny.toml", sweep=())
 
 def test_the_bar_shows_the_step_of_the_run_in_flight(tmp_path):
     seen = []
-    records = list(_local(_tiny_configs(tmp_path, 5, 2), INFO, 1, None, first=3, show=seen.append))
+    records = list(_local(_tiny_items(tmp_path, 5, 2), INFO, 1, None, first=3, show=seen.append))
     assert [r.status for r in records] == ["ok", "ok"]
     assert seen == [{3: (s, 5)} for s in range(1, 6)] + [{}] + [{4: (s, 5)} for s in range(1, 6)] + [{}]
     assert postfix({"ok": 2, "diverged": 0, "failed": 1}, {7: (40, 400), 6: (120, 400)}) == \
@@ -127,9 +128,19 @@ def test_the_bar_shows_the_step_of_the_run_in_flight(tmp_path):
         assert screen.getvalue().rstrip().endswith("run 2: step 8/50]")
 
 
+def test_the_bar_shows_an_ensemble_as_its_runs(tmp_path):
+    seen = []
+    group = [[c for [c] in _tiny_items(tmp_path, 5, 2)]]  # seeds 0 and 1 of one configuration
+    records = list(_local(group, INFO, 1, None, first=3, show=seen.append))
+    assert [r.status for r in records] == ["ok", "ok"]
+    assert seen == [{3: (s, 5)} for s in range(1, 6)] + [{}]  # the group's step, once per step
+    assert postfix({"ok": 2, "diverged": 0, "failed": 0}, {3: (4, 5), 5: (1, 5)}, spans={3: 4}) == \
+        "2 ok, 0 diverged, 0 failed | runs 3-4: step 4/5, run 5: step 1/5"
+
+
 def test_worker_processes_report_their_steps_to_the_driver(tmp_path):
     seen = []
-    records = list(_local(_tiny_configs(tmp_path, 300, 2), INFO, 2, 1, first=5, show=seen.append, poll=0.01))
+    records = list(_local(_tiny_items(tmp_path, 300, 2), INFO, 2, 1, first=5, show=seen.append, poll=0.01))
     assert sorted(r.status for r in records) == ["ok", "ok"]
     steps = [(k, step, total) for live in seen for k, (step, total) in live.items()]
     assert steps and all(k in (5, 6) and 0 < step <= total == 300 for k, step, total in steps)

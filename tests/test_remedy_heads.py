@@ -16,14 +16,14 @@ from spamlang.config import RunConfig
 from spamlang.errors import ConfigError
 from spamlang.heads.base import HEADS, head_params
 from spamlang.scoring.floorfit import build_head
-from spamlang.scoring.floors import expressivity_floor, forward_rank
+from spamlang.scoring.floors import FloorSpec, expressivity_floor
 from spamlang.task import make_task
 from spamlang.training.loop import train
 from spamlang.training.model import LanguageModel
 from spamlang.training.resources import parameter_count
 from tests.conftest import assert_user_error
+from tests.test_heads import D, V, batch  # the same shapes and batches as the other heads' tests
 
-V, D = 50, 8
 #: each remedy with parameters that suit V, D (the adaptive's tails: 15 tokens of width 4, 25 of width 2)
 REMEDIES = {"adaptive": {"cutoffs": "0.2,0.5"}, "sampled": {"negatives": 12}, "sigsoftmax": {},
             "classfactor": {"classes": 6}, "mlp": {"width": 20}}
@@ -32,14 +32,6 @@ REMEDIES = {"adaptive": {"cutoffs": "0.2,0.5"}, "sampled": {"negatives": 12}, "s
 def make(name, vocab=V, d=D, seed=0, **params):
     torch.manual_seed(seed)
     return build_head(name, vocab, d, None, {**REMEDIES[name], **params})
-
-
-def batch(n=40, d=D, vocab=V, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    t = torch.randint(0, vocab, (n,), generator=gen)
-    t[::7] = -100
-    return h, t
 
 
 def next_negatives(head):
@@ -303,7 +295,7 @@ def test_declared_forward_ranks(name, params, d, expected):
     """At V = 64: classfactor gives up one coordinate per class of two or more tokens (C = 8: 7; C = 40: 24 of
     them); adaptive one per tail cluster and no more than a tail narrower than its cluster (widths 8 and 4, or 4
     and 1)."""
-    assert forward_rank(name, 64, d, None, params) == expected
+    assert FloorSpec(make_task("spam"), 64, 16, name, d, None, params).forward_rank == expected
 
 
 def emulate(head, u, x):
@@ -360,7 +352,9 @@ def test_a_head_reaches_the_linear_heads_of_its_declared_forward_rank(name, d, p
     """The construction behind each declaration, with one coordinate fewer it is not declared: at V = 16, rank 2
     (classfactor with 4 classes of 4 tokens spends 3 coordinates, with 12 classes the 4 classes of 2 tokens; the
     adaptive head one coordinate per tail cluster, whose widths 4 and 2 read x)."""
-    assert forward_rank(name, 16, d, None, params) == 2 and forward_rank(name, 16, d - 1, None, params) < 2
+    spam = make_task("spam")
+    assert FloorSpec(spam, 16, 16, name, d, None, params).forward_rank == 2
+    assert FloorSpec(spam, 16, 16, name, d - 1, None, params).forward_rank < 2
     gen = torch.Generator().manual_seed(3)
     u = 2 * torch.randn(16, 2, generator=gen, dtype=torch.float64)
     x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
@@ -373,14 +367,14 @@ def test_a_head_reaches_the_linear_heads_of_its_declared_forward_rank(name, d, p
 
 @pytest.mark.parametrize("name", ["sampled", "sigsoftmax", "classfactor", "mlp", "adaptive"])
 def test_spam_has_an_analytic_zero_floor(name):
-    out = expressivity_floor(make_task("spam"), 64, 16, name, 16, None)
+    out = expressivity_floor(FloorSpec(make_task("spam"), 64, 16, name, 16, None))
     assert out["method"] == "analytic" and out["floor"] == 0.0
 
 
 def test_a_one_wide_tail_cluster_has_an_estimated_floor_well_above_zero():
     """A width-1 tail scores its tokens along one line: only its two end tokens can be the most likely, so most of
     a cluster of 8 cannot be predicted with certainty (V = 16, D = 4: tails of 4 and 8 tokens, widths 2 and 1)."""
-    out = expressivity_floor(make_task("spam"), 16, 16, "adaptive", 4, None, {"cutoffs": "0.25,0.5"})
+    out = expressivity_floor(FloorSpec(make_task("spam"), 16, 16, "adaptive", 4, None, {"cutoffs": "0.25,0.5"}))
     assert out["method"] == "estimated" and out["exhaustive"]
     assert out["floor"] > 0.1
 

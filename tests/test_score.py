@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -14,10 +15,11 @@ from spamlang.config import RunConfig
 from spamlang.errors import ConfigError, SpamLangError
 from spamlang.publishing.tables import format_table
 from spamlang.record import RunRecord, schema
-from spamlang.scoring.floors import CACHE_NAME, FloorCache, expressivity_floor
+from spamlang.scoring.floors import CACHE_NAME, FloorCache, FloorSpec, expressivity_floor
 from spamlang.scoring.frames import load_runs
 from spamlang.scoring.scorer import learnability, score
 from spamlang.scoring.stats import mean_ci, t_quantile
+from spamlang.system import atomic
 from spamlang.task import make_task
 from tests.records import make_record as build_record
 
@@ -161,8 +163,8 @@ def test_the_scale_gap_splits_the_optimization_gap(tmp_path, monkeypatch):
     import spamlang.scoring.scorer as scorer
     asked = []
 
-    def floor_at_scale(task, vocab_size, seq_len, head, d_model, rank, head_params, embed_dim, scale, cache=None):
-        asked.append((task.name, vocab_size, head, rank, scale))
+    def floor_at_scale(spec, scale, cache=None):
+        asked.append((spec.task.name, spec.vocab_size, spec.head, spec.rank, scale))
         return {"floor": 2.0, "floor_se": 0.0, "method": "estimated"}
 
     monkeypatch.setattr(scorer, "floor_at_scale", floor_at_scale)
@@ -180,7 +182,7 @@ def bag_floor(k=4, vocab_size=16, rank=2):
     Bayes loss (1.79) and the uniform predictor's (2.77)."""
     task = make_task("bag", {"k": k})
     config = dict(task="bag", task_params={"k": k}, vocab_size=vocab_size, d_model=8, head="lowrank", head_rank=rank)
-    floor = expressivity_floor(task, vocab_size, 16, "lowrank", 8, rank, {}, None, cache=CACHE)
+    floor = expressivity_floor(FloorSpec(task, vocab_size, 16, "lowrank", 8, rank, {}, None), cache=CACHE)
     return floor["floor"], task.bayes_loss(vocab_size, 16), config
 
 
@@ -202,7 +204,7 @@ def test_mixed(tmp_path):
 
 
 def test_diverged(tmp_path):
-    row = scored(tmp_path, *seeds(2, status="diverged"), make_record(seed=2, losses=(4.0, 3.0))).iloc[0]
+    row = scored(tmp_path, *seeds(2, status="diverged"), make_record(seed=2, losses=(4.0, 3.0), steps=200)).iloc[0]
     assert row["verdict"] == "diverged"
     assert (row["n_diverged"], row["n_ok"]) == (2, 1)
 
@@ -404,12 +406,51 @@ def test_the_published_results_load():
     assert len(df) == len(list(folder.glob("*.json"))) and set(df["status"]) == {"ok"}
 
 
-def test_spamlang_score_keeps_the_floor_cache_beside_the_records(run_cli, tmp_path):
+def test_spamlang_score_keeps_the_floor_cache_in_the_user_cache_and_never_writes_into_the_folder(
+        run_cli, tmp_path, monkeypatch):
     floor, _, config = bag_floor()
-    runs(tmp_path, *seeds(**config, losses=(4.0, 3.0)))
-    assert run_cli("score", tmp_path).code == 0
-    cached = json.loads((tmp_path / CACHE_NAME).read_text())
+    folder = tmp_path / "runs"
+    runs(folder, *seeds(**config, losses=(4.0, 3.0)))
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SPAMLANG_CACHE_DIR", raising=False)
+    assert run_cli("score", folder).code == 0
+    assert sorted(p.name for p in folder.iterdir()) == before
+    cached = json.loads((tmp_path / "xdg" / "spamlang" / CACHE_NAME).read_text())
     assert [v["floor"] for v in cached.values()] == [pytest.approx(floor)]
+    assert run_cli("score", folder, "--cache", tmp_path / "mine.json").code == 0  # an explicit cache file
+    assert json.loads((tmp_path / "mine.json").read_text()).keys() == cached.keys()
+
+
+def test_spamlang_score_reads_a_read_only_folder_and_the_cache_shipped_with_it(run_cli, tmp_path, monkeypatch):
+    import os
+    import stat
+    _, _, config = bag_floor()
+    suite = tmp_path / "suite"
+    runs(suite / "runs", *seeds(**config, losses=(4.0, 3.0)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert run_cli("score", suite / "runs").code == 0
+    shipped = json.loads((tmp_path / "xdg" / "spamlang" / CACHE_NAME).read_text())
+    shipped = {k: {**v, "floor": 0.123456} for k, v in shipped.items()}  # a marked copy, shipped beside runs/
+    (suite / CACHE_NAME).write_text(json.dumps(shipped))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "fresh"))
+    write_bytes = atomic.write_bytes
+
+    def read_only(path, *args, **kwargs):  # as a read-only mount refuses (chmod alone does not stop root)
+        if suite in Path(path).parents:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return write_bytes(path, *args, **kwargs)
+    monkeypatch.setattr(atomic, "write_bytes", read_only)
+    for path in (suite / "runs", suite):
+        os.chmod(path, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        r = run_cli("score", suite / "runs", "--format", "json")
+    finally:
+        for path in (suite, suite / "runs"):
+            os.chmod(path, 0o755)
+    assert r.code == 0, r.err
+    assert [row["floor"] for row in json.loads(r.out)] == [pytest.approx(0.123456)]
+    assert not (tmp_path / "fresh").exists()  # nothing new to cache
 
 
 # -- output ------------------------------------------------------------------------------------------------------------
@@ -516,3 +557,17 @@ def test_a_failure_shows_what_the_larger_budget_showed(tmp_path):
     assert "at larger budget" not in format_table(scored(tmp_path / "b", *records[:3]), "md")
     from spamlang.publishing.ranking import own_budget
     assert sorted(own_budget(table)["head"]) == ["linear", "lowrank", "tied"]  # the ranking's rows
+
+
+def test_the_time_to_learn_is_a_kaplan_meier_median_read_at_the_fastest_lr(tmp_path):
+    """Two lrs: 0.01 learns at step 100 in every seed, 0.001 at 200 with a lower final val loss. The loss columns
+    read 0.001, the time columns 0.01; one seed of 0.01 not learned by its cap is censored, not dropped."""
+    fast = [make_record(lr=1e-2, seed=s, losses=(4.0, 0.01, 0.01), val_losses=(4.0, 0.02, 0.02)) for s in (0, 1)]
+    fast.append(make_record(lr=1e-2, seed=2, losses=(4.0, 1.0, 0.5), val_losses=(4.0, 1.0, 0.5)))
+    slow = [make_record(lr=1e-3, seed=s, losses=(4.0, 1.0, 0.01), val_losses=(4.0, 1.0, 0.001)) for s in range(3)]
+    row = scored(tmp_path, *fast, *slow).iloc[0]
+    assert row["lr"] == 1e-3 and row["time_lr"] == 1e-2
+    assert (row["steps_to_learn"], row["n_learned"]) == (100, 2)  # S(100) = 1/3 <= 1/2 with the third censored at 200
+    assert row["steps_to_learn_high"] is None or row["steps_to_learn_high"] >= 100
+    cell = format_table(pd.DataFrame([row]), "md")
+    assert re.search(r"\| 100 \[\d+–(\d+|∞)\] @0\.01 \(2/3\) \|", cell), cell

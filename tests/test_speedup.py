@@ -62,7 +62,7 @@ def _runs(folder, heads: dict, lrs=(0.003,)) -> pd.DataFrame:
                 worse = 0.1 if lr != lrs[0] else 0.0
                 losses = [float(v) for v in curve(shift, 0.01 * seed) + worse]
                 rec = make_record(losses=losses, task="spam", vocab_size=64, head=head, head_rank=rank, seed=seed,
-                                  lr=lr)
+                                  lr=lr, accuracies=[max(0.0, 1 - loss / 8) for loss in losses])
                 history = tuple(dataclasses.replace(p, tokens=int(t)) for p, t in zip(rec.history, TOKENS))
                 write(dataclasses.replace(rec, history=history), folder)
     return load_runs(folder)

@@ -113,7 +113,7 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
         return real(config, progress, threads=threads, **callbacks)
 
     monkeypatch.setattr(train_module, "train", flaky)
-    counts = run_suite(suite, out, progress=False, lr_rounds=0)
+    counts = run_suite(suite, out, progress=False, lr_rounds=0, ensemble=False)  # every run through train
     assert counts == {"total": 6, "skipped": 0, "ok": 5, "diverged": 0, "failed": 1, "lr_rounds": 0, "lr_added": 0,
                       "budget_added": 0}
     records = [record.read(p) for p in (out / "runs").glob("*.json")]
@@ -122,7 +122,7 @@ def test_run_resume_and_failures(tmp_path, monkeypatch):
     assert len(failed) == 1 and "simulated crash" in failed[0].error
     assert all(r.suite.name == "tiny" for r in records)
     monkeypatch.setattr(train_module, "train", real)
-    counts = run_suite(suite, out, progress=False, lr_rounds=0)  # only the failed run is redone
+    counts = run_suite(suite, out, progress=False, lr_rounds=0, ensemble=False)  # only the failed run is redone
     assert counts == {"total": 6, "skipped": 5, "ok": 1, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0,
                       "budget_added": 0}
 
@@ -136,6 +136,15 @@ def test_run_cli_prints_leaderboard_and_writes_files(run_cli, tmp_path):
     assert (out / "leaderboard.md").is_file() and (out / "leaderboard.csv").is_file()
     r2 = run_cli("run", tiny(tmp_path), "--out", out, "--quiet", "--lr-rounds", "1")
     assert "18 already recorded" in r2.err
+
+
+def fake_training(monkeypatch, train) -> None:
+    """Let ``train`` stand in for the harness, for runs alone and for the members of an ensemble."""
+    import spamlang.training.ensemble
+    import spamlang.training.loop
+    monkeypatch.setattr(spamlang.training.loop, "train", train)
+    monkeypatch.setattr(spamlang.training.ensemble, "train_ensemble",
+                        lambda configs, **callbacks: [train(c) for c in configs])
 
 
 def fake_train(diverge_above: float):
@@ -153,8 +162,7 @@ def fake_train(diverge_above: float):
     (0.05, 2, [0.00333, 0.01, 0.03, 0.09]),  # 0.09 diverges: 0.03 is inside
 ])
 def test_the_lr_grid_grows_until_the_chosen_lr_is_inside(tmp_path, monkeypatch, diverge_above, rounds, lrs):
-    import spamlang.training.loop as train_module
-    monkeypatch.setattr(train_module, "train", fake_train(diverge_above))
+    fake_training(monkeypatch, fake_train(diverge_above))
     path = tiny(tmp_path)
     path.write_text(path.read_text().replace('head = ["linear", "lowrank:2"]', 'head = "lowrank:2"\nlr = 0.01'))
     out = tmp_path / "out"
@@ -257,8 +265,7 @@ def budget_train(learns_at: dict, best_lr: float = 0.01):
 
 @pytest.mark.parametrize("budget", ["steps", "examples_per_symbol"])
 def test_failures_get_a_larger_budget_at_the_chosen_lr_and_its_neighbours(tmp_path, monkeypatch, budget):
-    import spamlang.training.loop as train_module
-    monkeypatch.setattr(train_module, "train", budget_train({"linear": 1, "lowrank": 12}))
+    fake_training(monkeypatch, budget_train({"linear": 1, "lowrank": 12}))
     path = tiny(tmp_path, extra="")
     text = path.read_text().replace('description = "test suite"', 'description = "test suite"\nextend_budget = 4')
     text = text.replace('seed = [0, 1]', 'seed = [0, 1]\nlr = [0.003, 0.01, 0.03]')
@@ -285,8 +292,7 @@ def test_failures_get_a_larger_budget_at_the_chosen_lr_and_its_neighbours(tmp_pa
 
 
 def test_the_lr_rounds_apply_to_the_extended_budget(tmp_path, monkeypatch):
-    import spamlang.training.loop as train_module
-    monkeypatch.setattr(train_module, "train", budget_train({"linear": 100, "lowrank": 100}, best_lr=1.0))
+    fake_training(monkeypatch, budget_train({"linear": 100, "lowrank": 100}, best_lr=1.0))
     path = tiny(tmp_path)
     path.write_text(path.read_text().replace('head = ["linear", "lowrank:2"]', 'head = "lowrank:2"\nlr = 0.03'))
     out = tmp_path / "out"

@@ -136,7 +136,9 @@ def test_training_records_corpus_and_tokenizer_and_scores_na(corpus, tmp_path):
     write(rec, tmp_path / "runs")
     scored = score(load_runs(tmp_path / "runs"))
     assert scored.iloc[0]["verdict"] == "no-learning"  # 6 steps: no better than the trivial predictors
-    better = dataclasses.replace(rec, final=dataclasses.replace(rec.final, loss=rec.final.test_unigram_loss - 1))
+    low = rec.final.test_unigram_loss - 1  # the final repeats the last evaluation: both are changed
+    better = dataclasses.replace(rec, final=dataclasses.replace(rec.final, loss=low),
+                                 history=(*rec.history[:-1], dataclasses.replace(rec.history[-1], test_loss=low)))
     write(better, tmp_path / "better")  # well below them: nothing to judge it by
     assert score(load_runs(tmp_path / "better")).iloc[0]["verdict"] == "n/a"
 

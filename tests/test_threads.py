@@ -107,7 +107,8 @@ def test_floor_fits_run_on_the_policy_count(monkeypatch, contexts, vocab_size, e
     seen = []
     wrapped = floorfit._thread_policy(lambda targets, head, **options: seen.append(torch.get_num_threads()))
     probs = torch.full((contexts, vocab_size), 1 / vocab_size)
-    wrapped(Targets(probs, torch.full((contexts,), 1 / contexts), True), floorfit.build_head("linear", vocab_size, 16, None))
+    wrapped(Targets(probs, torch.full((contexts,), 1 / contexts), True),
+            floorfit.build_head("linear", vocab_size, 16, None))
     assert seen == [expected]
 
 
@@ -144,7 +145,8 @@ AGREEMENT = RunConfig(**{**TINY.to_dict(), "vocab_size": 2048, "d_model": 32, "s
 
 def _history_in_fresh_process(env: dict, threads_count: int) -> list:
     code = ("import json, sys; from spamlang.config import RunConfig; from spamlang.training.loop import train; "
-            f"print(json.dumps(train(RunConfig(**json.loads(sys.argv[1])), threads={threads_count}).to_dict()['history']))")
+            f"print(json.dumps(train(RunConfig(**json.loads(sys.argv[1])), threads={threads_count})"
+            ".to_dict()['history']))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(AGREEMENT.to_dict())], env={**os.environ, **env},
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)

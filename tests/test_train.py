@@ -51,7 +51,7 @@ def test_rank2_contrast_at_large_vocab():
     assert low.final.accuracy < 0.99 and low.final.steps_to_learn is None
     full_curve = [p.test_loss for p in full.history[1:]]
     low_curve = [p.test_loss for p in low.history[1:]]
-    assert all(f < l for f, l in zip(full_curve, low_curve))
+    assert all(full_loss < low_loss for full_loss, low_loss in zip(full_curve, low_curve))
     assert full.final.accuracy > low.final.accuracy
 
 

@@ -6,7 +6,7 @@ import sys
 import click
 
 from spamlang.cli.app import cli
-from spamlang.cli.options import _task_from, param_option, plugin_options
+from spamlang.cli.options import FiniteRange, _task_from, param_option, plugin_options
 
 
 @cli.command()
@@ -45,7 +45,7 @@ def generate(task, vocab_size, seq_len, num_sequences, seed, fmt, out, force, qu
               help="Also train the BPE tokenizer at this V and tokenize the splits into the cache (repeatable).")
 @click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed of the assignment of documents to train, val and test.")
-@click.option("--holdout", default=0.05, show_default=True, type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+@click.option("--holdout", default=0.05, show_default=True, type=FiniteRange(0, 0.5, min_open=True, max_open=True),
               help="Share of documents in each of val and test.")
 @click.option("--force", is_flag=True, help="Replace a folder that holds a previous prepared corpus and nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

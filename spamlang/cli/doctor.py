@@ -4,7 +4,7 @@ Each check is a :class:`Check` (name, ok, detail): library versions and the opti
 devices and what they support (bf16 autocast, ``torch.compile``), free memory and disk, whether the tasks, heads and
 built-in suites load, and a short measured training throughput. ``ok`` is False only for a problem that stops
 SpamLang from working here (a missing required library, a suite that fails to load); a missing extra or device is
-reported, not failed.
+reported with ``missing`` set (printed ``--``), not failed.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import click
 
 from spamlang import __version__
 from spamlang.cli.app import cli
-from spamlang.cli.options import _fail, _print_json
+from spamlang.cli.options import FiniteRange, _fail, _print_json
 from spamlang.errors import SpamLangError
 from spamlang.training.tracking import TRACKERS
 
@@ -37,6 +37,12 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: an optional part (an extra, a device) that this machine lacks: reported, not a failure
+    missing: bool = False
+
+    @property
+    def mark(self) -> str:
+        return "BAD" if not self.ok else "-- " if self.missing else "ok "
 
 
 def _version(package: str) -> str | None:
@@ -57,7 +63,7 @@ def libraries() -> list[Check]:
         missing = [p for p in packages if _version(p) is None]
         detail = (f"installed ({', '.join(f'{p} {_version(p)}' for p in packages)})" if not missing else
                   f"missing {', '.join(missing)}: pip install 'spamlang[{extra}]'")
-        checks.append(Check(f"extra [{extra}]", True, detail))
+        checks.append(Check(f"extra [{extra}]", True, detail, missing=bool(missing)))
     return checks
 
 
@@ -92,9 +98,10 @@ def devices() -> list[Check]:
                                                    f"{human(total)} free, bf16 {torch.cuda.is_bf16_supported()}"))
     else:
         checks.append(Check("cuda", True, f"not available (torch {torch.__version__}, CUDA build "
-                                          f"{torch.version.cuda or 'none'})"))
+                                          f"{torch.version.cuda or 'none'})", missing=True))
     mps = getattr(torch.backends, "mps", None)
-    checks.append(Check("mps", True, "available" if mps is not None and mps.is_available() else "not available"))
+    has_mps = mps is not None and mps.is_available()
+    checks.append(Check("mps", True, "available" if has_mps else "not available", missing=not has_mps))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         product = torch.ones(2, 2) @ torch.ones(2, 2)
     checks.append(Check("bf16 autocast (cpu)", True, "works" if product.dtype == torch.bfloat16 else
@@ -154,13 +161,14 @@ def run_checks(seconds: float = 2.0) -> list[Check]:
 
 
 @cli.command()
-@click.option("--seconds", default=2.0, show_default=True, type=click.FloatRange(0, 60),
+@click.option("--seconds", default=2.0, show_default=True, type=FiniteRange(0, 60),
               help="How long the throughput check trains a small model on the CPU (0: skip it).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, ok, detail}.")
 def doctor(seconds, as_json):
     """Check this machine for SpamLang: versions and optional extras, the thread policy, devices, bf16 autocast and
-    torch.compile, free memory and disk, the tasks, heads and built-in suites, and a short training throughput. Exit
-    status 1 when something SpamLang needs is broken (a missing extra or GPU is reported, not an error)."""
+    torch.compile, free memory and disk, the tasks, heads and built-in suites, and a short training throughput. Each
+    line is marked ok, -- (an optional extra or device this machine lacks) or BAD. Exit status 1 when something
+    SpamLang needs is broken (a missing extra or GPU is reported, not an error)."""
     from spamlang.cli.doctor import run_checks
     checks = run_checks(seconds)
     if as_json:
@@ -168,7 +176,7 @@ def doctor(seconds, as_json):
     else:
         width = max(len(c.name) for c in checks)
         for c in checks:
-            click.echo(f"{'ok ' if c.ok else 'BAD'}  {c.name:<{width}}  {c.detail}")
+            click.echo(f"{c.mark}  {c.name:<{width}}  {c.detail}")
     bad = [c.name for c in checks if not c.ok]
     if bad:
         _fail(f"{len(bad)} check(s) failed: {', '.join(bad)}", code=1)

@@ -6,7 +6,7 @@ import sys
 import click
 
 from spamlang.cli.app import cli
-from spamlang.cli.options import _print_json
+from spamlang.cli.options import FiniteRange, _print_json
 
 
 @cli.command()
@@ -19,10 +19,11 @@ from spamlang.cli.options import _print_json
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed of the windows drawn from the text.")
 @click.option("--spectrum", "spectrum_method", type=click.Choice(["auto", "exact", "sketch"]), default="auto",
-              show_default=True, help="Exact Gram spectrum, Frequent Directions sketch, or exact when min(N, V) <= 8192.")
+              show_default=True,
+              help="Exact Gram spectrum, Frequent Directions sketch, or exact when min(N, V) <= 8192.")
 @click.option("--sketch-size", type=click.IntRange(2), default=None,
               help="Directions kept by the sketch (default: max(1024, 2·rank + 128)).")
-@click.option("--step-norm", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--step-norm", default=0.1, show_default=True, type=FiniteRange(0, min_open=True),
               help="RMS logit change per token of the equal-norm update.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Windows per forward batch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or mps.")
@@ -30,7 +31,7 @@ from spamlang.cli.options import _print_json
               show_default=True, help="The model's weights (the head's analysis runs in float32, or float64).")
 @click.option("--tokenizer", type=click.Path(file_okay=False), default=None,
               help="Tokenizer folder (default: the checkpoint's, or its parent's for a trajectory).")
-@click.option("--max-memory", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-memory", type=FiniteRange(0, min_open=True), default=None,
               help="GiB the measurement may use (default: the memory available); checked before loading.")
 @click.option("--out", type=click.Path(file_okay=False), default="measurements", show_default=True,
               help="Folder for the records <measure_id>.json.")
@@ -40,8 +41,12 @@ def measure(models, texts, tokens, seq_len, seed, spectrum_method, sketch_size, 
             tokenizer, max_memory, out, as_json, quiet):
     """Gradient bottleneck of local causal LMs: each MODEL is a Hugging Face checkpoint folder, or a folder of
     checkpoints (a trajectory, measured in step order). Writes one record per checkpoint to OUT."""
+    from pathlib import Path
+
     from spamlang.measure.run import Settings
     from spamlang.measure.run import measure as run
+    from spamlang.system.atomic import check_output_folder
+    check_output_folder(Path(out))
     from spamlang.publishing.models import summary_table
     settings = Settings(tokens=tokens, seq_len=seq_len, seed=seed, batch_size=batch_size, spectrum=spectrum_method,
                         sketch_size=sketch_size, step_norm=step_norm, device=device, dtype=dtype,

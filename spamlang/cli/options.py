@@ -52,6 +52,16 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (nan passes every comparison of a plain range check)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number in {self._describe_range()}", param, ctx)
+        return number
+
+
 def _command_line() -> str:
     """The command as the user typed it (for provenance)."""
     ctx = click.get_current_context(silent=True)
@@ -82,6 +92,13 @@ tracker_option = click.option(
          "$MLFLOW_TRACKING_URI (default OUT/mlflow.db). Needs the tracker's extra, e.g. pip install 'spamlang[wandb]'.")
 
 
+def _required(ctx, param, value):
+    """Callback of a required option: click does not enforce ``required`` on an option whose default is None."""
+    if value is None:
+        raise click.MissingParameter(ctx=ctx, param=param)
+    return value
+
+
 def train_options(fn):
     """One option per run setting, generated from RunConfig's declarations (name, type, default, range, help)."""
     from spamlang.config import RunConfig
@@ -95,6 +112,7 @@ def train_options(fn):
         ranged = meta.get("low") is not None or meta.get("high") is not None
         fn = click.option(flag, field.name, type=click.Choice(meta["choices"]) if meta.get("choices") else kind,
                           default=None if required else field.default, required=required,
+                          callback=_required if required else None,
                           help=meta["help"] + (f" Allowed: {allowed(field)}." if ranged else ""),
                           show_default=not required and field.default is not None)(fn)
     return fn

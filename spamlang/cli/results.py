@@ -17,6 +17,30 @@ def _check_tasks(runs, allow: bool) -> None:
                             f"--tasks-dir DIR (or --allow-missing-tasks to score them without floors)")
 
 
+def _check_out(out) -> None:
+    """Refuse an output folder that is a file, the file system's root or above the working folder."""
+    from pathlib import Path
+
+    from spamlang.system.atomic import check_output_folder
+    check_output_folder(Path(out))
+
+
+def _by_fields(by: str | None) -> list[str] | None:
+    """The fields of ``--by`` (None: the default grouping); SpamLangError for an empty list or an unknown field."""
+    if by is None:
+        return None
+    from spamlang.scoring.frames import CONFIG_FIELDS
+    fields = [f.strip() for f in by.split(",") if f.strip()]
+    if not fields:
+        raise SpamLangError(f"--by {by!r} names no field; give comma-separated run settings (one of "
+                            f"{', '.join(CONFIG_FIELDS)}, task_version)")
+    unknown = [f for f in fields if f not in (*CONFIG_FIELDS, "task_version")]
+    if unknown:
+        raise SpamLangError(f"--by: unknown field {unknown[0]!r} (run settings: {', '.join(CONFIG_FIELDS)}, "
+                            f"task_version)")
+    return fields
+
+
 # -- score --------------------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("folder", type=click.Path())
@@ -27,20 +51,21 @@ def _check_tasks(runs, allow: bool) -> None:
               help="Comma-separated config fields that define a configuration (default: all but seed and lr).")
 @click.option("--tolerance", default=0.05, show_default=True, type=FiniteFloat(0),
               help="Nats within which a loss counts as at the floor / the floor at the Bayes loss.")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="Floor cache file to read and add to (default: floors.cache.json in $XDG_CACHE_HOME/spamlang, or "
+                   "$SPAMLANG_CACHE_DIR); FOLDER is never written, and a cache shipped with it is read.")
 @allow_missing_option
 @plugin_options
-def score(folder, fmt, as_json, by, tolerance, allow_missing_tasks):
+def score(folder, fmt, as_json, by, tolerance, cache, allow_missing_tasks):
     """Learnability table of the run records under FOLDER: floors, gaps, verdicts, diagnostics."""
-    from pathlib import Path
-
     from spamlang.publishing.tables import format_table
-    from spamlang.scoring.floors import CACHE_NAME, FloorCache
+    from spamlang.scoring.floors import FloorCache
     from spamlang.scoring.frames import load_runs
     from spamlang.scoring.scorer import score as run
-    fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
+    fields = _by_fields(by)
     runs = load_runs(folder)
     _check_tasks(runs, allow_missing_tasks)
-    scored = run(runs, by=fields, tolerance=tolerance, cache=FloorCache(Path(folder) / CACHE_NAME))
+    scored = run(runs, by=fields, tolerance=tolerance, cache=FloorCache.for_user([folder], cache))
     click.echo(format_table(scored, "json" if as_json else fmt), nl=False)
 
 
@@ -57,8 +82,9 @@ def speedup(folder, reference, fmt, plot):
     to reach each head's final val loss, with a seed-bootstrap interval, and the loss gap at equal tokens."""
     from spamlang.publishing import plots
     from spamlang.scoring.frames import load_runs
-    from spamlang.scoring.speedup import format_speedup, speedup_table
+    from spamlang.scoring.speedup import check_reference, format_speedup, speedup_table
     runs = load_runs(folder)
+    check_reference(runs, reference)
     table = speedup_table(runs, reference)
     click.echo(format_speedup(table, fmt), nl=False)
     if plot:
@@ -84,7 +110,9 @@ def leaderboard(folders, out, formats, as_json, allow_missing_tasks):
     write leaderboard.md, leaderboard.csv, configurations.csv, a self-contained leaderboard.html and PNG plots."""
     if out is None and len(folders) > 1:
         raise SpamLangError("--out is required with several folders")
+    _check_out(out or folders[0])
     board = _write_leaderboard(folders, out or folders[0], formats, allow_missing_tasks, as_json=as_json)
+    _check_out(out or folders[0])
     if as_json:
         _print_json(_board_json(board, configurations=True))
 
@@ -137,7 +165,9 @@ def fit(folders, out, resamples, seed):
     from spamlang.publishing.load import load_folders
     if out is None and len(folders) > 1:
         raise SpamLangError("--out is required with several folders")
+    _check_out(out or folders[0])
     runs = load_folders(folders)
+    _check_out(out or folders[0])
     text, written = write_fit(runs, out or folders[0], _command_line(), resamples, seed)
     click.echo(text, nl=False)
     click.echo(f"wrote {len(written)} files: {', '.join(map(str, written))}", err=True)

@@ -6,7 +6,7 @@ import sys
 import click
 
 from spamlang.cli.app import cli
-from spamlang.cli.options import _fail, _print_json, plugin_options, threads_option, tracker_option
+from spamlang.cli.options import FiniteRange, _fail, _print_json, plugin_options, threads_option, tracker_option
 from spamlang.cli.results import _board_json, _write_leaderboard
 
 
@@ -56,7 +56,7 @@ def suites(as_json, folders):
 @click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: each run's own, from the suite).")
 @click.option("--lr-rounds", default=3, show_default=True, type=click.IntRange(0, 20),
               help="Rounds that may extend a configuration's lr grid (x3 or /3 past an edge chosen on val); 0: none.")
-@click.option("--extend-budget", type=click.FloatRange(min=1), default=None,
+@click.option("--extend-budget", type=FiniteRange(min=1), default=None,
               help="Rerun each configuration not learned at this many times its budget (default: the suite's "
                    "extend_budget; 1: none).")
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
@@ -74,56 +74,86 @@ def suites(as_json, folders):
               help="Print one JSON object on stdout instead of the tables: the plan with --dry-run, else the closing "
                    "summary (counts, files written, head ranking).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else one line per run).")
+@click.option("--ensemble/--no-ensemble", default=True, show_default=True,
+              help="Train the pending CPU runs of a configuration that differ only in seed and lr, when small enough "
+                   "for it to pay, as one batched computation (each run keeps its own record, equal up to float "
+                   "rounding); --no-ensemble trains every run alone.")
 @tracker_option
 @threads_option
 @plugin_options
 def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters, limit, dry_run, as_json, quiet,
-        tracker, threads):
+        ensemble, tracker, threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     import dataclasses
+    from concurrent.futures.process import BrokenProcessPool
     from pathlib import Path
 
-    from spamlang.config import check_device
+    from spamlang.cli.app import interrupted
     from spamlang.sweeps.plan import parse_filters, select
     from spamlang.sweeps.runner import run_suite
     from spamlang.sweeps.suite import load
+    from spamlang.system.atomic import check_output_folder
+    from spamlang.system.processes import FolderLock
     from spamlang.training import tracking
-    from spamlang.training.devices import resolve_device
-    from spamlang.training.resources import check_run, run_memory
     spec = load(suite)
     if filters or limit:
         spec = dataclasses.replace(spec, runs=tuple(select(spec.runs, parse_filters(filters), limit)))
-    if device:
-        check_device(device)
-    if tracker:
-        tracking.check(tracker)
-    if dry_run:
-        return _dry_run(spec, Path(out or Path("out") / spec.name), device, lr_rounds, as_json)
-    if executor == "local":
-        for name in {device} if device else {c.device for c in spec.runs}:
-            resolve_device(name)  # refuse it before any run
-        kind = resolve_device(device or spec.runs[0].device)
-        largest = max(spec.runs, key=lambda c: run_memory(c, kind.type)["total"])
-        check_run(largest, kind.type, kind.index, copies=min(workers, len(spec.runs)) if kind.type == "cpu" else 1)
     out = Path(out or Path("out") / spec.name)
+    check_output_folder(out)
+    tracked = tracking.TrackerSpec(tracker, str(out.resolve()), spec.name) if tracker else None
+    _check_before_run(spec, out, executor, workers, device, extend_budget, tracked, here=not dry_run)
+    if dry_run:
+        return _dry_run(spec, out, device, lr_rounds, as_json)
     bar = not quiet and sys.stderr.isatty()
     log = None if quiet or bar else lambda line: click.echo(line, err=True)
-    try:
-        counts = run_suite(spec, out, executor, workers, device, progress=bar, lr_rounds=lr_rounds, threads=threads,
-                           log=log, extend_budget=extend_budget,
-                           tracker=tracking.TrackerSpec(tracker, str(out.resolve()), spec.name) if tracker else None)
-    except KeyboardInterrupt:
-        _fail(f"interrupted; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", 130)
-    budget = f", {counts['budget_added']} by the budget round" if counts["budget_added"] else ""
-    click.echo(f"suite {spec.name}: {counts['total']} runs ({counts['lr_added']} added by {counts['lr_rounds']} lr "
-               f"round(s){budget}), {counts['skipped']} already recorded, {counts['ok']} ok, {counts['diverged']} diverged, "
-               f"{counts['failed']} failed -> {out / 'runs'}", err=True)
-    board = _write_leaderboard([out / "runs"], out, as_json=as_json)
+    with FolderLock(out / "runs"):
+        try:
+            counts = run_suite(spec, out, executor, workers, device, progress=bar, lr_rounds=lr_rounds,
+                               threads=threads, log=log, extend_budget=extend_budget, tracker=tracked,
+                               ensemble=ensemble)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+            what, code = interrupted(exc)
+            _fail(f"{what}; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", code)
+        except BrokenProcessPool:
+            _fail(f"a worker process died (killed by the system, e.g. for memory?); the finished runs are kept in "
+                  f"{out / 'runs'}: rerun with fewer --workers to resume")
+        budget = f", {counts['budget_added']} by the budget round" if counts["budget_added"] else ""
+        click.echo(f"suite {spec.name}: {counts['total']} runs ({counts['lr_added']} added by {counts['lr_rounds']} "
+                   f"lr round(s){budget}), {counts['skipped']} already recorded, {counts['ok']} ok, "
+                   f"{counts['diverged']} diverged, {counts['failed']} failed -> {out / 'runs'}", err=True)
+        board = _write_leaderboard([out / "runs"], out, as_json=as_json)
     if as_json:
         _print_json({"suite": spec.name, "source": spec.source, "runs_dir": str(out / "runs"), **counts,
                      **_board_json(board)})
     if counts["failed"]:
         sys.exit(1)
+
+
+def _check_before_run(spec, out, executor: str, workers: int, device: str | None, extend_budget: float | None,
+                      tracker, here: bool = True) -> None:
+    """Everything ``spamlang run`` refuses, checked before its first run (and by ``--dry-run``, which must refuse
+    what the run would): the device, the budget factor, the tracker (its package, login, store), the leaderboard's
+    files (none of the user's is replaced) and, ``here`` (not for a dry run, which may plan a sweep for another
+    machine), whether this machine has the device and the memory of the largest run times the workers beside it."""
+    from spamlang.config import check_device
+    from spamlang.publishing.board import check_before
+    from spamlang.sweeps.suite import check_extend_budget
+    from spamlang.training import tracking
+    from spamlang.training.devices import resolve_device
+    from spamlang.training.resources import check_run, run_memory
+    if device:
+        check_device(device)
+    if extend_budget is not None and extend_budget != 1:
+        check_extend_budget(extend_budget, "--extend-budget")
+    if executor == "local" and here:
+        for name in {device} if device else {c.device for c in spec.runs}:
+            resolve_device(name)  # refuse it before any run
+        kind = resolve_device(device or spec.runs[0].device)
+        largest = max(spec.runs, key=lambda c: run_memory(c, kind.type)["total"])
+        check_run(largest, kind.type, kind.index, copies=min(workers, len(spec.runs)) if kind.type == "cpu" else 1)
+    if tracker:
+        tracking.check_ready(tracker)
+    check_before(out)
 
 
 def _dry_run(spec, out, device: str | None, lr_rounds: int, as_json: bool) -> None:

@@ -32,7 +32,7 @@ def tasks(ctx, as_json):
 @click.option("--vocab-size", "-V", default=64, show_default=True, type=int, help="Vocabulary size V of the check.")
 @click.option("--seq-len", "-T", default=16, show_default=True, type=int, help="Tokens per sequence of the check.")
 @click.option("--num-sequences", "-n", default=4000, show_default=True, type=int,
-              help="Monte-Carlo sample size (>= 2).")
+              help="Monte-Carlo sample size (2 to 10^7, and what the memory available holds).")
 @plugin_options
 def tasks_validate(name, params, vocab_size, seq_len, num_sequences):
     """Run the property checks every task must pass on task NAME."""

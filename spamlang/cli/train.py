@@ -15,7 +15,6 @@ from spamlang.cli.options import (
     tracker_option,
     train_options,
 )
-from spamlang.errors import SpamLangError
 
 
 @cli.command()
@@ -37,26 +36,29 @@ def train(params, head_param, out, save_checkpoint, as_json, quiet, tracker, thr
     from spamlang import record
     from spamlang.config import RunConfig
     from spamlang.params import parse_assignments
+    from spamlang.system.atomic import check_output_folder
     from spamlang.training import tracking
     from spamlang.training.devices import resolve_device
-    from spamlang.training.loop import train as run
     from spamlang.training.resources import check_run
-    if settings["examples_per_symbol"] is not None and \
-            click.get_current_context().get_parameter_source("steps") is ParameterSource.COMMANDLINE:
-        raise SpamLangError("give --steps or --examples-per-symbol, not both")
-    config = RunConfig(**{k: v for k, v in settings.items() if v is not None}, task_params=parse_assignments(params),
-                       head_params=parse_assignments(head_param, "--head-param")).resolve()
+    ctx = click.get_current_context()
+    given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    config = RunConfig.from_user({**given, "task_params": parse_assignments(params),
+                                  "head_params": parse_assignments(head_param, "--head-param")})
     device = resolve_device(config.device)
     check_run(config, device.type, device.index)
+    check_output_folder(Path(out))
     record.read_replaceable(Path(out) / f"{config.run_id}.json")  # a file there that is not our record stays
     checkpoint = Path(out) / f"{config.run_id}.pt" if save_checkpoint else None
     if tracker:
-        logged = tracking.start(tracking.TrackerSpec(tracker, str(out)), config)  # refuses a missing package
+        spec = tracking.TrackerSpec(tracker, str(out))
+        tracking.check_ready(spec)
+        logged = tracking.start(spec, config)  # refuses a missing package
+    from spamlang.training.loop import train as run
     rec = run(config, progress=not quiet and not as_json and sys.stderr.isatty(), checkpoint=checkpoint,
               threads=threads, on_eval=logged.log_point if tracker else None)
     path = record.write(rec, out)
     if tracker:
-        logged.finish(rec)
+        tracking.finish(logged, rec, tracker)
     if as_json:
         return click.echo(rec.to_json(indent=2))
     f = rec.final

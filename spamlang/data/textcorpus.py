@@ -197,6 +197,18 @@ def is_prepared(folder: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
+def check_available(corpus: str) -> None:
+    """SpamLangError now, before any run, when ``corpus`` cannot be read here: a built-in corpus not yet prepared
+    without gensim (which ships its text), or a folder that is not a prepared corpus."""
+    if corpus in BUILTIN:
+        prepared = (cache_root() / "corpora" / corpus / "meta.json").is_file()
+        if not prepared and importlib.util.find_spec("gensim") is None:
+            raise SpamLangError(f"the built-in corpus '{corpus}' ships with gensim, which is not installed: pip "
+                                f"install 'spamlang[text]'")
+        return
+    locate(corpus)
+
+
 def locate(corpus: str) -> Path:
     """The prepared folder of ``corpus``: a built-in name (prepared into the cache on first use) or a folder."""
     if corpus in BUILTIN:

@@ -42,7 +42,12 @@ def _tokenizers():
 
 
 def check_tokenizer(tokenizer: str, vocab_size: int) -> None:
-    """Cheap checks before any work: V large enough for a byte-level BPE, or the tokenizer folder present."""
+    """Cheap checks before any work: the tokenizers library installed, V large enough for a byte-level BPE, or the
+    tokenizer folder present."""
+    import importlib.util
+    if importlib.util.find_spec("tokenizers") is None:
+        raise SpamLangError("text tasks need the tokenizers library, which is not installed: pip install "
+                            "'spamlang[text]'")
     if tokenizer == "bpe":
         if vocab_size < MIN_BPE_VOCAB:
             raise ConfigError(f"a byte-level BPE needs vocab_size >= {MIN_BPE_VOCAB} (256 bytes and {EOS}), "

@@ -163,12 +163,28 @@ CHECKS: dict[str, Callable[[Task, int, int, int], str]] = {
     "targets": _targets, "agreement": _agreement, "parameters": _params}
 
 
+#: the largest Monte-Carlo sample of the checks: their standard errors shrink as 1/sqrt(n), and 10^7 sequences
+#: already take minutes and gigabytes
+MAX_SEQUENCES = 10**7
+#: bytes per sampled token the checks hold at their peak: three int64 samples alive in the determinism check, or a
+#: sample with its float64 log-probabilities and the task's own intermediates
+BYTES_PER_TOKEN = 64
+
+
 def validate(task: Task, vocab_size: int = 64, seq_len: int = 16, num_sequences: int = 4000) -> list[Check]:
-    """Run every check on ``task``; a check that raises is reported as failed with its message."""
+    """Run every check on ``task``; a check that raises is reported as failed with its message. A sample size
+    outside [2, MAX_SEQUENCES], or one whose tokens do not fit in the memory available, raises ConfigError (a
+    problem of the request, not of the task)."""
+    from spamlang.system.capacity import available_memory, human
     task.check(vocab_size, seq_len)
-    if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or num_sequences < 2:
-        raise ConfigError(f"num_sequences must be an integer >= 2 (the Monte-Carlo checks need a spread), got "
-                          f"{num_sequences!r}")
+    if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or \
+            not 2 <= num_sequences <= MAX_SEQUENCES:
+        raise ConfigError(f"num_sequences={num_sequences!r} is outside the allowed range [2, {MAX_SEQUENCES:.0e}] "
+                          f"(the Monte-Carlo checks need a spread, and gain nothing from more)")
+    need, free = num_sequences * seq_len * BYTES_PER_TOKEN, available_memory("cpu")
+    if free is not None and need > 0.9 * free:
+        raise ConfigError(f"num_sequences={num_sequences} x seq_len={seq_len} needs about {human(need)} but the cpu "
+                          f"has {human(free)} available; lower --num-sequences or --seq-len")
     results = []
     for name, fn in CHECKS.items():
         try:

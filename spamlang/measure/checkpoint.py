@@ -23,9 +23,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 _VOLATILE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")
 
 
+#: a training step in a checkpoint folder's name: ``step1000``, ``checkpoint-1000``, ``global_step1000``,
+#: ``iter_0001000``, ``ckpt-1000`` (alone or at the end of a longer name), or a name that is only digits
+_STEP = re.compile(r"(?:^|[-_.])(?:step|checkpoint|ckpt|iter|iteration|global[-_]?step)[-_]?(\d+)$|^(\d+)$", re.I)
+
+
 def _step(path: Path) -> tuple:
-    numbers = re.findall(r"\d+", path.name)
-    return (int(numbers[-1]) if numbers else -1, path.name)
+    found = _STEP.search(path.name)
+    return (int(found.group(1) or found.group(2)) if found else -1, path.name)
 
 
 def expand(paths: list[str | Path]) -> list[Path]:
@@ -47,7 +52,8 @@ def expand(paths: list[str | Path]) -> list[Path]:
 
 
 def step_of(path: Path) -> int | None:
-    """The training step in a checkpoint folder's name (``step1000``, ``checkpoint-1000``), or None."""
+    """The training step in a checkpoint folder's name (``step1000``, ``checkpoint-1000``, ...: see ``_STEP``), or
+    None (``tiny-gpt2`` and ``pythia-160m`` name no step)."""
     step = _step(path)[0]
     return step if step >= 0 else None
 
@@ -151,6 +157,11 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> Loaded:
     name = next((n for n, p in model.named_parameters() if p is head.weight), None)
     if name in info.get("missing_keys", ()):
         raise SpamLangError(f"{path}: the checkpoint has no output embedding ({name} is missing from its weights)")
+    bias = getattr(head, "bias", None)
+    for what, tensor in (("output embedding", head.weight), ("output bias", bias)):
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise SpamLangError(f"{path}: its {what} ({name or 'lm_head'}) holds non-finite values (NaN or inf); the "
+                                f"checkpoint is damaged or diverged, nothing to measure")
     inputs = model.get_input_embeddings()
     tied = inputs is not None and inputs.weight is head.weight
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

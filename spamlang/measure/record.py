@@ -1,10 +1,10 @@
 """The measurement record (schema ``spamlang.measure/1``): one JSON file per measured checkpoint.
 
-Fields: ``schema``, ``measure_id`` (a hash of the checkpoint's path, config hash and parameter count, the text files' sha256
-and the settings), ``created``, ``model`` (path, name, architecture, model_type, config_hash, parameters, vocab_size
-V, hidden_size D, head_rank, tied, bias, step), ``tokenizer`` (folder and class; null for pre-tokenized text), ``text``
-(files with format, bytes and sha256; tokens read, windows, seq_len, tokens measured), ``settings`` (seed, dtype,
-device, spectrum method, sketch size, step norm, chunk), ``per_token``, ``spectrum``, ``update`` (see
+Fields: ``schema``, ``measure_id`` (a hash of the checkpoint's path, config hash and parameter count, the text files'
+sha256 and the settings), ``created``, ``model`` (path, name, architecture, model_type, config_hash, parameters,
+vocab_size V, hidden_size D, head_rank, tied, bias, step), ``tokenizer`` (folder and class; null for pre-tokenized
+text), ``text`` (files with format, bytes and sha256; tokens read, windows, seq_len, tokens measured), ``settings``
+(seed, dtype, device, spectrum method, sketch size, step norm, chunk), ``per_token``, ``spectrum``, ``update`` (see
 :mod:`spamlang.measure.pertoken`, :mod:`.spectrum`, :mod:`.update`), ``timing`` (seconds, tokens per second) and
 ``env`` (device, torch's intra-op threads, library versions, git commit).
 """
@@ -58,8 +58,16 @@ def read(path: str | Path) -> dict:
 
 
 def is_measurement(path: str | Path) -> bool:
-    """Whether ``path`` is a JSON file that declares this schema (without checking the rest)."""
+    """Whether ``path`` is a JSON file that declares this schema (without checking the rest). A file that opens with
+    its ``schema`` key naming another schema, as every run record does, is told by its first bytes (a folder of run
+    records is not parsed twice); any other is parsed."""
+    import re
     try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+        found = re.match(rb'\s*\{\s*"schema"\s*:\s*"([^"\\]*)"', head)
+        if found and found.group(1).decode() != SCHEMA:
+            return False  # another schema (a run record): no need to parse it
         return json.loads(Path(path).read_text()).get("schema") == SCHEMA
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return False

@@ -144,6 +144,9 @@ def measure_one(path: Path, files: list[dict], settings: Settings, progress: boo
         batch = settings.batch_size or max(1, BATCH_TOKENS // seq_len)
         h, y, positions, forward_seconds = hidden_states(loaded.model, windows, settings.tokens, batch, device,
                                                          settings.compute_dtype, progress, desc=path.name)
+        if not bool(torch.isfinite(h).all()):
+            raise SpamLangError(f"{path}: the model's hidden states hold non-finite values (NaN or inf): a weight of "
+                                f"the checkpoint is not finite, or {settings.dtype} overflows; nothing to measure")
         w = loaded.weight.to(settings.compute_dtype)
         b = None if loaded.bias is None else loaded.bias.to(settings.compute_dtype)
         tied, architecture = loaded.tied, type(loaded.model).__name__
@@ -185,6 +188,15 @@ def measure_one(path: Path, files: list[dict], settings: Settings, progress: boo
     return rec
 
 
+def check_device(name: str) -> None:
+    """ConfigError unless ``name`` is a device (cpu, cuda[:N] or mps) that this machine and torch build have."""
+    from spamlang.training.devices import resolve_device
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind != "cpu" and index.isdigit())):
+        raise ConfigError(f"--device must be cpu, cuda[:N] or mps, got {name!r}")
+    resolve_device(name)
+
+
 def _library_versions() -> dict:
     import importlib.metadata as md
     versions = {}
@@ -203,6 +215,7 @@ def measure(models: list[str | Path], texts: list[str | Path], out: str | Path |
     ``out`` as soon as it is complete; return (record, path) pairs."""
     if not texts:
         raise SpamLangError("no text given (--text FILE, repeatable)")
+    check_device(settings.device)
     paths = checkpoint.expand(models)
     files = [text.describe(t) for t in texts]
     cache: dict = {}

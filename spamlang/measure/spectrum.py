@@ -44,7 +44,8 @@ def exact_energies(h, y, w, b=None, chunk=None) -> torch.Tensor:
         lse = torch.cat([torch.logsumexp(logits(h[rows], w, b), dim=1)
                          for rows in row_slices(n, chunk_size(v, h.device, chunk))])  # (N,)
         gram = torch.zeros(n, n, dtype=torch.float64, device=h.device)  # (N, N)
-        step = max(1, chunk_size(v, h.device, chunk) * v // n)  # vocabulary columns per block: as many values as a chunk
+        # vocabulary columns per block: as many values as a chunk
+        step = max(1, chunk_size(v, h.device, chunk) * v // n)
         for start in range(0, v, step):
             stop = min(start + step, v)
             p = (logits(h, w[start:stop], None if b is None else b[start:stop]) - lse[:, None]).exp()  # (N, c)

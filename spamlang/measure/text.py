@@ -150,8 +150,8 @@ def windows(tokens: np.ndarray, seq_len: int, n_tokens: int, seed: int) -> np.nd
         raise SpamLangError(f"windows of {seq_len} token(s) predict nothing: need at least 2 tokens per window")
     need = math.ceil(n_tokens / (seq_len - 1))
     if len(candidates) < need:
-        raise SpamLangError(f"{n_tokens:,} tokens requested, but the text holds only {len(candidates) * (seq_len - 1):,} "
-                            f"predicted tokens in {len(candidates):,} windows of {seq_len} (lower --tokens or "
-                            f"--seq-len, or give more text)")
+        raise SpamLangError(f"{n_tokens:,} tokens requested, but the text holds only "
+                            f"{len(candidates) * (seq_len - 1):,} predicted tokens in {len(candidates):,} windows of "
+                            f"{seq_len} (lower --tokens or --seq-len, or give more text)")
     chosen = np.random.default_rng(seed).permutation(len(candidates))[:need]
     return np.ascontiguousarray(candidates[chosen])

@@ -2,10 +2,11 @@
 
 Publishing results
 ------------------
-A results folder is any folder holding run records: the ``*.json`` run records (schema ``spamlang.run/2``, or the older ``/1``, read as 2) that
-``spamlang train`` and ``spamlang run`` write (``spamlang run SUITE --out DIR`` puts them in ``DIR/runs``). To publish
-yours, zip the folder or commit it; nothing else is needed, since every record carries its configuration, task version,
-history, device, library versions and git commit. Anyone can then rank your runs together with theirs::
+A results folder is any folder holding run records: the ``*.json`` run records (schema ``spamlang.run/2``, or the older
+``/1``, read as 2) that ``spamlang train`` and ``spamlang run`` write (``spamlang run SUITE --out DIR`` puts them in
+``DIR/runs``). To publish yours, zip the folder or commit it; nothing else is needed, since every record carries its
+configuration, task version, history, device, library versions and git commit. Anyone can then rank your runs together
+with theirs::
 
     spamlang leaderboard theirs/ yours/ --out board/
 
@@ -16,8 +17,8 @@ comparable; a run present in several folders (same run id) is kept once, with a 
 self-contained ``leaderboard.html`` and the plots as PNG and SVG files. The Markdown and HTML pages state the
 provenance of their runs; the CSV files are plain tables (``pandas.read_csv(path)``) whose provenance is in
 ``leaderboard.provenance.json``. Runs of a task with a Bayes loss over a V grid also get the scaling fits
-(``fit.csv``, ``control.csv`` and their figures, see :mod:`spamlang.scoring.fit`). Runs of tasks without a Bayes loss (text)
-get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.scoring.speedup`)
+(``fit.csv``, ``control.csv`` and their figures, see :mod:`spamlang.scoring.fit`). Runs of tasks without a Bayes loss
+(text) get the tokens-to-target table (``speedup.csv``, see :mod:`spamlang.scoring.speedup`)
 and its loss-vs-tokens plot.
 """
 from __future__ import annotations
@@ -36,11 +37,11 @@ from spamlang.publishing.markdown import (
     _CAPTIONS,
     _provenance_items,
     copy_free_ranking_markdown,
-    csv,
     markdown,
     summary,
 )
 from spamlang.publishing.outputs import (
+    FIT_PROVENANCE_FILE,
     FORMATS,
     PROVENANCE_FILE,
     TABLE_FILES,
@@ -50,7 +51,7 @@ from spamlang.publishing.outputs import (
 )
 from spamlang.publishing.ranking import chosen_runs, head_ranking, own_budget
 from spamlang.publishing.tables import format_table
-from spamlang.scoring.floors import CACHE_NAME, FloorCache
+from spamlang.scoring.floors import CACHE_NAME, FloorCache, shipped_caches
 from spamlang.scoring.scorer import score
 from spamlang.scoring.speedup import format_speedup, speedup_table
 from spamlang.system import atomic
@@ -90,7 +91,7 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
         written = _write_files(out, files, formats, [out / name for name in images])
         return Written(f"# SpamLang leaderboard\n\n{models.markdown(measured, [])}", written,
                        f"models: {len(measured)} measurement(s); no training runs to rank")
-    scored = score(runs, cache=FloorCache(out / CACHE_NAME))
+    scored = score(runs, cache=FloorCache(out / CACHE_NAME, shipped_caches(runs.attrs.get("folders", []))))
     chosen = chosen_runs(scored, runs)
     ranking = head_ranking(own_budget(scored), runs)
     rankings = copy_free_ranking_markdown(own_budget(scored), runs)
@@ -122,6 +123,15 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
              "csv": {PROVENANCE_FILE: provenance_sidecar(prov, tables, out), **tables},  # the hashes first
              "html": {"leaderboard.html": to_html(text, {**images, **vectors})}}
     return Written(shown, _write_files(out, files, formats, written), summary(ranking, scored), ranking, scored)
+
+
+def check_before(out: str | Path, formats: Iterable[str] = FORMATS) -> None:
+    """Refuse (SpamLangError) now, before any run trains, a leaderboard that :func:`write` would refuse at the end:
+    ``out`` a file, or a file there of a name it writes (its tables, pages, sidecar and fixed plots) that the tool
+    did not write."""
+    names = [*_CAPTIONS, *_svgs(_CAPTIONS), fitreport.STEPS_FIGURE, *_svgs([fitreport.STEPS_FIGURE]), PROVENANCE_FILE,
+             *(name for fmt in formats for name in TABLE_FILES[fmt])]
+    check_outputs(Path(out), names)
 
 
 def _write_files(out: Path, files: dict, formats: list[str], written: list[Path]) -> list[Path]:
@@ -157,16 +167,17 @@ def write_fit(runs: pd.DataFrame, out: str | Path, command: str = "", resamples:
     fits = fitreport.fits(runs, resamples, seed)
     out = Path(out)
     figures = fitreport.figures(fits, runs)
-    names = ["fit.md", "fit.csv", "control.csv", *figures, *_svgs(figures)]
+    names = ["fit.md", "fit.csv", "control.csv", FIT_PROVENANCE_FILE, *figures, *_svgs(figures)]
     check_outputs(out, names)
     prov = provenance(runs, command)
     head = ["# SpamLang scaling fits", "", "## Provenance", ""]
-    head += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in _provenance_items(prov)]
+    head += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
+             for key, value in _provenance_items(prov)]
     head = "\n".join(head) + "\n\n"
-    files = {"fit.md": head + fitreport.markdown(fits, list(figures)),
-             "fit.csv": csv(fitreport.fit_csv(fits.table), prov),
-             "control.csv": csv(format_table(fits.control, "csv"), prov)}
-    rendered = {name: (plots.png(fig), plots.svg(fig)) for name, fig in figures.items()}  # all before any write
+    tables = {"fit.csv": fitreport.fit_csv(fits.table), "control.csv": format_table(fits.control, "csv")}
+    files = {FIT_PROVENANCE_FILE: provenance_sidecar(prov, tables, out), **tables,  # plain tables: read_csv reads them
+             "fit.md": head + fitreport.markdown(fits, list(figures))}
+    rendered = {name: plots.render_both(fig) for name, fig in figures.items()}  # all before any write
     written = []
     for name, (data, vector) in rendered.items():
         atomic.write_bytes(out / name, data)

@@ -1,6 +1,7 @@
 """The scaling fits as text and figures: the fit table and the gradproj control as Markdown and CSV, and their plots.
 
-Pure rendering of :mod:`spamlang.scoring.fit`'s tables; the leaderboard (:mod:`spamlang.publishing.leaderboard`) writes them.
+Pure rendering of :mod:`spamlang.scoring.fit`'s tables; the leaderboard (:mod:`spamlang.publishing.leaderboard`) writes
+them.
 """
 from __future__ import annotations
 

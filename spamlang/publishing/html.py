@@ -23,7 +23,8 @@ th{background:#f3f3f3;text-align:left;cursor:pointer;user-select:none;position:s
 th:hover{background:#e6e6e6}th[aria-sort=ascending]::after{content:" \\25B2"}
 th[aria-sort=descending]::after{content:" \\25BC"}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right}
 .board{margin:1em 0}.scroll{overflow-x:auto;max-width:100%}
-input.filter{font:inherit;font-size:13px;padding:3px 6px;margin:0 0 .4em;width:18em;max-width:100%;box-sizing:border-box}
+input.filter{font:inherit;font-size:13px;padding:3px 6px;margin:0 0 .4em;width:18em;max-width:100%;\
+box-sizing:border-box}
 .count{font-size:12px;color:#777;margin-left:.6em}
 code{background:#f3f3f3;padding:1px 4px;overflow-wrap:anywhere}.plot{overflow-x:auto;margin:1em 0}
 .plot img{display:block;max-width:none;height:auto}p,li{font-size:13px;color:#555}
@@ -124,9 +125,9 @@ def _html_image(line: str, images: Mapping[str, bytes]) -> str:
 
 
 def to_html(text: str, images: Mapping[str, bytes]) -> str:
-    """The Markdown that :func:`spamlang.publishing.markdown.markdown` writes as one self-contained HTML page (inline CSS and script, ``images``
-    embedded in base64, as SVG where ``images`` also holds ``<name>.svg``, else PNG): sortable, filterable tables that
-    scroll sideways on a narrow screen (see :mod:`spamlang.publishing.html`)."""
+    """The Markdown that :func:`spamlang.publishing.markdown.markdown` writes as one self-contained HTML page (inline
+    CSS and script, ``images`` embedded in base64, as SVG where ``images`` also holds ``<name>.svg``, else PNG):
+    sortable, filterable tables that scroll sideways on a narrow screen (see :mod:`spamlang.publishing.html`)."""
     def kind(line: str) -> str:
         return next((k for k, p in (("table", "|"), ("item", "- "), ("heading", "#"), ("image", "![")) if
                      line.startswith(p)), "text" if line.strip() else "blank")

@@ -83,7 +83,8 @@ _CAPTIONS = {"learnability.png": "Learnability by task and head design (mean ove
                                    "the suite's own budget, as in the ranking)",
              "curves.png": "Learning curves of the spam task, coloured by V/rank",
              "kept_cos.png": "Kept gradient cosine against V/rank, with the isotropic baseline sqrt(rank/V)",
-             "tokens.png": "Val loss against training tokens by head rank, with seed bands (tasks without a Bayes loss)"}
+             "tokens.png": "Val loss against training tokens by head rank, with seed bands (tasks without a Bayes "
+                           "loss)"}
 
 
 def markdown(ranking: pd.DataFrame, scored: pd.DataFrame, prov: Mapping, images: Sequence[str] = (),

@@ -77,9 +77,10 @@ def summary_table(records: list[dict]) -> str:
         return "(no measurements)\n"
     cells = []
     for r in rows(records).to_dict(orient="records"):
-        cells.append({"model": r["model"], "step": "-" if r["step"] is None or pd.isna(r["step"]) else str(int(r["step"])),
-                      "V": f"{r['V']:,}", "D": str(r["D"]), "rank": str(r["rank"]), "tied": "yes" if r["tied"] else "no",
-                      "tokens": f"{r['tokens']:,}", "loss": f"{r['loss']:.3f}",
+        cells.append({"model": r["model"],
+                      "step": "-" if r["step"] is None or pd.isna(r["step"]) else str(int(r["step"])),
+                      "V": f"{r['V']:,}", "D": str(r["D"]), "rank": str(r["rank"]),
+                      "tied": "yes" if r["tied"] else "no", "tokens": f"{r['tokens']:,}", "loss": f"{r['loss']:.3f}",
                       "destroyed": f"{r['destroyed_mean']:.4f} / {r['destroyed_median']:.4f}",
                       "baseline": f"{r['baseline']:.4f}", "kept cos": f"{r['kept_cos_mean']:.3f}",
                       **{f"k{level}": r[f"k{level}"] for level in ("70", "90", "99", "99.9")},

@@ -43,6 +43,8 @@ PROVENANCE_FILE = "leaderboard.provenance.json"
 
 
 PROVENANCE_SCHEMA = "spamlang.leaderboard-provenance/1"
+#: the provenance of the tables ``spamlang fit`` writes (fit.csv, control.csv), of the same schema
+FIT_PROVENANCE_FILE = "fit.provenance.json"
 
 
 def _sha256(data: bytes) -> str:
@@ -66,13 +68,16 @@ def provenance_sidecar(prov: Mapping, tables: Mapping[str, str], out: Path) -> s
 
 
 def _recorded_hashes(out: Path) -> dict[str, list[str]]:
-    """The CSV hashes that ``out``'s provenance file lists (none when it is missing or not the tool's)."""
-    path = out / PROVENANCE_FILE
-    try:
-        data = json.loads(path.read_text()) if path.is_file() and _is_ours(path) else {}
-    except (OSError, ValueError):
-        return {}
-    return data.get("tables", {}) if isinstance(data.get("tables"), dict) else {}
+    """The CSV hashes that ``out``'s provenance files list (none when they are missing or not the tool's)."""
+    hashes: dict[str, list[str]] = {}
+    for path in (out / PROVENANCE_FILE, out / FIT_PROVENANCE_FILE):
+        try:
+            data = json.loads(path.read_text()) if path.is_file() and _is_ours(path) else {}
+        except (OSError, ValueError):
+            continue
+        for name, values in (data.get("tables", {}) if isinstance(data.get("tables"), dict) else {}).items():
+            hashes.setdefault(name, []).extend(values if isinstance(values, list) else [])
+    return hashes
 
 
 #: how each file the leaderboard writes begins (by name, else by suffix), so that a file of that name the tool did
@@ -81,6 +86,7 @@ def _recorded_hashes(out: Path) -> dict[str, list[str]]:
 #: ``# command: `` first line).
 _SIGNATURES = {"models.csv": b"model,step,", ".md": b"# SpamLang leaderboard", ".csv": b"# command: ",
                PROVENANCE_FILE: b'{\n "schema": "' + PROVENANCE_SCHEMA.encode() + b'"',
+               FIT_PROVENANCE_FILE: b'{\n "schema": "' + PROVENANCE_SCHEMA.encode() + b'"',
                ".html": b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SpamLang leaderboard</title>",
                ".png": b"\x89PNG\r\n\x1a\n", "fit.md": b"# SpamLang scaling fits",
                ".svg": b'<?xml version="1.0" encoding="utf-8" standalone="no"?>\n<!DOCTYPE svg'}

@@ -88,8 +88,8 @@ def learnability_heatmap(scored: pd.DataFrame) -> Figure | None:
 
 def learning_curves(scored: pd.DataFrame, chosen: pd.DataFrame, task: str = "spam") -> Figure | None:
     """Test accuracy and loss against step for each configuration of ``task`` (mean over its ok runs at the chosen
-    swept values, as :func:`spamlang.publishing.leaderboard.chosen_runs` lists them), coloured by V/rank, one line style per
-    head."""
+    swept values, as :func:`spamlang.publishing.leaderboard.chosen_runs` lists them), coloured by V/rank, one line style
+    per head."""
     data = _table(scored)
     runs = chosen[(chosen["task"] == task) & (chosen["status"] == "ok") & chosen["config"].isin(data.index)]
     if runs.empty:
@@ -210,10 +210,24 @@ def save_both(fig: Figure, path: str | Path) -> tuple[bytes, bytes]:
     """Write ``fig`` as a PNG at ``path`` and as an SVG beside it (same name, ``.svg``), each atomically; return
     (the PNG bytes, the SVG bytes)."""
     path = Path(path)
-    data, vector = png(fig), svg(fig)
+    data, vector = render_both(fig)
     atomic.write_bytes(path, data)
     atomic.write_bytes(path.with_suffix(".svg"), vector)
     return data, vector
+
+
+def render_both(fig: Figure) -> tuple[bytes, bytes]:
+    """(PNG bytes, SVG bytes) of ``fig``, its layout computed once: the PNG render lays the figure out, the SVG
+    render reuses those positions (a constrained layout is about half of a render of the fit figures)."""
+    data = png(fig)
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return data, svg(fig)
+    fig.set_layout_engine("none")
+    try:
+        return data, svg(fig)
+    finally:
+        fig.set_layout_engine(engine)
 
 
 def svg(fig: Figure) -> bytes:
@@ -284,9 +298,9 @@ DIRECTION_ROWS = (("grad_destroyed", "destroyed ratio", False), ("update_cosine"
 
 def direction_scale(obs: pd.DataFrame, runs: pd.DataFrame, width: int) -> Figure | None:
     """For width ``width``: the destroyed-gradient ratio, the realised update's cosine with −G and the logit scale
-    over training (x: examples per symbol seen) of every configuration in ``obs`` (:func:`spamlang.scoring.fit.observations`),
-    one column per head, coloured by V/D; the mean over seeds with a band from the lowest to the highest seed, solid
-    where most seeds learned within the budget, dashed where they did not."""
+    over training (x: examples per symbol seen) of every configuration in ``obs``
+    (:func:`spamlang.scoring.fit.observations`), one column per head, coloured by V/D; the mean over seeds with a band
+    from the lowest to the highest seed, solid where most seeds learned within the budget, dashed where they did not."""
     obs = obs[obs["d_model"] == width]
     if obs.empty:
         return None

@@ -55,11 +55,11 @@ def chosen_runs(scored: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def head_ranking(scored: pd.DataFrame, runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """One row per head design, best first: ``rank`` (``"2"``, or ``"=1"`` when the paired test does not put the
     design above it ahead of this one), ``head``, ``learnability`` (mean across tasks of the mean over the design's
-    configurations of each task of its per-run learnability at the chosen swept values), ``ci`` (half-width of the 95% t-interval over seeds of the
-    design's per-seed mean), ``tasks``, ``configs``, ``seeds``, ``learned`` (configurations with verdict learned),
-    and against the next design: ``n_next`` (runs paired on the same configuration and seed), ``p_next`` (one-sided
-    Wilcoxon signed-rank test, :func:`wilcoxon_greater`), ``p_holm`` (``p_next`` Holm-adjusted over the table's
-    tests) and ``ahead`` (p_holm < ``alpha``).
+    configurations of each task of its per-run learnability at the chosen swept values), ``ci`` (half-width of the 95%
+    t-interval over seeds of the design's per-seed mean), ``tasks``, ``configs``, ``seeds``, ``learned`` (configurations
+    with verdict learned), and against the next design: ``n_next`` (runs paired on the same configuration and seed),
+    ``p_next`` (one-sided Wilcoxon signed-rank test, :func:`wilcoxon_greater`), ``p_holm`` (``p_next`` Holm-adjusted
+    over the table's tests) and ``ahead`` (p_holm < ``alpha``).
 
     A design none of whose runs has a learnability (all failed) is left out, with a warning.
     """

@@ -68,13 +68,24 @@ def _markdown_row(row: Mapping, shown: list[str], swept: list[str], scaled: bool
     if scaled:
         out["scale gap"], out["dir gap"] = _num(row["scale_gap"]), _num(row["direction_gap"])
     out["learn"] = _num(row["learnability"], 2)
-    steps = row["steps_to_learn"]
-    out["learned at"] = f"{'-' if steps is None else steps} ({row['n_learned']}/{row['n_seeds']})"
+    out["learned at"] = _time_cell(row)
     out["destroyed"] = f"{_num(row['grad_destroyed_start'])}→{_num(row['grad_destroyed_end'])}"
     flags = [("+data", row["data_limited"]), ("+budget", row["budget_limited"] and row["verdict"] != "budget-limited"),
              ("+lost", row["learned_then_lost"]), ("!floor", row["floor_error"])]
     out["verdict"] = " ".join([row["verdict"], *(name for name, on in flags if on)])
     return out
+
+
+def _time_cell(row: Mapping) -> str:
+    """``150 [100–250] (3/3)``: the median time to learn in steps, its interval, the seeds learned; ``@lr`` when read
+    at another lr than the loss columns."""
+    median, low, high = (row.get(f"steps_to_learn{end}") for end in ("", "_low", "_high"))
+    seeds = f"({row['n_learned']}/{row['n_seeds']})"
+    if is_missing(median):
+        return f"- {seeds}"
+    at = "" if is_missing(row.get("time_lr")) or row.get("time_lr") == row.get("lr") else f" @{row['time_lr']:g}"
+    interval = f" [{'-' if is_missing(low) else low}–{'∞' if is_missing(high) else high}]"
+    return f"{median}{interval}{at} {seeds}"
 
 
 _LABELS = {"vocab_size": "V", "d_model": "D", "embed_dim": "E", "seq_len": "T", "batch_size": "batch"}
@@ -86,7 +97,9 @@ _LEGEND = ("lr: chosen on val; ↑/↓ the top/bottom of the range tried, ↕ th
            "otherwise analytic. gaps: expr = floor - bayes, opt = loss - floor, scale = floor at the reached logit "
            f"scale - floor (not fitted above V = {SCALE_FIT_MAX_V:,}), dir = opt - scale (nats); a gap counts when "
            "above the tolerance and 2 standard errors.\n"
-           "learned at: median step from which seeds stayed learned (seeds learned at the end). destroyed: destroyed-"
+           "learned at: time to learn in steps, the Kaplan–Meier median over seeds with its 95% interval [low–high] "
+           "(a seed not learned is censored at its cap; ∞: unbounded), at the lr that learns fastest (@lr where it is "
+           "not the chosen one), and the seeds learned. destroyed: destroyed-"
            "gradient ratio, start→end. +data: unseen symbols explain the shortfall; +budget: the val loss was still "
            "falling at the end; +lost: learned earlier, not at the end; !floor: a gap below 0 beyond noise (the floor "
            "or the Bayes loss is wrong).")

@@ -14,19 +14,18 @@ regenerate the schema file, and fill it in the harness. Older records read as No
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-import jsonschema
-
-from spamlang.config import RunConfig
+from spamlang.config import RunConfig, config_hash
 from spamlang.errors import SpamLangError
+from spamlang.record.schema import best_error, validator
 from spamlang.record.schema import hints as type_hints
-from spamlang.record.schema import validator
 
 SCHEMA = "spamlang.run/2"
 STATUSES = ("ok", "diverged", "failed")
@@ -134,8 +133,11 @@ class Env:
     spamlang: str = metric("spamlang version", required=True)
     git_commit: str | None = metric("commit of the spamlang source, '-dirty' if changed", required=True)
     platform: str = metric("operating system", required=True)
-    threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before the "
-                                 "thread policy")
+    threads: int | None = metric("intra-op threads torch used (spamlang.system.threads); None in records from before "
+                                 "the thread policy")
+    ensemble: bool | None = metric("trained as a member of an ensemble (spamlang.training.ensemble): its metrics equal "
+                                   "its run's alone up to float rounding, and train_ensemble([config]) on the same "
+                                   "threads reproduces them; None in records from before ensembles")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,14 +220,149 @@ class RunRecord:
         if data["schema"] != SCHEMA:
             raise SpamLangError(f"{source}: record schema {data['schema']!r} is not supported (this version reads "
                                 f"{', '.join([*MIGRATIONS, SCHEMA])})")
-        error = jsonschema.exceptions.best_match(validator().iter_errors(data))
+        error = best_error(validator(), data)
         if error is not None:
             raise SpamLangError(f"{source}: malformed run record: {error.json_path}: {error.message}")
         try:
-            return _build(cls, {k: v for k, v in data.items() if k != "schema"})
+            rec = _build(cls, {k: v for k, v in data.items() if k != "schema"})
         except (SpamLangError, ValueError) as exc:
             where = "$.config" if isinstance(exc, SpamLangError) else "$"
             raise SpamLangError(f"{source}: malformed run record: {where}: {exc}") from None
+        problem = inconsistency(rec, data["config"])
+        if problem:
+            raise SpamLangError(f"{source}: inconsistent run record: {problem}")
+        return rec
+
+
+#: relative and absolute tolerance of the final metrics against the last evaluation they repeat
+TOLERANCE = 1e-6
+#: the final metrics that repeat the last evaluation's (final field, evaluation field)
+REPEATED = (("loss", "test_loss"), ("accuracy", "test_accuracy"), ("val_loss", "val_loss"),
+            ("val_accuracy", "val_accuracy"))
+#: fields whose values are shares, in [0, 1]
+_SHARES = {"accuracy", "val_accuracy", "test_accuracy", "test_accuracy_seen", "test_accuracy_unseen",
+           "accuracy_seen", "accuracy_unseen", "coverage", "grad_top_share"}
+
+
+_NONNEGATIVE = {"step", "steps", "tokens", "tokens_per_second", "examples_per_symbol", "grad_destroyed",
+                "grad_baseline", "logit_scale", "steps_to_learn", "bayes_loss", "rank", "threads", "lr_round",
+                "budget_round", "version"}
+_COSINES = {"grad_kept_cos", "update_cosine"}
+
+
+@functools.lru_cache(maxsize=None)
+def _rules(cls: type) -> tuple[tuple[str, str], ...]:
+    """(field, rule) of each numeric field of a record type: ``share`` ([0, 1]), ``nonnegative``, ``cosine``
+    ([-1, 1]) or ``finite``; nested record types as ``nested``."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name == "config":
+            continue  # checked by RunConfig itself
+        hint = type_hints(cls)[f.name]
+        inner = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
+        kind = inner[0] if inner else hint
+        if typing.get_origin(kind) is tuple or dataclasses.is_dataclass(kind):
+            out.append((f.name, "nested"))
+        elif kind in (int, float):
+            name = f.name
+            rule = ("share" if name in _SHARES else "cosine" if name in _COSINES else
+                    "nonnegative" if name in _NONNEGATIVE or name.endswith(("loss", "_se", "seconds")) else "finite")
+            out.append((name, rule))
+    return tuple(out)
+
+
+_LIMITS = {"share": (0.0, 1.0), "nonnegative": (-TOLERANCE, math.inf), "cosine": (-1 - TOLERANCE, 1 + TOLERANCE),
+           "finite": (-math.inf, math.inf)}
+_ALLOWED = {"share": "[0, 1]", "nonnegative": "[0, inf)", "cosine": "[-1, 1]", "finite": "(-inf, inf)"}
+
+
+def _value_problem(where: str, value: Any, rule: str) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if not math.isfinite(value):
+        return f"{where} = {value!r} is not a finite number"
+    low, high = _LIMITS[rule]
+    if not low <= value <= high:
+        return f"{where} = {value!r} is outside the allowed range {_ALLOWED[rule]}"
+    return None
+
+
+def _range_problems(obj: Any, path: str) -> str | None:
+    """The first number of a record (or of one of its parts) that is not finite or not in its range, as text."""
+    for name, rule in _rules(type(obj)):
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if rule != "nested":
+            problem = _value_problem(f"{path}.{name}", value, rule)
+            if problem:
+                return problem
+        elif isinstance(value, tuple):
+            problem = _items_problem(value, f"{path}.{name}")
+            if problem:
+                return problem
+        else:
+            problem = _range_problems(value, f"{path}.{name}")
+            if problem:
+                return problem
+    return None
+
+
+def _items_problem(items: tuple, path: str) -> str | None:
+    """:func:`_range_problems` of the items of a tuple of records (the evaluations), field by field: the whole
+    column at once when its sum is finite and its extremes in range, item by item only to name a problem."""
+    if not items or not dataclasses.is_dataclass(items[0]):
+        return None
+    for name, rule in _rules(type(items[0])):
+        if rule == "nested":
+            for i, item in enumerate(items):
+                problem = _range_problems(getattr(item, name), f"{path}[{i}].{name}") \
+                    if getattr(item, name) is not None else None
+                if problem:
+                    return problem
+            continue
+        numbers = [v for v in (getattr(item, name) for item in items) if v is not None and not isinstance(v, bool)]
+        if not numbers:
+            continue
+        low, high = _LIMITS[rule]
+        if math.isfinite(math.fsum(numbers)) and low <= min(numbers) and max(numbers) <= high:
+            continue
+        for i, item in enumerate(items):
+            problem = _value_problem(f"{path}[{i}].{name}", getattr(item, name), rule)
+            if problem:
+                return problem
+    return None
+
+
+def inconsistency(rec: "RunRecord", stored_config: Mapping[str, Any]) -> str | None:
+    """What makes a schema-valid record untrustworthy, or None: a run id that is not the hash of its configuration
+    (as stored, or as this version reads it), a number that is not finite or outside its range, evaluation steps
+    that do not strictly increase, or final metrics that disagree with the last evaluation they repeat (beyond
+    :data:`TOLERANCE`), stop before it, or learned at a step never evaluated."""
+    if rec.run_id not in (config_hash(stored_config), rec.config.run_id):
+        return (f"$.run_id {rec.run_id!r} is not the hash of its configuration ({rec.config.run_id}): the "
+                f"configuration or the id was changed after the run")
+    problem = _range_problems(rec, "$")
+    if problem:
+        return problem
+    steps = [p.step for p in rec.history]
+    for i in range(1, len(steps)):
+        if steps[i] <= steps[i - 1]:
+            return f"$.history[{i}].step = {steps[i]} does not follow step {steps[i - 1]} (steps must increase)"
+    if rec.final is None or not rec.history:
+        return None
+    last = rec.history[-1]
+    for final_name, point_name in REPEATED:
+        a, b = getattr(rec.final, final_name), getattr(last, point_name)
+        if (a is None) != (b is None) or (a is not None and not math.isclose(a, b, rel_tol=TOLERANCE,
+                                                                             abs_tol=TOLERANCE)):
+            return (f"$.final.{final_name} = {a!r} disagrees with the last evaluation's {point_name} = {b!r} (step "
+                    f"{last.step})")
+    if rec.final.steps is not None and rec.final.steps < last.step:
+        return f"$.final.steps = {rec.final.steps} is below the last evaluation's step {last.step}"
+    if rec.final.steps_to_learn is not None and rec.final.steps_to_learn not in steps:
+        return f"$.final.steps_to_learn = {rec.final.steps_to_learn} is not an evaluated step"
+    return None
 
 
 def _migrate_1(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -264,21 +401,29 @@ def _plain(obj: Any) -> Any:
 
 def _build(tp: Any, value: Any) -> Any:
     """``value`` (schema-valid JSON data) as the type ``tp``."""
+    return _builder(tp)(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _builder(tp: Any) -> Callable[[Any], Any]:
+    """The function that turns schema-valid JSON data into the type ``tp`` (built once per type: reading a folder
+    of records builds tens of thousands of evaluation points)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if value is None:
-        return None
     if origin in (typing.Union, types.UnionType):
-        return _build(next(a for a in args if a is not type(None)), value)
+        inner = _builder(next(a for a in args if a is not type(None)))
+        return lambda value: None if value is None else inner(value)
     if origin is tuple:
-        return tuple(_build(args[0], v) for v in value)
+        item = _builder(args[0])
+        return lambda value: None if value is None else tuple(map(item, value))
     if tp is RunConfig:
-        return RunConfig.from_dict(value)
+        return lambda value: None if value is None else RunConfig.from_dict(value)
     if dataclasses.is_dataclass(tp):
         hints = type_hints(tp)
-        return tp(**{name: _build(hints[name], v) for name, v in value.items()})
+        fields = {name: _builder(hint) for name, hint in hints.items()}
+        return lambda value: None if value is None else tp(**{name: fields[name](v) for name, v in value.items()})
     if tp is float:
-        return float(value)
-    return value
+        return lambda value: None if value is None else float(value)
+    return lambda value: value
 
 
 from spamlang.record.files import read, read_replaceable, write  # noqa: E402,F401 (re-exported: records' I/O)

@@ -27,11 +27,12 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device_name: str, threads: int | None = None) -> Env:
-    """Where a run ran: device, library versions, commit, platform and the intra-op threads torch used."""
+def environment(device_name: str, threads: int | None = None, ensemble: bool = False) -> Env:
+    """Where a run ran: device, library versions, commit, platform, the intra-op threads torch used and whether it
+    trained in an ensemble."""
     import torch
     return Env(device=device_name, torch=torch.__version__, python=platform.python_version(), spamlang=__version__,
-               git_commit=git_commit(), platform=platform.platform(), threads=threads)
+               git_commit=git_commit(), platform=platform.platform(), threads=threads, ensemble=ensemble)
 
 
 def now() -> str:

@@ -7,8 +7,8 @@ learned within the budget) with its bracket; and, for each (V, D, r), whether ``
 rank-r gradient) behaves like ``lowrank:r`` or like ``linear``. The model and the bootstrap: docs/science.md,
 "Scaling fits".
 
-Pure functions of a run frame (:func:`spamlang.scoring.frames.load_runs`); each configuration's runs are those at its learning
-rate (and other swept values) chosen on val (:mod:`spamlang.scoring.selection`), as the scorer chooses them.
+Pure functions of a run frame (:func:`spamlang.scoring.frames.load_runs`); each configuration's runs are those at its
+learning rate (and other swept values) chosen on val (:mod:`spamlang.scoring.selection`), as the scorer chooses them.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from spamlang.scoring.configurations import grouping
 from spamlang.scoring.frames import config_key, python_values
 from spamlang.scoring.stats import holm, is_finite, paired_t
 from spamlang.scoring.survival import paired_censored_test
-from spamlang.scoring.times import fastest, run_budget, time_to_learn
+from spamlang.scoring.times import cap_budget, fastest, time_to_learn
 
 #: settings that may change along a V grid of one (head, D) group: V itself, the budget that follows it, the batch a
 #: suite may scale with V (``cliff``: V / 16, so that the steps stay fixed) and the evaluation cadence and warm-up a
@@ -177,11 +177,10 @@ def _observation(run: Mapping) -> dict[str, Any] | None:
     time = time_to_learn(run, LEARNED_MARGIN)
     if time is None:
         return None
-    steps, tokens, examples = run_budget(run)
-    cap = max(steps, run["steps"] or steps)
+    cap, tokens, examples = cap_budget(run)
     return {"run_id": run["run_id"], "seed": run["seed"], "learned": time.observed, "censored": not time.observed,
             "steps": time.steps, "examples": time.examples, "tokens": time.tokens, "budget_steps": cap,
-            "budget_examples": examples * cap / steps, "budget_tokens": tokens * cap / steps}
+            "budget_examples": examples, "budget_tokens": tokens}
 
 
 def _group_key(fields: Mapping) -> str:
@@ -189,7 +188,7 @@ def _group_key(fields: Mapping) -> str:
 
 
 def _budget_of(config: Mapping) -> float:
-    budgets = [run_budget(r)[0] for r in config["runs"] if r["history"]]
+    budgets = [cap_budget(r)[0] for r in config["runs"] if r["history"]]
     return statistics.median(budgets) if budgets else -math.inf
 
 
@@ -197,8 +196,8 @@ def observations(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per seed of each (group, V) of the runs, at the chosen lr of the configuration with the largest
     budget there (a grid whose failures were rerun on a larger budget is read at that budget): ``group`` (the
     settings that stay fixed along V, as JSON), ``task``, ``task_params``, ``head`` (the design's label, e.g.
-    ``lowrank:2``), ``head_name``, ``head_rank``, ``d_model``, ``vocab_size``, ``ratio`` (V/D), ``lr``, ``run_id``, ``seed``,
-    ``learned``, ``censored``, ``steps``/``examples``/``tokens`` (at the learned step, or the budget where
+    ``lowrank:2``), ``head_name``, ``head_rank``, ``d_model``, ``vocab_size``, ``ratio`` (V/D), ``lr``, ``run_id``,
+    ``seed``, ``learned``, ``censored``, ``steps``/``examples``/``tokens`` (at the learned step, or the budget where
     censored) and the ``budget_*`` in each unit."""
     best: dict[tuple[str, Any], dict] = {}
     for config in configurations(runs):
@@ -216,8 +215,8 @@ def observations(runs: pd.DataFrame) -> pd.DataFrame:
                              "head_rank": f["head_rank"], "d_model": f["d_model"], "vocab_size": vocab,
                              "ratio": vocab / f["d_model"], "lr": config["lr"], **seen})
     columns = ["group", "task", "task_params", "head", "head_name", "head_rank", "d_model", "vocab_size", "ratio",
-               "lr", "run_id", "seed", "learned", "censored", "steps", "examples", "tokens", "budget_steps", "budget_examples",
-               "budget_tokens"]
+               "lr", "run_id", "seed", "learned", "censored", "steps", "examples", "tokens", "budget_steps",
+               "budget_examples", "budget_tokens"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -313,9 +312,10 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
     gradproj - other), ``p_loss_<other>`` (two-sided paired t-test; NaN when the differences are identical),
     ``dsteps_<other>`` (mean difference of log steps-to-learn, a seed not learned counted at its cap: a lower bound),
     ``p_steps_<other>`` (the paired censored test of :mod:`spamlang.scoring.survival`; NaN when untestable), the
-    p-values Holm-adjusted over the row's tests that could be made (the family that decides its ``like``) and ``like``: ``linear`` (differs from lowrank, not from
-    linear), ``lowrank`` (the reverse), ``between`` (differs from both), ``no contrast`` (from neither). A loss difference counts when its adjusted p < ``alpha`` and
-    its mean exceeds ``tolerance`` nats; a steps difference when its adjusted p < ``alpha``."""
+    p-values Holm-adjusted over the row's tests that could be made (the family that decides its ``like``) and ``like``:
+    ``linear`` (differs from lowrank, not from linear), ``lowrank`` (the reverse), ``between`` (differs from both),
+    ``no contrast`` (from neither). A loss difference counts when its adjusted p < ``alpha`` and its mean exceeds
+    ``tolerance`` nats; a steps difference when its adjusted p < ``alpha``."""
     configs = configurations(runs)
     index: dict[tuple, dict] = {}
     for config in configs:
@@ -333,7 +333,7 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
         f = config["fields"]
         row = {"task": f["task"], "task_params": f["task_params"], "vocab_size": f["vocab_size"],
                "d_model": f["d_model"], "r": rank,
-               "budget_examples": statistics.median(run_budget(r)[2] for r in arms["gradproj"]) if seeds else math.nan,
+               "budget_examples": statistics.median(cap_budget(r)[2] for r in arms["gradproj"]) if seeds else math.nan,
                "n": len(seeds)}
         for name, arm in arms.items():
             losses = [x for x in map(_loss, arm) if math.isfinite(x)]

@@ -5,17 +5,18 @@ import json
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from spamlang.heads.base import HEADS
+from spamlang.heads.base import HEADS, Head
 from spamlang.heads.base import head_params as checked_params
 from spamlang.rng import Rng
 from spamlang.scoring.floorfit import RESTARTS, build_head, fit, nearest
 from spamlang.system import atomic
-from spamlang.task import Targets, Task
+from spamlang.task import Targets, Task, make_task
 
 #: bump when the estimator changes, so that cached floors of an older estimator are recomputed
 FLOOR_VERSION = 2
@@ -58,15 +59,45 @@ SCALE_FIT_MAX_V = 2048
 POLYGON_VERTICES = 255
 
 
-def forward_rank(head_name: str, vocab_size: int, d_model: int, rank: int | None,
-                 head_params: Mapping[str, Any] | None = None) -> int | None:
-    """The forward rank a head of this kind declares at V with these parameters (:meth:`Head.forward_rank_at`)."""
-    cls = HEADS.get(head_name)
-    return cls.forward_rank_at(vocab_size, d_model, rank, checked_params(cls, head_params))
+@dataclass(frozen=True)
+class FloorSpec:
+    """What a floor depends on: the task at V and T, and the head design (its name, width D, rank, parameters and
+    input embedding width), whatever the backbone."""
+
+    task: Task
+    vocab_size: int
+    seq_len: int
+    head: str
+    d_model: int
+    rank: int | None = None
+    head_params: Mapping[str, Any] | None = None
+    embed_dim: int | None = None
+
+    @classmethod
+    def of(cls, run: Mapping[str, Any]) -> "FloorSpec":
+        """The spec of a run (a row of a run frame, or a config as a dict)."""
+        return cls(make_task(run["task"], run["task_params"]), run["vocab_size"], run["seq_len"], run["head"],
+                   run["d_model"], run["head_rank"], run["head_params"], run["embed_dim"])
+
+    @property
+    def forward_rank(self) -> int | None:
+        """The forward rank the head declares at V with its parameters (:meth:`Head.forward_rank_at`)."""
+        cls = HEADS.get(self.head)
+        return cls.forward_rank_at(self.vocab_size, self.d_model, self.rank, checked_params(cls, self.head_params))
+
+    def build_head(self) -> Head:
+        """A fresh head of this design."""
+        return build_head(self.head, self.vocab_size, self.d_model, self.rank, self.head_params, self.embed_dim)
+
+    def key(self, contexts: int, seed: int) -> dict:
+        """The floor cache's key of this spec, estimated on ``contexts`` contexts from ``seed``."""
+        return {"task": self.task.name, "task_version": self.task.version, "task_params": self.task.params,
+                "vocab_size": self.vocab_size, "seq_len": self.seq_len, "head": self.head, "d_model": self.d_model,
+                "rank": self.rank, "head_params": dict(self.head_params or {}), "embed_dim": self.embed_dim,
+                "contexts": contexts, "seed": seed, "estimator": FLOOR_VERSION}
 
 
-def analytic_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int,
-                   rank: int | None, head_params: Mapping[str, Any] | None = None) -> float | None:
+def analytic_floor(spec: FloorSpec) -> float | None:
     """The floor where theory gives it, else None. Both cases give the Bayes loss, for heads that reach (or approach)
     every logit matrix H Wᵀ of rank <= their declared forward rank (free H and weights, ``Head.forward_rank_at``):
     the forward map decides the floor.
@@ -78,11 +109,11 @@ def analytic_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
       a margin of at least s (1 - cos 2π/V), so the loss is at most log(1 + (V - 1) exp(-s (1 - cos 2π/V))),
       which goes to 0, the Bayes loss, as s grows (the floor is an infimum; no finite head attains it).
     """
-    declared = forward_rank(head_name, vocab_size, d_model, rank, head_params)
+    declared = spec.forward_rank
     if declared is None:
         return None
-    if declared >= vocab_size - 1 or (task.deterministic and declared >= 2):
-        return task.bayes_loss(vocab_size, seq_len)
+    if declared >= spec.vocab_size - 1 or (spec.task.deterministic and declared >= 2):
+        return spec.task.bayes_loss(spec.vocab_size, spec.seq_len)
     return None
 
 
@@ -151,16 +182,16 @@ def _exhaustive(targets: Targets, bayes: float, make_head, seed: int, scale: flo
             "contexts": len(targets.probs), "exhaustive": True, "restarts": restarts}
 
 
-def _sampled(task: Task, vocab_size: int, seq_len: int, bayes: float, make_head, contexts: int, seed: int,
-             scale: float | None) -> dict:
+def _sampled(spec: FloorSpec, bayes: float, contexts: int, seed: int, scale: float | None) -> dict:
     """Fit a head to a sample of ``contexts`` contexts and score it on 2 x ``contexts`` held-out ones (head fixed,
     vectors re-fitted from those of the nearest fitted contexts); double the sample until the held-out floors of two
     successive sizes agree within AGREEMENT, or it reaches MAX_CONTEXTS."""
+    task, vocab_size, seq_len = spec.task, spec.vocab_size, spec.seq_len
     held = task.target_distributions(vocab_size, seq_len, 2 * contexts, Rng(seed, "floor", "held-out"))
     previous, n = None, contexts
     while True:
         sample = task.target_distributions(vocab_size, seq_len, n, Rng(seed, "floor", "fit", n))
-        head = make_head()
+        head = spec.build_head()
         fitted = fit(sample, head, scale=scale, seed=seed)
         scored = fit(held, head, fit_head=False, init=fitted.vectors[nearest(held, sample)], scale=scale,
                      adam_steps=0)
@@ -177,21 +208,22 @@ def _sampled(task: Task, vocab_size: int, seq_len: int, bayes: float, make_head,
             "floor_small": bayes + previous.excess if previous is not None else None}
 
 
-def _estimate(task: Task, vocab_size: int, seq_len: int, make_head, contexts: int, seed: int,
-              scale: float | None = None, forward_rank: int | None = None) -> dict:
+def _estimate(spec: FloorSpec, contexts: int, seed: int, scale: float | None = None) -> dict:
     """Fit the head to all the task's target distributions, or to samples of them (see :func:`expressivity_floor`).
     At a scale, on a deterministic task and at forward rank >= 2, a fit above :func:`polygon_bound` gives way to the
     bound, with the difference as uncertainty."""
+    task, vocab_size, seq_len = spec.task, spec.vocab_size, spec.seq_len
     bayes = task.bayes_loss(vocab_size, seq_len)
     targets = task.target_distributions(vocab_size, seq_len, max(contexts, min(vocab_size, EXHAUSTIVE_CONTEXTS)),
                                         Rng(seed, "floor", "all"))
     if targets is None:
         return {"floor": None, "floor_se": None, "method": "unavailable"}
     if targets.exhaustive:
-        out = _exhaustive(targets, bayes, make_head, seed, scale)
+        out = _exhaustive(targets, bayes, spec.build_head, seed, scale)
     else:
-        out = _sampled(task, vocab_size, seq_len, bayes, make_head, contexts, seed, scale)
-    if scale is not None and task.deterministic and forward_rank is not None and forward_rank >= 2:
+        out = _sampled(spec, bayes, contexts, seed, scale)
+    declared = spec.forward_rank
+    if scale is not None and task.deterministic and declared is not None and declared >= 2:
         bound = bayes + polygon_bound(targets, scale)
         out["bound"] = bound
         if bound < out["floor"]:
@@ -199,14 +231,11 @@ def _estimate(task: Task, vocab_size: int, seq_len: int, make_head, contexts: in
     return out
 
 
-def _fitted(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int, rank: int | None,
-            head_params, embed_dim, contexts: int, seed: int, scale: float | None) -> dict:
-    """:func:`_estimate` for fresh heads of this kind, leaving the caller's generator alone."""
+def _fitted(spec: FloorSpec, contexts: int, seed: int, scale: float | None) -> dict:
+    """:func:`_estimate` for fresh heads of the spec's design, leaving the caller's generator alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the heads' own initialisation
-        return _estimate(task, vocab_size, seq_len,
-                         lambda: build_head(head_name, vocab_size, d_model, rank, head_params, embed_dim),
-                         contexts, seed, scale, forward_rank(head_name, vocab_size, d_model, rank, head_params))
+        return _estimate(spec, contexts, seed, scale)
 
 
 def _cached(cache: "FloorCache | None", key: dict, compute) -> dict:
@@ -222,16 +251,8 @@ def _cached(cache: "FloorCache | None", key: dict, compute) -> dict:
     return result
 
 
-def _key(task: Task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts, seed) -> dict:
-    return {"task": task.name, "task_version": task.version, "task_params": task.params, "vocab_size": vocab_size,
-            "seq_len": seq_len, "head": head_name, "d_model": d_model, "rank": rank,
-            "head_params": dict(head_params or {}), "embed_dim": embed_dim, "contexts": contexts, "seed": seed,
-            "estimator": FLOOR_VERSION}
-
-
-def expressivity_floor(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int, rank: int | None,
-                       head_params: Mapping[str, Any] | None = None, embed_dim: int | None = None, *,
-                       contexts: int = CONTEXTS, seed: int = 0, cache: "FloorCache | None" = None) -> dict:
+def expressivity_floor(spec: FloorSpec, *, contexts: int = CONTEXTS, seed: int = 0,
+                       cache: "FloorCache | None" = None) -> dict:
     """The lowest loss (nats per predictable position) a head of this kind can reach on the task, whatever the
     backbone: the head is given one free hidden vector per context.
 
@@ -252,18 +273,14 @@ def expressivity_floor(task: Task, vocab_size: int, seq_len: int, head_name: str
       fitted sample, understates the floor (the fit memorises its sample).
     """
     def compute() -> dict:
-        analytic = analytic_floor(task, vocab_size, seq_len, head_name, d_model, rank, head_params)
+        analytic = analytic_floor(spec)
         if analytic is not None:
             return {"floor": analytic, "floor_se": 0.0, "method": "analytic"}
-        return _fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts, seed,
-                       None)
-    return _cached(cache, _key(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts,
-                               seed), compute)
+        return _fitted(spec, contexts, seed, None)
+    return _cached(cache, spec.key(contexts, seed), compute)
 
 
-def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_model: int, rank: int | None,
-                   head_params: Mapping[str, Any] | None = None, embed_dim: int | None = None,
-                   scale: float = math.inf, *, contexts: int = CONTEXTS, seed: int = 0,
+def floor_at_scale(spec: FloorSpec, scale: float = math.inf, *, contexts: int = CONTEXTS, seed: int = 0,
                    cache: "FloorCache | None" = None) -> dict:
     """The lowest loss a head of this kind reaches on the task with every context's logit half-range
     (max_v z - min_v z) / 2 at most ``scale``: the floor at the logit scale a run reached (its ``logit_scale``).
@@ -280,10 +297,9 @@ def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
         raise ValueError(f"scale must be a non-negative number, got {scale}")
     scale = float(f"{scale:.{SCALE_DIGITS}g}")
     if math.isinf(scale):
-        return expressivity_floor(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
-                                  contexts=contexts, seed=seed, cache=cache)
-    declared = forward_rank(head_name, vocab_size, d_model, rank, head_params)
-    analytic = task.deterministic and declared is not None and declared >= vocab_size - 1
+        return expressivity_floor(spec, contexts=contexts, seed=seed, cache=cache)
+    declared, vocab_size = spec.forward_rank, spec.vocab_size
+    analytic = spec.task.deterministic and declared is not None and declared >= vocab_size - 1
     if not analytic and vocab_size > SCALE_FIT_MAX_V:
         return {"floor": None, "floor_se": None, "method": f"not fitted above V = {SCALE_FIT_MAX_V}", "scale": scale}
 
@@ -291,36 +307,56 @@ def floor_at_scale(task: Task, vocab_size: int, seq_len: int, head_name: str, d_
         if analytic:
             return {"floor": one_vs_rest_loss(vocab_size, scale), "floor_se": 0.0, "method": "analytic",
                     "scale": scale}
-        return {**_fitted(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim, contexts,
-                          seed, scale), "scale": scale}
-    return _cached(cache, {**_key(task, vocab_size, seq_len, head_name, d_model, rank, head_params, embed_dim,
-                                  contexts, seed), "scale": scale}, compute)
+        return {**_fitted(spec, contexts, seed, scale), "scale": scale}
+    return _cached(cache, {**spec.key(contexts, seed), "scale": scale}, compute)
+
+
+def user_cache_dir() -> Path:
+    """Where SpamLang keeps what it can recompute: ``$SPAMLANG_CACHE_DIR``, else ``$XDG_CACHE_HOME/spamlang``, else
+    ``~/.cache/spamlang``."""
+    import os
+    if os.environ.get("SPAMLANG_CACHE_DIR"):
+        return Path(os.environ["SPAMLANG_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spamlang"
+
+
+def shipped_caches(folders) -> list[Path]:
+    """The floor caches published with results folders: ``CACHE_NAME`` in each folder and in its parent (a suite's
+    ``results/NAME/floors.cache.json`` beside ``results/NAME/runs``), those that exist."""
+    found = []
+    for folder in map(Path, folders):
+        for candidate in (folder / CACHE_NAME, folder.parent / CACHE_NAME):
+            if candidate.is_file() and candidate not in found:
+                found.append(candidate)
+    return found
 
 
 class FloorCache(dict):
-    """Floors by key, in memory and, given a path, in a JSON file that every new entry is merged into atomically.
+    """Floors by key, in memory and, given a path, in a JSON file that every new entry is merged into atomically;
+    ``sources`` are further cache files read (never written), such as those shipped with published results.
 
-    An unreadable cache file is reported (warnings.warn) and its floors recomputed, never trusted.
+    An unreadable cache file is reported (warnings.warn) and its floors recomputed, never trusted; a cache file that
+    cannot be written is reported once and the floors kept in memory.
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, sources=()):
         super().__init__()
+        for source in [*map(Path, sources), *([Path(path)] if path is not None else [])]:
+            try:
+                super().update(_read_cache(source))
+            except ValueError as exc:
+                warnings.warn(f"{source}: floor cache not readable ({exc}); floors will be recomputed",
+                              RuntimeWarning)
         self.path = Path(path) if path is not None else None
-        try:
-            self.update(self._read())
-        except ValueError as exc:
-            warnings.warn(f"{self.path}: floor cache not readable ({exc}); floors will be recomputed", RuntimeWarning)
+
+    @classmethod
+    def for_user(cls, folders=(), path: str | Path | None = None) -> "FloorCache":
+        """The cache of a command that must not write into its input ``folders``: the caches shipped with them are
+        read, new floors go to ``path`` (default: ``floors.cache.json`` in :func:`user_cache_dir`)."""
+        return cls(path if path is not None else user_cache_dir() / CACHE_NAME, shipped_caches(folders))
 
     def _read(self) -> dict:
-        if self.path is None or not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(str(exc)) from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
+        return _read_cache(self.path) if self.path is not None else {}
 
     def __setitem__(self, key: str, value: dict) -> None:
         super().__setitem__(key, value)
@@ -329,4 +365,21 @@ class FloorCache(dict):
                 merged = {**self._read(), key: value}  # keep what other processes wrote meanwhile
             except ValueError:
                 merged = dict(self)
-            atomic.write_text(self.path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+            try:
+                atomic.write_text(self.path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+            except OSError as exc:
+                warnings.warn(f"{self.path}: floor cache not writable ({exc.strerror or exc}); floors are kept in "
+                              f"memory only", RuntimeWarning)
+                self.path = None
+
+
+def _read_cache(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data

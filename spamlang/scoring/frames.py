@@ -21,8 +21,8 @@ from spamlang.scoring.floors import CACHE_NAME
 from spamlang.task import TASKS
 
 #: JSON files SpamLang writes beside the run records that are not records: the floor cache and the leaderboard's
-#: provenance (``spamlang leaderboard FOLDER`` reads and writes the same folder)
-NOT_RECORDS = (CACHE_NAME, "leaderboard.provenance.json")
+#: provenance, and the fit's (``spamlang leaderboard FOLDER`` and ``fit FOLDER`` read and write the same folder)
+NOT_RECORDS = (CACHE_NAME, "leaderboard.provenance.json", "fit.provenance.json")
 #: the run settings, each a column of the frame
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 #: the prefix of a run's final metrics (record.Final) as columns of the run frame
@@ -55,18 +55,19 @@ def value_order(value: Any) -> tuple:
 
 def load_runs(folder: str | Path) -> pd.DataFrame:
     """One row per run record found under ``folder`` (recursively): its config fields, plus ``run_id``, ``path``,
-    ``head_spec`` (see :func:`spamlang.heads.base.head_label`), ``task_version``, ``bayes_loss``, ``deterministic``, ``rank``, ``status``,
-    ``error``, the final metrics as ``final_loss``, ``final_accuracy``, ... (every :class:`~spamlang.record.Final`
-    field, prefixed ``final_``; NaN for a failed run), ``history`` (a tuple of :class:`~spamlang.record.EvalPoint`;
-    :func:`history` spreads it into rows), ``final`` (the :class:`~spamlang.record.Final`, None for a failed run),
-    ``sweep`` (the fields its suite swept, or None), and for provenance ``suite``, ``env`` and ``created``.
+    ``head_spec`` (see :func:`spamlang.heads.base.head_label`), ``task_version``, ``bayes_loss``, ``deterministic``,
+    ``rank``, ``status``, ``error``, the final metrics as ``final_loss``, ``final_accuracy``, ... (every
+    :class:`~spamlang.record.Final` field, prefixed ``final_``; NaN for a failed run), ``history`` (a tuple of
+    :class:`~spamlang.record.EvalPoint`; :func:`history` spreads it into rows), ``final`` (the
+    :class:`~spamlang.record.Final`, None for a failed run), ``sweep`` (the fields its suite swept, or None), and for
+    provenance ``suite``, ``env`` and ``created``.
 
     Numeric columns (``RUN_TYPES``) have numeric dtypes: int64 where no run lacks the value, else float64 with NaN
     for missing (``head_rank`` of a linear head, ``embed_dim`` left at D); ``compile`` and, when known for every run,
     ``deterministic`` are bool. :func:`python_values` turns the frame back into Python values.
 
-    A file that is not a valid record (other than the NOT_RECORDS files) is reported (warnings.warn, naming it and the malformed field) and skipped, as
-    is a second record of a run already read; no record at all raises SpamLangError.
+    A file that is not a valid record (other than the NOT_RECORDS files) is reported (warnings.warn, naming it and the
+    malformed field) and skipped, as is a second record of a run already read; no record at all raises SpamLangError.
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -1,8 +1,8 @@
-"""The scorer: a frame of runs in (see :mod:`spamlang.scoring.frames`), one row per configuration out, with floors, gaps,
-their noise, trivial baselines, learnability and a verdict (the rules: :mod:`spamlang.scoring.verdicts`).
+"""The scorer: a frame of runs in (see :mod:`spamlang.scoring.frames`), one row per configuration out, with floors,
+gaps, their noise, trivial baselines, learnability and a verdict (the rules: :mod:`spamlang.scoring.verdicts`).
 
-Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream (:mod:`spamlang.scoring.selection`); every
-reported number comes from the ``test`` stream. Seeds are aggregated (mean and a 95% t-interval, or a standard
+Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream (:mod:`spamlang.scoring.selection`);
+every reported number comes from the ``test`` stream. Seeds are aggregated (mean and a 95% t-interval, or a standard
 error). Pure functions of the runs, except for the floors, which are computed once per configuration (and reached
 logit scale) and kept in the floor cache the caller gives.
 """
@@ -23,11 +23,10 @@ from spamlang.record.learned import bayes_gap as gap_to_bayes
 from spamlang.scoring import tying, verdicts
 from spamlang.scoring.budget import extended_budget
 from spamlang.scoring.configurations import configurations, edge, grouping
-from spamlang.scoring.floors import FloorCache, expressivity_floor, floor_at_scale
+from spamlang.scoring.floors import FloorCache, FloorSpec, expressivity_floor, floor_at_scale
 from spamlang.scoring.frames import RUN_TYPES, config_key, is_missing, python_values, value_order
 from spamlang.scoring.stats import is_finite, mean_ci, mean_se, slope, t_quantile
-from spamlang.scoring.times import fastest, run_budget, time_columns
-from spamlang.task import make_task
+from spamlang.scoring.times import cap_budget, fastest, time_columns
 
 #: nats: a gap (loss - Bayes, floor - Bayes, loss - floor, gain over a trivial predictor) at most this large is
 #: immaterial, whatever its noise (see :func:`verdicts.counts`); the harness's own margin by default
@@ -78,6 +77,7 @@ def _still_improving(run: Mapping, tolerance: float) -> tuple[float, float, bool
     return b, se, verdicts.still_improving(b, se, critical, span, tolerance)
 
 
+#: the run settings a floor depends on (those of :class:`~spamlang.scoring.floors.FloorSpec`)
 FLOOR_FIELDS = ("task", "task_params", "vocab_size", "seq_len", "head", "d_model", "head_rank", "head_params",
                 "embed_dim")
 
@@ -90,9 +90,7 @@ def _floors(cache: FloorCache):
         key = tuple(config_key(run[f]) for f in FLOOR_FIELDS)
         if key not in seen:
             try:
-                task = make_task(run["task"], run["task_params"])
-                seen[key] = expressivity_floor(task, run["vocab_size"], run["seq_len"], run["head"], run["d_model"],
-                                               run["head_rank"], run["head_params"], run["embed_dim"], cache=cache)
+                seen[key] = expressivity_floor(FloorSpec.of(run), cache=cache)
             except SpamLangError as exc:
                 warnings.warn(f"no expressivity floor for {run['task']} with head {run['head']}: {exc}",
                               RuntimeWarning)
@@ -112,10 +110,7 @@ def _scale_floors(cache: FloorCache):
         key = (*(config_key(run[f]) for f in FLOOR_FIELDS), scale)
         if key not in seen:
             try:
-                task = make_task(run["task"], run["task_params"])
-                value = floor_at_scale(task, run["vocab_size"], run["seq_len"], run["head"], run["d_model"],
-                                       run["head_rank"], run["head_params"], run["embed_dim"], scale,
-                                       cache=cache).get("floor")
+                value = floor_at_scale(FloorSpec.of(run), scale, cache=cache).get("floor")
             except SpamLangError as exc:
                 warnings.warn(f"no floor at logit scale {scale:.3g} for {run['task']} with head {run['head']}: "
                               f"{exc}", RuntimeWarning)
@@ -212,8 +207,8 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     (a gap below 0 beyond its noise: the floor, or the Bayes loss, is wrong); gradient diagnostics at the first
     evaluation (``_start``) and at the end (``_end``); ``tokens_per_second``; ``error`` (of a failed run);
     ``extended_budget`` (for a configuration not learned at its own budget, what the budget round's larger budget
-    showed, see :func:`spamlang.scoring.budget.extended_budget`); where the table has task and head: ``copies_input`` (the
-    task's target is the current input token) and ``copy_at_init`` (and the head shares the input embedding, so the
+    showed, see :func:`spamlang.scoring.budget.extended_budget`); where the table has task and head: ``copies_input``
+    (the task's target is the current input token) and ``copy_at_init`` (and the head shares the input embedding, so the
     run starts with the copy solution; see :mod:`spamlang.scoring.tying`).
 
     A gap counts when it exceeds both ``tolerance`` and NOISE_SE of its standard errors (see :mod:`verdicts`).
@@ -221,8 +216,8 @@ def score(df: pd.DataFrame, by: Iterable[str] | None = None, sweep: Iterable[str
     uniform or the unigram predictor does not count. ``data_limited``: not learned, some symbols never seen in
     training, accuracy on the seen ones >= ``seen_accuracy`` and overall below it.
 
-    Floors are looked up in and added to ``cache`` (a :class:`~spamlang.scoring.floors.FloorCache`; one with a path keeps
-    them on disk); without one, they are computed afresh and kept in memory only. A floor not cached is a fit of
+    Floors are looked up in and added to ``cache`` (a :class:`~spamlang.scoring.floors.FloorCache`; one with a path
+    keeps them on disk); without one, they are computed afresh and kept in memory only. A floor not cached is a fit of
     seconds to minutes, so a bar over the configurations shows on stderr (``progress``; default: when a terminal).
     """
     if df.empty:
@@ -325,7 +320,7 @@ def _score_group(group: pd.DataFrame, chosen: pd.DataFrame, by: list[str], swept
         optimization_counts=verdicts.counts(optimization_gap, optimization_gap_se, tolerance),
         budget_limited=budget_limited)
     fast = fastest(group, swept, tolerance) if swept else group  # where a time measure is read
-    budgets = [run_budget(r) for r in runs if r["history"]]
+    budgets = [cap_budget(r) for r in runs if r["history"]]  # the caps: a run stopped once learned had more
     train_steps, train_tokens, examples = (statistics.median(b[i] for b in budgets) if budgets else math.nan
                                            for i in range(3))
     seen, coverage = _mean(ok, "accuracy_seen"), _mean(ok, "coverage")

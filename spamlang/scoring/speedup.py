@@ -38,7 +38,7 @@ FORMATS = ("md", "csv", "json")
 def tokens_to_reach(tokens: Sequence[float], losses: Sequence[float], target: float) -> float:
     """The first token count at which the curve ``losses`` (at increasing ``tokens``) reaches ``target``,
     interpolated linearly in log(tokens); NaN if it never does. Points at 0 tokens are ignored."""
-    points = [(t, l) for t, l in zip(tokens, losses) if t > 0 and l is not None and math.isfinite(l)]
+    points = [(t, loss) for t, loss in zip(tokens, losses) if t > 0 and loss is not None and math.isfinite(loss)]
     for i, (t, loss) in enumerate(points):
         if loss <= target:
             if i == 0:
@@ -51,7 +51,7 @@ def tokens_to_reach(tokens: Sequence[float], losses: Sequence[float], target: fl
 
 def loss_at(tokens: Sequence[float], losses: Sequence[float], at: float) -> float:
     """The curve's loss at ``at`` tokens, interpolated linearly in log(tokens); NaN outside its evaluations."""
-    points = [(t, l) for t, l in zip(tokens, losses) if t > 0 and l is not None and math.isfinite(l)]
+    points = [(t, loss) for t, loss in zip(tokens, losses) if t > 0 and loss is not None and math.isfinite(loss)]
     for (t0, l0), (t1, l1) in zip(points, points[1:]):
         if t0 <= at <= t1:
             return l0 + (math.log(at) - math.log(t0)) / (math.log(t1) - math.log(t0)) * (l1 - l0)
@@ -95,6 +95,15 @@ def _parse_reference(reference: str) -> tuple[str, int | None]:
     return name, int(rank) if rank else None
 
 
+def check_reference(runs: pd.DataFrame, reference: str) -> None:
+    """SpamLangError unless some run of ``runs`` (a run frame) has the head ``reference`` (NAME or NAME:RANK)."""
+    name, rank = _parse_reference(reference)
+    heads = {(h, None if r is None or r != r else int(r)) for h, r in zip(runs["head"], runs["head_rank"])}
+    if (name, rank) not in heads:
+        shown = sorted(f"{h}:{r}" if r is not None else h for h, r in heads)
+        raise SpamLangError(f"--reference {reference!r}: no run has that head (heads: {', '.join(shown)})")
+
+
 def _finite(value: Any) -> float:
     return float(value) if value is not None and math.isfinite(value) else math.inf
 
@@ -134,7 +143,8 @@ def speedup_table(runs: pd.DataFrame, reference: str = "linear", n_boot: int = B
     table = pd.DataFrame(rows, dtype=object)
     if table.empty:
         return table
-    order = sorted(table.index, key=lambda i: tuple(value_order(table.at[i, f]) for f in [*group_fields, "rank", "head"]))
+    order = sorted(table.index,
+                   key=lambda i: tuple(value_order(table.at[i, f]) for f in [*group_fields, "rank", "head"]))
     return table.loc[order].reset_index(drop=True)
 
 
@@ -169,14 +179,15 @@ def format_speedup(table: pd.DataFrame, fmt: str = "md") -> str:
         cells = {"task": with_params(row["task"], row.get("task_params"))} if "task" in table else {}
         cells.update({f: str(row[f]) for f in fields if f not in ("task", "task_params")})
         cells["head"] = head_label(row["head"], row["head_rank"], row["head_params"])
-        cells.update({"seeds": str(row["n_seeds"]), "val loss": f"{row['target']:.3f}", "tokens": _tokens(row["tokens"]),
-                      "ref tokens to it": _tokens(row["ref_tokens"]), "speedup [95% CI]": _ratio(row),
+        cells.update({"seeds": str(row["n_seeds"]), "val loss": f"{row['target']:.3f}",
+                      "tokens": _tokens(row["tokens"]), "ref tokens to it": _tokens(row["ref_tokens"]),
+                      "speedup [95% CI]": _ratio(row),
                       "ref loss at tokens": "-" if not math.isfinite(row["ref_loss"]) else f"{row['ref_loss']:.3f}",
                       "gap": "-" if not math.isfinite(row["loss_gap"]) else f"{row['loss_gap']:+.3f}"})
         rows.append(cells)
     reference = table["reference"].iloc[0]
-    legend = (f"val loss: the head's final val loss (mean over seeds) after `tokens` training tokens. ref tokens to it: "
-              f"tokens the reference ({reference}) needed to reach that loss (log-interpolated).\nspeedup: tokens / "
-              f"ref tokens, with a seed-bootstrap 95% interval (inf: some resamples never reach it). gap: val loss - "
-              f"the reference's val loss at the same tokens.")
+    legend = (f"val loss: the head's final val loss (mean over seeds) after `tokens` training tokens. "
+              f"ref tokens to it: tokens the reference ({reference}) needed to reach that loss (log-interpolated).\n"
+              f"speedup: tokens / ref tokens, with a seed-bootstrap 95% interval (inf: some resamples never reach it). "
+              f"gap: val loss - the reference's val loss at the same tokens.")
     return markdown_table(rows, lambda cell: cell[:1] in "-+0123456789") + "\n" + legend + "\n"

@@ -39,6 +39,14 @@ def run_budget(run: Mapping) -> tuple[float, float, float]:
     return steps, tokens, examples_seen(steps, run["vocab_size"], run["batch_size"], per_sequence)
 
 
+def cap_budget(run: Mapping) -> tuple[float, float, float]:
+    """(steps, tokens, examples per symbol) of a run's cap, its configured steps: what it trained for, or would have
+    had it not stopped early once learned (see :func:`run_budget`)."""
+    steps, tokens, examples = run_budget(run)
+    cap = max(steps, run["steps"] or steps)
+    return cap, tokens * cap / steps if steps else math.nan, examples * cap / steps if steps else math.nan
+
+
 @dataclass(frozen=True)
 class Time:
     """A run's time to learn in ``steps``, ``examples`` per symbol and ``tokens``: when it learned (``observed``),
@@ -56,10 +64,10 @@ def time_to_learn(run: Mapping, tolerance: float) -> Time | None:
     failed run, which has no time."""
     if run["status"] == "failed" or not run["history"]:
         return None
-    steps, tokens, examples = run_budget(run)
+    cap, tokens, examples = cap_budget(run)
     learned = learned_from(run["history"], run["bayes_loss"], tolerance) if run["status"] == "ok" else None
-    at = max(steps, run["steps"] or steps) if learned is None else learned
-    return Time(at, at * examples / steps, at * tokens / steps, learned is not None)
+    at = cap if learned is None else learned
+    return Time(at, at * examples / cap, at * tokens / cap, learned is not None)
 
 
 def median_time(times: Sequence[Time | None], unit: str = "steps") -> tuple[float, float, float]:

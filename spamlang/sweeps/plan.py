@@ -203,8 +203,80 @@ def calibrate(records: Iterable[record.RunRecord], device: str | None) -> Rate:
 
 
 def machine_rate(runs_dirs: Iterable[Path], device: str | None) -> Rate:
-    """:func:`calibrate` on the readable records of every folder in ``runs_dirs``."""
-    return calibrate([rec for folder in runs_dirs for rec in recorded_runs(folder)], device)
+    """:func:`calibrate` on the records of every folder in ``runs_dirs``, read for what a rate needs only (each
+    file's status, device, platform, wall time and the settings of its FLOPs, not its history: see
+    :func:`timings`), through a cache of those few fields by file, size and modification time."""
+    here = platform.platform()
+    flops = seconds = 0.0
+    count = 0
+    for row in timings([p for folder in runs_dirs for p in sorted(Path(folder).glob("*.json"))]):
+        if row["status"] == "ok" and row["device"] == device and row["platform"] == here and row["seconds"] > 0:
+            flops += row["flops"]
+            seconds += row["seconds"]
+            count += 1
+    if count and device is not None:
+        return Rate(flops / seconds, count, f"measured on {count} recorded run(s) of this machine, device {device}")
+    return Rate(NOMINAL_FLOPS, 0, "the nominal CPU rate: no recorded run of this machine to calibrate on")
+
+
+#: the cache of :func:`timings`, in the user's cache folder (see spamlang.scoring.floors.user_cache_dir)
+TIMINGS_CACHE = "timings.cache.json"
+TIMINGS_VERSION = 1
+
+
+def _timing(path: Path) -> dict | None:
+    """What a rate needs of one record file, or None for a file that is not a record whose run id is the hash of
+    its configuration (a changed record times nothing)."""
+    import json
+
+    from spamlang.config import RunConfig, config_hash
+    try:
+        data = json.loads(path.read_text())
+        config = data["config"]
+        if data["run_id"] != config_hash(config):
+            return None
+        timing, env = data.get("timing") or {}, data["env"]
+        seconds = float(timing.get("total_seconds") or 0.0)
+        flops = run_flops(RunConfig.from_dict(config))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, SpamLangError):
+        return None
+    if not (seconds >= 0 and flops >= 0):
+        return None
+    return {"status": data.get("status"), "device": env.get("device"), "platform": env.get("platform"),
+            "seconds": seconds, "flops": flops}
+
+
+def timings(paths: Sequence[Path]) -> list[dict]:
+    """:func:`_timing` of each record file, cached by path, size and modification time."""
+    import json
+
+    from spamlang.scoring.floors import user_cache_dir
+    from spamlang.system import atomic
+    cache_path = user_cache_dir() / TIMINGS_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+        entries = cache["entries"] if cache.get("version") == TIMINGS_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        entries = {}
+    rows, changed = [], False
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+        entry = entries.get(key)
+        if not isinstance(entry, dict) or entry.get("stamp") != stamp:
+            entry, changed = {"stamp": stamp, "row": _timing(path)}, True
+            entries[key] = entry
+        if entry["row"] is not None:
+            rows.append(entry["row"])
+    if changed:
+        try:
+            atomic.write_text(cache_path, json.dumps({"version": TIMINGS_VERSION, "entries": entries}) + "\n")
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+    return rows
 
 
 def estimate(runs: Iterable[RunConfig], rate: Rate) -> tuple[float, float]:

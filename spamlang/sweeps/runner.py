@@ -12,9 +12,15 @@ spent. Each record's ``suite.lr_round`` says in which round its run was added (0
 
 A failure is checked against more data (a suite's ``extend_budget``, see :func:`budget_extensions`): after those
 rounds, each configuration that most seeds did not learn at its chosen lr (by the learned rule,
-:func:`spamlang.record.learned.learned_from`, of each record's history) runs again at ``extend_budget`` times its budget, at the
-chosen lr and its two neighbours (x and / LR_FACTOR), for all its seeds; the lr rounds then apply to those runs too.
+:func:`spamlang.record.learned.learned_from`, of each record's history) runs again at ``extend_budget`` times its
+budget, at the chosen lr and its two neighbours (x and / LR_FACTOR), for all its seeds; the lr rounds then apply to
+those runs too.
 Each record's ``suite.budget_round`` says which budget round added it (0: the suite's own budget, 1: the extension).
+
+Runs that can share one computation train as an ensemble (:func:`work_items`, :mod:`spamlang.training.ensemble`): the
+pending runs of one configuration that differ only in seed and lr, small enough for batching to pay, in groups of up to
+``ensemble.max_members``. Each member still yields its own record, written as above; a group whose batched computation
+raises trains run by run. ``ensemble=False`` (``spamlang run --no-ensemble``) trains every run alone.
 """
 from __future__ import annotations
 
@@ -27,11 +33,11 @@ from typing import Callable, Iterable
 from tqdm.auto import tqdm
 
 from spamlang import record
-from spamlang.config import RunConfig
+from spamlang.config import EXECUTION_FIELDS, RunConfig
 from spamlang.errors import SpamLangError
 from spamlang.record.learned import learned_from
 from spamlang.scoring.configurations import choose, lr_groups, outcome
-from spamlang.sweeps.executors import EXECUTORS, _device, _local, _ray
+from spamlang.sweeps.executors import EXECUTORS, _device, _local, _ray, numbered
 from spamlang.sweeps.lrgrid import LR_FACTOR, LR_ROUNDS, next_lrs, outward
 from spamlang.sweeps.progress import Postfix, progress_line
 from spamlang.sweeps.suite import Suite, check_extend_budget
@@ -66,8 +72,8 @@ def run_state(config: RunConfig, runs_dir: Path) -> str:
 
 def lr_extensions(configs: Iterable[RunConfig], runs_dir: Path, factor: float = LR_FACTOR) -> list[RunConfig]:
     """The runs one more round of the adaptive lr grid adds: per configuration (every setting but seed and lr), the
-    :func:`spamlang.sweeps.lrgrid.next_lrs` of its recorded outcomes, for each of its seeds. A run without a record counts
-    as failed."""
+    :func:`spamlang.sweeps.lrgrid.next_lrs` of its recorded outcomes, for each of its seeds. A run without a record
+    counts as failed."""
     new = []
     for by_lr in lr_groups(configs):
         outcomes = {lr: [_outcome(_record(runs_dir, c)) for c in runs] for lr, runs in by_lr.items()}
@@ -110,6 +116,29 @@ def scaled_budget(config: RunConfig, factor: float) -> RunConfig:
     return dataclasses.replace(config, steps=math.ceil(round(config.steps * factor, 9)))
 
 
+def work_items(configs: list[RunConfig], ensemble: bool = True) -> list[list[RunConfig]]:
+    """The runs ``configs`` as work items, each at the place of its first run: with ``ensemble``, the runs of one
+    configuration (:func:`spamlang.scoring.configurations.lr_groups`, with the same execution fields) that
+    :func:`spamlang.training.ensemble.batchable` admits are split evenly into groups of at most
+    :func:`~spamlang.training.ensemble.max_members`; every other run is an item of its own."""
+    if not ensemble:
+        return [[c] for c in configs]
+    from spamlang.training.ensemble import max_members
+    items = []
+    for by_lr in lr_groups(configs):
+        runs: dict[tuple, list[RunConfig]] = {}
+        for c in (c for lr_runs in by_lr.values() for c in lr_runs):
+            runs.setdefault(tuple(getattr(c, f) for f in EXECUTION_FIELDS), []).append(c)
+        for group in runs.values():
+            size = max_members(group[0])
+            parts = -(-len(group) // size)  # ceil
+            items += [group[i * len(group) // parts:(i + 1) * len(group) // parts] for i in range(parts)]
+    first = {}
+    for i, c in enumerate(configs):
+        first.setdefault(c.run_id, i)
+    return sorted(items, key=lambda item: min(first[c.run_id] for c in item))
+
+
 def _record(runs_dir: Path, config: RunConfig) -> record.RunRecord | None:
     """The record of a run, None when it is missing or unreadable."""
     try:
@@ -126,12 +155,14 @@ def _outcome(rec: record.RunRecord | None) -> tuple[str, float | None]:
 def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str | None = None,
               progress: bool = True, lr_rounds: int = LR_ROUNDS, threads: int | None = None,
               log: Callable[[str], None] | None = None, extend_budget: float | None = None,
-              tracker: TrackerSpec | None = None) -> dict:
+              tracker: TrackerSpec | None = None, ensemble: bool = True) -> dict:
     """Run what is missing of ``suite`` into ``out/runs``, then extend each configuration's lr grid for up to
-    ``lr_rounds`` rounds (none when the suite does not sweep ``lr``); then, with a budget factor (``extend_budget``, default the suite's; 1: none), rerun the
-    configurations not learned at that factor times their budget (:func:`budget_extensions`) and extend their lr grids
-    the same way. Return counts {total, skipped, ok, diverged, failed, lr_rounds (rounds that added runs), lr_added
-    (runs they added), budget_added (runs the budget round added, before its lr rounds)}.
+    ``lr_rounds`` rounds (none when the suite does not sweep ``lr``); then, with a budget factor (``extend_budget``,
+    default the suite's; 1: none), rerun the configurations not learned at that factor times their budget
+    (:func:`budget_extensions`) and extend their lr grids the same way. With ``ensemble``, the pending runs that can
+    share one computation train as ensembles (:func:`work_items`); the records are the same up to float rounding.
+    Return counts {total, skipped, ok, diverged, failed, lr_rounds (rounds that added runs), lr_added (runs they
+    added), budget_added (runs the budget round added, before its lr rounds)}.
 
     Each run uses ``threads`` intra-op threads, or the thread policy's choice for it given ``workers``. ``progress``
     shows a bar over the runs, with the step counts of the runs in flight (local executor); ``log`` (for output that
@@ -155,7 +186,8 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     counts = {"total": 0, "skipped": 0, "ok": 0, "diverged": 0, "failed": 0, "lr_rounds": 0, "lr_added": 0,
               "budget_added": 0}
     lr_rounds = lr_rounds if "lr" in suite.sweep else 0
-    rounds = _Rounds(runs_dir, executor, workers, device, threads, lr_rounds, log, counts, time.monotonic(), tracker)
+    rounds = _Rounds(runs_dir, executor, workers, device, threads, lr_rounds, log, counts, time.monotonic(), tracker,
+                     ensemble)
     with tqdm(total=len(suite.runs), unit="run", disable=not progress, desc=f"suite {suite.name}") as bar:
         configs = rounds.run(list(suite.runs), dataclasses.replace(info, budget_round=0), bar, f"suite {suite.name}")
         if factor is not None and factor != 1:
@@ -182,6 +214,7 @@ class _Rounds:
     counts: dict
     started: float
     tracker: TrackerSpec | None = None
+    ensemble: bool = True
 
     def run(self, batch: list[RunConfig], info: record.SuiteInfo, bar, what: str, prefix: str = "") -> \
             list[RunConfig]:
@@ -207,10 +240,12 @@ class _Rounds:
                 label = f"{prefix}lr round {round_}" if round_ else what
                 self.log(f"{label}: {len(todo)} of {len(batch)} runs to do "
                          f"({len(batch) - len(todo)} already recorded) -> {runs_dir}")
-            items = [{**c.to_dict(), "device": _device(c, self.device, i % workers, self.executor)}
-                     for i, c in enumerate(todo)]
-            show = Postfix(bar, counts)
+            groups = work_items([dataclasses.replace(c, device=self.device or c.device) for c in todo], self.ensemble)
+            items = [[{**c.to_dict(), "device": _device(c, self.device, i % workers, self.executor)} for c in group]
+                     for i, group in enumerate(groups)]
             first = sum(counts[k] for k in ("skipped", "ok", "diverged", "failed")) + 1
+            show = Postfix(bar, counts, spans={number: number + len(item) - 1
+                                               for number, item in zip(numbered(items, first), items)})
             for rec in run(items, dataclasses.replace(info, lr_round=round_), workers, self.threads, self.tracker,
                            first, show):
                 record.write(rec, runs_dir)

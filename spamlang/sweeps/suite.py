@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import re
 import sys
@@ -27,15 +28,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from spamlang.config import ResolvedConfig, RunConfig
+from spamlang.config import SWEEPABLE, ResolvedConfig, RunConfig
 from spamlang.errors import SpamLangError
 from spamlang.system.threads import step_flops
 
 SUITE_KEYS = {"name", "description", "version", "sweep", "extend_budget"}
 NESTED = ("task_params", "head_params")
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
-#: effective CPU throughput used for the cost estimate (FLOP/s on a 2-core machine, measured on the smoke suite)
-CPU_FLOPS = 8e9
+#: the most runs a suite's grids may expand to (counted before any is built; the largest built-in suite has 756)
+MAX_RUNS = 20_000
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def _check_excludes(excludes: list[dict], grid: dict[str, Any], where: str) -> N
     for j, rule in enumerate(excludes):
         for key, want in rule.items():
             if key not in CONFIG_KEYS:
-                raise SpamLangError(f"{where}[{j}]: unknown key '{key}' (run settings: {', '.join(sorted(CONFIG_KEYS))})")
+                raise SpamLangError(f"{where}[{j}]: unknown key '{key}' "
+                                    f"(run settings: {', '.join(sorted(CONFIG_KEYS))})")
             if key not in NESTED:
                 continue
             if not isinstance(want, dict):
@@ -121,14 +123,46 @@ def _check_excludes(excludes: list[dict], grid: dict[str, Any], where: str) -> N
                                     f"(set there: {', '.join(sorted(given)) or 'none'})")
 
 
-def _split_head(raw: dict[str, Any]) -> dict[str, Any]:
-    head = raw.get("head")
-    if isinstance(head, str) and ":" in head:
-        name, _, rank = head.partition(":")
-        if not rank.isdigit():
-            raise SpamLangError(f"head spec '{head}' must be NAME or NAME:RANK")
-        raw = {**raw, "head": name, "head_rank": int(rank)}
-    return raw
+def _config(raw: dict[str, Any], where: str) -> ResolvedConfig:
+    """One run of a grid through the one validation path of settings a person wrote
+    (:meth:`~spamlang.config.RunConfig.from_user`), its problems as SpamLangError naming the grid and the run."""
+    try:
+        return RunConfig.from_user(raw)
+    except SpamLangError as exc:
+        shown = {k: v for k, v in raw.items() if v or k not in NESTED}
+        raise SpamLangError(f"{where} run {shown}: {exc}") from None
+    except TypeError as exc:
+        raise SpamLangError(f"{where}: {exc}") from None
+
+
+def _axis_lengths(grid: dict[str, Any]) -> list[int]:
+    """The length of each axis :func:`_expand` multiplies (one level deep inside task_params/head_params)."""
+    lengths = []
+    for key, value in grid.items():
+        if key in NESTED and isinstance(value, dict):
+            lengths += [len(v) if isinstance(v, list) else 1 for v in value.values()]
+        else:
+            lengths.append(len(value) if isinstance(value, list) else 1)
+    return lengths
+
+
+def check_size(grids: list[dict], defaults: dict[str, Any], where: str) -> int:
+    """The number of runs the grids expand to before exclusions, counted without building one; SpamLangError with
+    the count and its estimated cost (from the first run of each grid) above :data:`MAX_RUNS`."""
+    counts = [math.prod(_axis_lengths({**defaults, **{k: v for k, v in g.items() if k != "exclude"}})) for g in grids]
+    total = sum(counts)
+    if total <= MAX_RUNS:
+        return total
+    from spamlang.sweeps.plan import NOMINAL_FLOPS, duration, run_flops  # the one cost model (plan imports suites)
+    flops = 0.0
+    for i, (grid, count) in enumerate(zip(grids, counts)):
+        if count:
+            first = next(iter(_expand({**defaults, **{k: v for k, v in grid.items() if k != "exclude"}})))
+            config = _config(first, f"{where}: grid[{i}]")
+            flops += count * run_flops(config)
+    raise SpamLangError(f"{where}: the grids expand to {total:,} runs (about {flops:.2e} training FLOPs, "
+                        f"~{duration(flops / NOMINAL_FLOPS)} one at a time at the nominal CPU rate), above the "
+                        f"allowed {MAX_RUNS:,} runs per suite; split it into smaller suites")
 
 
 def load(name_or_file: str) -> Suite:
@@ -174,6 +208,13 @@ def load(name_or_file: str) -> Suite:
     sweep = tuple(meta.get("sweep", ["lr"]))
     if not set(sweep) <= CONFIG_KEYS:
         raise SpamLangError(f"{where}: suite.sweep names unknown settings {sorted(set(sweep) - CONFIG_KEYS)}")
+    for key in sweep:
+        if key not in SWEEPABLE:
+            why = "seeds are replicates, never chosen between" if key in ("seed", "eval_seed") else \
+                "it defines what is compared (or how it is measured or executed), so it is never chosen on val"
+            raise SpamLangError(f"{where}: suite.sweep cannot name '{key}': {why} (sweepable: "
+                                f"{', '.join(SWEEPABLE)})")
+    check_size(grids, defaults, where)
     runs, seen = [], set()
     for i, grid in enumerate(grids):
         grid = dict(grid)
@@ -184,16 +225,16 @@ def load(name_or_file: str) -> Suite:
         for raw in _expand({**defaults, **grid}):
             if any(_matches(raw, rule) for rule in excludes):
                 continue
-            try:
-                config = RunConfig.from_dict(_split_head(raw)).resolve()
-            except SpamLangError as exc:
-                shown = {k: v for k, v in raw.items() if v or k not in NESTED}
-                raise SpamLangError(f"{where}: grid[{i}] run {shown}: {exc}") from None
-            except TypeError as exc:
-                raise SpamLangError(f"{where}: grid[{i}]: {exc}") from None
+            config = _config(raw, f"{where}: grid[{i}]")
             if config.run_id not in seen:
                 seen.add(config.run_id)
                 runs.append(config)
+    for key in sweep:
+        values = {json.dumps(getattr(c, key), sort_keys=True) for c in runs}
+        if key != "lr" and len(values) < 2:  # lr rounds grow a single lr; any other swept setting needs values
+            raise SpamLangError(f"{where}: suite.sweep names '{key}' but every run has "
+                                f"{key}={getattr(runs[0], key)!r}: nothing to choose between (give it a list of "
+                                f"values, or drop it from sweep)")
     if not runs:
         raise SpamLangError(f"{where}: the grids expand to no runs (an empty list, or everything excluded)")
     return Suite(name=meta.get("name", path.stem), description=meta.get("description", ""),

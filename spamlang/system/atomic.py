@@ -38,6 +38,18 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int = FILE_MODE) -> 
         raise
 
 
+def check_output_folder(out: str | os.PathLike) -> None:
+    """Refuse (SpamLangError) an output folder that is a file, the root of the file system or a folder above the
+    working folder (as ``generate`` refuses them); the working folder itself and folders below or beside it are fine."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpamLangError(f"output {out} is a file, not a folder; give a folder path")
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == Path(target.anchor) or target in here.parents:
+        raise SpamLangError(f"refusing to write into {out}: it is the root of the file system or a folder above the "
+                            f"working folder; give a folder of its own")
+
+
 def check_replaceable(out: Path, force: bool, is_ours: Callable[[Path], bool], what: str) -> None:
     """Refuse (SpamLangError) to write ``what`` at ``out`` unless that replaces nothing the tool did not write.
 

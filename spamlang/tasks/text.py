@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from spamlang.data.textcorpus import SPLITS, check_available, locate
+from spamlang.data.tokenizer import TOKENS_VERSION, TokenArrays, check_tokenizer, load
 from spamlang.errors import SpamLangError
 from spamlang.params import param
 from spamlang.task import Task, register_task
-from spamlang.data.textcorpus import SPLITS, locate
-from spamlang.data.tokenizer import TOKENS_VERSION, TokenArrays, check_tokenizer, load
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,6 +49,7 @@ class Text(Task):
     def check(self, vocab_size, seq_len):
         super().check(vocab_size, seq_len)
         check_tokenizer(self.tokenizer, vocab_size)
+        check_available(self.corpus)
 
     def arrays(self, vocab_size: int) -> TokenArrays:
         return _tokens(self.corpus, self.tokenizer, vocab_size, self.split_seed, self.holdout)

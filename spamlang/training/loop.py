@@ -69,17 +69,19 @@ def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Pat
     with using(count):
         trainer = Trainer(config)
         with precision(trainer.device):
-            return _train(trainer, Evaluator(trainer), GradientProbe(trainer), started, progress, checkpoint, count, on_eval or _ignore, on_step or _ignore)
+            return _train(trainer, Evaluator(trainer), GradientProbe(trainer), started, progress, checkpoint, count,
+                          on_eval or _ignore, on_step or _ignore)
 
 
 def _ignore(*args) -> None:
     pass
 
 
-def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started: datetime.datetime, progress: bool | None, checkpoint: str | Path | None,
-           threads: int, on_eval: Callable[[EvalPoint], None], on_step: Callable[[int, int], None]) -> RunRecord:
-    task, c = trainer.task, trainer.config
-    bayes = task.bayes_loss(c.vocab_size, c.seq_len)
+def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started: datetime.datetime,
+           progress: bool | None, checkpoint: str | Path | None, threads: int, on_eval: Callable[[EvalPoint], None],
+           on_step: Callable[[int, int], None]) -> RunRecord:
+    c = trainer.config
+    bayes = trainer.task.bayes_loss(c.vocab_size, c.seq_len)
     tokens_per_step = c.batch_size * c.seq_len
     check_every = 1 if trainer.device.type == "cpu" else 16  # each check of the loss waits for the device
     history = [eval_point(trainer, evaluator, probe, 0, 0, None, learning_rate(c, 0))]
@@ -120,6 +122,20 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
     bar.close()
     if checkpoint is not None:
         save_weights(trainer.model, checkpoint)
+    total_seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    timing = Timing(steps=steps_done, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                    total_seconds=total_seconds)
+    return run_record(trainer, tuple(history), status, timing, started, threads)
+
+
+def run_record(trainer: Trainer, history: tuple[EvalPoint, ...], status: str, timing: Timing,
+               started: datetime.datetime, threads: int, ensemble: bool = False) -> RunRecord:
+    """The record of ``trainer``'s run from its evaluations, status and wall times: ``final`` repeats the last
+    evaluation, with the trainer's coverage and the throughput of ``timing``; ``ensemble``: trained as a member of
+    one (``env.ensemble``)."""
+    task, c = trainer.task, trainer.config
+    bayes = task.bayes_loss(c.vocab_size, c.seq_len)
+    steps_done, tokens_per_step = timing.steps, c.batch_size * c.seq_len
     last = history[-1]
     final = Final(loss=last.test_loss, accuracy=last.test_accuracy, val_loss=last.val_loss,
                   val_accuracy=last.val_accuracy, accuracy_seen=last.test_accuracy_seen,
@@ -128,14 +144,11 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
                   steps=steps_done, tokens=steps_done * tokens_per_step,
                   examples_per_symbol=examples_seen(steps_done, c.vocab_size, c.batch_size,
                                                     trainer.symbols_per_sequence),
-                  tokens_per_second=steps_done * tokens_per_step / train_seconds,
+                  tokens_per_second=steps_done * tokens_per_step / timing.train_seconds,
                   stopped="diverged" if status == "diverged" else "cap" if steps_done == c.steps else "learned",
                   **{k: getattr(last, k) for k in FROM_LAST_EVALUATION})
     return RunRecord(run_id=c.run_id, config=c, task_version=task.version, bayes_loss=bayes,
                      deterministic=task.deterministic, rank=trainer.model.head.rank,
-                     data=task.provenance(c.vocab_size), status=status,
-                     history=tuple(history), final=final,
-                     timing=Timing(steps=steps_done, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                                   total_seconds=(datetime.datetime.now(datetime.timezone.utc) - started)
-                                   .total_seconds()),
-                     env=environment(device_name(trainer.device), threads), created=started.isoformat(timespec="seconds"))
+                     data=task.provenance(c.vocab_size), status=status, history=history, final=final, timing=timing,
+                     env=environment(device_name(trainer.device), threads, ensemble),
+                     created=started.isoformat(timespec="seconds"))

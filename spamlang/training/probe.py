@@ -51,7 +51,8 @@ def _probe(rec: record.RunRecord, config: RunConfig, ckpt: Path, batches: int) -
     results = []
     for b in range(batches):
         G, Q = gradients.logit_gradient(tokens[b * rows:(b + 1) * rows])
-        results.append({**gradient_diagnostics(G, Q), "spectrum_top_2r": spectrum_share(G, 2 * trainer.model.head.rank)})
+        results.append({**gradient_diagnostics(G, Q),
+                        "spectrum_top_2r": spectrum_share(G, 2 * trainer.model.head.rank)})
     mean = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
     return {"run_id": rec.run_id, "task": config.task, "vocab_size": config.vocab_size, "head": config.head,
             "rank": trainer.model.head.rank, "batches": batches, "tokens_per_batch": config.diag_tokens, **mean}

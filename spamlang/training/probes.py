@@ -62,7 +62,8 @@ class GradientProbe:
             log_probs = head.log_probs(h)  # (M, V): the logits up to a per-context shift
         half_range = (log_probs.amax(dim=1) - log_probs.amin(dim=1)).double() / 2  # (M,)
         return {**gradient_diagnostics(g, q), "grad_top_share": spectrum_share(g, 2 * head.rank),
-                "logit_scale": float(half_range.quantile(0.5)), "update_cosine": self.update_cosine(tokens, g, next_step)}
+                "logit_scale": float(half_range.quantile(0.5)),
+                "update_cosine": self.update_cosine(tokens, g, next_step)}
 
     def update_cosine(self, tokens: torch.Tensor, g: torch.Tensor, step: int) -> float | None:
         """cos(ΔZ, −G): ΔZ is the first-order change of the head's logits (``Head.logits``) on the diagnostic positions

@@ -13,6 +13,9 @@ from spamlang.system.capacity import available_memory, human
 FLOAT = 4  # bytes of a float32
 #: a run is refused when its estimate exceeds this share of the memory available
 HEADROOM = 0.9
+#: bytes per held-out token: two int64 streams (16), float64 per-position losses of the model and two baselines (24),
+#: float32 chunks (4), hits and seen flags (2), and the copies made while they are joined and masked (18)
+EVAL_BYTES_PER_TOKEN = 64
 
 
 def parameter_count(config: RunConfig) -> int:
@@ -30,7 +33,9 @@ def run_memory(config: RunConfig, device_type: str = "cpu") -> dict[str, int]:
     twice: the ``update_cosine`` diagnostic holds its own gradients, step and forward-mode tangents),
     ``activations`` (what the backbone keeps for backward, attention scores included), ``logits`` (the largest block
     of logits alive at once: a training chunk of the fused loss, an evaluation chunk, or the diagnostics' logit
-    gradient with the SVD of the head matrix) and ``total``."""
+    gradient with the SVD of the head matrix), ``evaluation`` (the val and test streams, int64, and what an
+    evaluation keeps per position: float64 losses of the model and of the Bayes and unigram baselines, hits, the
+    float32 chunks before they are joined) and ``total``."""
     import torch
 
     from spamlang.loss import default_chunk_size
@@ -42,8 +47,9 @@ def run_memory(config: RunConfig, device_type: str = "cpu") -> dict[str, int]:
     train_logits = 3 * chunk * FLOAT  # logits, probabilities, gradient
     eval_logits = 3 * max(1 << 22, T * V) * FLOAT
     diagnostics = 3 * config.diag_tokens * V * 8 + 3 * V * max(D, config.width) * 8  # float64 G, G Q Qᵀ; SVD of W
+    evaluation = config.eval_sequences * T * EVAL_BYTES_PER_TOKEN
     parts = {"parameters": 2 * 4 * params * FLOAT, "activations": activations,
-             "logits": max(train_logits, eval_logits, diagnostics)}
+             "logits": max(train_logits, eval_logits, diagnostics), "evaluation": evaluation}
     return {**parts, "total": sum(parts.values())}
 
 
@@ -58,4 +64,4 @@ def check_run(config: RunConfig, device_type: str = "cpu", index: int | None = N
     side = f" x {copies} runs side by side" if copies > 1 else ""
     raise SpamLangError(f"a run of V={config.vocab_size}, D={config.d_model}, head {config.head} needs about "
                         f"{human(need['total'])}{side} ({parts}) but {device_type} has {human(free)} available; "
-                        f"lower the vocabulary size, width, batch size or workers")
+                        f"lower the vocabulary size, width, batch size, eval sequences or workers")

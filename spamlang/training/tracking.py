@@ -7,8 +7,8 @@ harness knows nothing of trackers: it calls an ``on_eval`` callback, which :meth
 
 Where each tracker writes: TensorBoard event files in ``<folder>/tensorboard/<run_id>``; W&B runs in
 ``<folder>/wandb`` (``$WANDB_DIR`` when set; offline with ``WANDB_MODE=offline``; project ``$WANDB_PROJECT`` or
-``spamlang``); MLflow runs at ``$MLFLOW_TRACKING_URI``, else in the SQLite file ``<folder>/mlflow.db``, in the experiment
-``$MLFLOW_EXPERIMENT_NAME``, else the suite's name, else ``spamlang``. ``<folder>`` is the results folder of
+``spamlang``); MLflow runs at ``$MLFLOW_TRACKING_URI``, else in the SQLite file ``<folder>/mlflow.db``, in the
+experiment ``$MLFLOW_EXPERIMENT_NAME``, else the suite's name, else ``spamlang``. ``<folder>`` is the results folder of
 ``spamlang run`` or the ``--out`` folder of ``spamlang train``.
 """
 from __future__ import annotations
@@ -19,10 +19,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spamlang.errors import SpamLangError
-from spamlang.record import EvalPoint, RunRecord
+
+if TYPE_CHECKING:  # annotations only: the command line imports this module at start
+    from spamlang.record import EvalPoint, RunRecord
 
 #: tracker name -> (the module it needs, the pip extra that installs it)
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
@@ -44,6 +46,91 @@ def check(name: str) -> None:
     module, extra = TRACKERS[name]
     if importlib.util.find_spec(module) is None:
         raise SpamLangError(f"--tracker {name} needs {module}: pip install 'spamlang[{extra}]'")
+
+
+#: seconds the checks before the first run wait for a tracker's server
+REACH_TIMEOUT = 5.0
+
+
+def check_ready(spec: TrackerSpec) -> None:
+    """SpamLangError now, before any run, for a tracker that would fail every run: its package missing; W&B online
+    without a login or out of reach; an MLflow tracking URI (``$MLFLOW_TRACKING_URI``) that does not answer."""
+    check(spec.name)
+    if spec.name == "wandb":
+        _check_wandb()
+    elif spec.name == "mlflow" and os.environ.get("MLFLOW_TRACKING_URI"):
+        _check_mlflow(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def _wandb_offline() -> bool:
+    """Whether W&B logs locally: ``$WANDB_MODE`` (or the ``mode`` of its settings file) offline or disabled."""
+    import configparser
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if not mode:
+        folder = os.environ.get("WANDB_CONFIG_DIR") or Path("~/.config/wandb").expanduser()
+        settings = configparser.ConfigParser()
+        settings.read(Path(folder) / "settings")
+        mode = settings.get("default", "mode", fallback="").strip().lower()
+    return mode in ("offline", "disabled", "dryrun")
+
+
+def _wandb_host() -> tuple[str, str, int]:
+    """(base URL, host, port) of the W&B server: ``$WANDB_BASE_URL`` or https://api.wandb.ai."""
+    from urllib.parse import urlsplit
+    base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    parts = urlsplit(base if "://" in base else f"https://{base}")
+    return base, parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def _wandb_key(host: str) -> str | None:
+    """The W&B API key: ``$WANDB_API_KEY``, else the netrc entry of the server (as ``wandb login`` writes it)."""
+    import netrc
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    path = os.environ.get("NETRC") or Path("~/.netrc").expanduser()
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry else None
+
+
+def _check_wandb() -> None:
+    import socket
+    if _wandb_offline():
+        return
+    base, host, port = _wandb_host()
+    if not _wandb_key(host):
+        raise SpamLangError(f"--tracker wandb: not logged in to {base} (run 'wandb login' or set WANDB_API_KEY), or "
+                            f"set WANDB_MODE=offline to log locally")
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise SpamLangError(f"--tracker wandb: cannot reach {base} ({exc.strerror or exc}); check the network, or set "
+                            f"WANDB_MODE=offline to log locally") from None
+
+
+def _check_mlflow(uri: str) -> None:
+    """Ask the tracking server at ``uri`` for one experiment, without MLflow's retries, within REACH_TIMEOUT."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(REACH_TIMEOUT)))
+    try:
+        from mlflow.tracking import MlflowClient
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many kinds for a bad URI: one line names it
+        raise SpamLangError(f"--tracker mlflow: the tracking URI {uri!r} (MLFLOW_TRACKING_URI) does not work: "
+                            f"{_first_line(exc)}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def numbers(obj: Any) -> dict[str, float]:
@@ -175,5 +262,19 @@ def start(spec: TrackerSpec, config) -> Tracker:
     """Open a tracker run for the run of ``config`` (a resolved :class:`~spamlang.config.RunConfig`)."""
     check(spec.name)
     settings = params(config)
-    return _ADAPTERS[spec.name](spec, config.run_id, settings)
+    try:
+        return _ADAPTERS[spec.name](spec, config.run_id, settings)
+    except SpamLangError:
+        raise
+    except Exception as exc:  # the tracker's own errors (no login, no network, a bad store): one line
+        raise SpamLangError(f"--tracker {spec.name}: {type(exc).__name__}: {_first_line(exc)}") from None
 
+
+
+def finish(tracker: Tracker, rec: RunRecord, name: str) -> None:
+    """:meth:`Tracker.finish`, its errors as one SpamLangError (the record is written before)."""
+    try:
+        tracker.finish(rec)
+    except Exception as exc:
+        raise SpamLangError(f"--tracker {name}: the run's record is written, but logging it failed: "
+                            f"{type(exc).__name__}: {_first_line(exc)}") from None
