@@ -125,11 +125,12 @@ NOMINAL_FLOPS = 6e10
 #: fixed seconds of one training step beyond its arithmetic at NOMINAL_FLOPS: a few hundred small kernels, the
 #: optimizer (9-10 ms steps at V = 256-1,024, D = 32, T = 16, batch 64 hold 3-6 ms of arithmetic)
 STEP_SECONDS = 6e-3
-#: fixed seconds of one evaluation (the held-out forward passes' small kernels, the diagnostics' set-up)
-EVAL_SECONDS = 0.25
+#: fixed seconds of one evaluation, and of each held-out input token's forward beyond its arithmetic (small kernels:
+#: 0.3 s for 2 x 2,048 sequences of 16 tokens at V = 256, D = 32)
+EVAL_SECONDS, HELD_OUT_TOKEN_SECONDS = 0.025, 3.5e-6
 #: FLOP-equivalents at NOMINAL_FLOPS of the passes over each held-out logit besides its product (log-softmax, the
-#: target's, the top-1 test): 2 x 2,048 x 131,072 logits cost 3.5 s
-LOGIT_FLOPS = 250
+#: target's, the top-1 test): 1.2 s for 2 x 2,048 x 15 positions at V = 4,096, 3.5 s for 2 x 2,048 at V = 131,072
+LOGIT_FLOPS = 200
 #: FLOP-equivalents per diagnostic position, symbol and width: the float64 logit gradient, its projection on the head's
 #: basis, the SVDs and the update cosine's gradient and forward-mode pass (2.9 s at 256 x 131,072 x 64)
 DIAG_FLOPS = 80
@@ -162,15 +163,16 @@ def run_flops(config: RunConfig) -> float:
     """The cost of a run in FLOPs at :data:`NOMINAL_FLOPS`: the arithmetic of its training steps (the backbone, about
     24 L D² FLOPs per input token forward, three times that with the backward, on the T - 1 input tokens of each
     sequence; the head's ``train_macs`` on its predictable positions) and of its evaluations (both held-out streams'
-    forward, :data:`LOGIT_FLOPS` per logit, the diagnostics), plus :data:`STEP_SECONDS` per step and
-    :data:`EVAL_SECONDS` per evaluation as FLOPs at the nominal rate. A run that stops early costs less."""
+    forward, :data:`LOGIT_FLOPS` per logit, the diagnostics), plus the fixed costs (:data:`STEP_SECONDS` a step,
+    :data:`EVAL_SECONDS` an evaluation, :data:`HELD_OUT_TOKEN_SECONDS` a held-out token) as FLOPs at the nominal rate.
+    A run that stops early costs less."""
     v, d, inputs, positions = config.vocab_size, config.d_model, config.seq_len - 1, _positions(config)
     backbone = 24 * config.layers * d * d  # forward FLOPs per input token
     step = config.batch_size * (3 * backbone * inputs + 2 * _head_macs(config) * positions)
-    held_out = 2 * config.eval_sequences * (backbone * inputs + positions * v * (2 * d + LOGIT_FLOPS))
-    evaluation = held_out + DIAG_FLOPS * config.diag_tokens * v * d
-    return (config.steps * (step + STEP_SECONDS * NOMINAL_FLOPS)
-            + evaluations(config) * (evaluation + EVAL_SECONDS * NOMINAL_FLOPS))
+    held_out = 2 * config.eval_sequences * (inputs * (backbone + HELD_OUT_TOKEN_SECONDS * NOMINAL_FLOPS)
+                                            + positions * v * (2 * d + LOGIT_FLOPS))
+    evaluation = held_out + DIAG_FLOPS * config.diag_tokens * v * d + EVAL_SECONDS * NOMINAL_FLOPS
+    return config.steps * (step + STEP_SECONDS * NOMINAL_FLOPS) + evaluations(config) * evaluation
 
 
 @dataclass(frozen=True)
