@@ -45,7 +45,7 @@ def _tree(repo: Path) -> set[str]:
 
 @pytest.fixture(autouse=True, scope="session")
 def nothing_written_outside_tmp():
-    """The session leaves ``/``, the repository's top level and its published results as it found them."""
+    """A test run leaves ``/``, the repository's top level and its published results as it found them."""
     repo = Path(__file__).resolve().parent.parent
     before = set(os.listdir("/")), _tree(repo)
     yield

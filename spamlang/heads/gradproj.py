@@ -8,8 +8,9 @@ from spamlang.heads.linear import LinearHead
 from spamlang.loss import compute_dtype, linear_cross_entropy, logit_gradient
 
 
-class _ProjectGrad(torch.autograd.Function):
-    """Identity forward; backward multiplies the incoming gradient by the projector basis @ basisᵀ."""
+class ProjectGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by the projector basis @ basisᵀ (a batch of bases
+    (K, D, r) projects a batch of gradients (K, N, D), as ensembles need)."""
 
     @staticmethod
     def forward(ctx, h, basis):
@@ -18,8 +19,8 @@ class _ProjectGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (basis,) = ctx.saved_tensors  # (D, r)
-        return (grad.to(basis.dtype) @ basis @ basis.T).to(grad.dtype), None  # (N, D)
+        (basis,) = ctx.saved_tensors  # (D, r) or (K, D, r)
+        return (grad.to(basis.dtype) @ basis @ basis.mT).to(grad.dtype), None  # (N, D) or (K, N, D)
 
 
 def top_right_singular_vectors(w: torch.Tensor, r: int) -> torch.Tensor:
@@ -58,7 +59,7 @@ class GradProjHead(LinearHead):
 
     def projected(self, h: torch.Tensor) -> torch.Tensor:
         """h itself, whose gradient is projected onto the top-r right singular subspace of W."""
-        return _ProjectGrad.apply(h, top_right_singular_vectors(self.weight, self.r).to(compute_dtype(h)))
+        return ProjectGrad.apply(h, top_right_singular_vectors(self.weight, self.r).to(compute_dtype(h)))
 
     def loss(self, h, targets):
         return linear_cross_entropy(self.projected(h), self.weight, targets)

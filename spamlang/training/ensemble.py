@@ -35,7 +35,7 @@ from torch.optim.sgd import sgd
 
 from spamlang.config import RunConfig
 from spamlang.errors import SpamLangError
-from spamlang.heads.gradproj import top_right_singular_vectors
+from spamlang.heads.gradproj import ProjectGrad, top_right_singular_vectors
 from spamlang.loss import compute_dtype, default_chunk_size
 from spamlang.record import EvalPoint, RunRecord, Timing
 from spamlang.record.learned import LEARNED_MARGIN, bayes_gap, learned_state
@@ -178,25 +178,10 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
         return _BatchedLinearCrossEntropy.apply(x, weight, targets, chunk_size)
 
 
-class _ProjectGrad(torch.autograd.Function):
-    """``heads.gradproj._ProjectGrad`` for K members: identity forward; backward multiplies the gradient (K, N, D)
-    by each member's basis (K, D, r) @ basisᵀ."""
-
-    @staticmethod
-    def forward(ctx, h, basis):
-        ctx.save_for_backward(basis)
-        return h.view_as(h)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (basis,) = ctx.saved_tensors
-        return (grad.to(basis.dtype) @ basis @ basis.mT).to(grad.dtype), None
-
-
 def _gradproj_loss(head: nn.Module, p: Params, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     w = p["head.weight"]
     basis = torch.vmap(top_right_singular_vectors, in_dims=(0, None))(w, head.r).to(compute_dtype(h))  # (K, D, r)
-    return linear_cross_entropy(_ProjectGrad.apply(h, basis), w, y)
+    return linear_cross_entropy(ProjectGrad.apply(h, basis), w, y)
 
 
 #: backbone name -> batched forward (backbone module, params, tokens (K, B, T)) -> hidden states (K, B, T, D)
