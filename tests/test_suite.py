@@ -320,19 +320,33 @@ def test_extend_budget_must_be_a_factor_above_one(run_cli, tmp_path, value):
 
 def test_the_cliff_suites_hold_examples_per_symbol_and_span_v_over_d():
     for name, top in (("cliff", 4096), ("cliff-gpu", 262144)):
-        suite = load(name)
-        runs = suite.runs
-        assert suite.extend_budget == 4 and {c.task for c in runs} == {"spam"} and {c.seed for c in runs} == {0, 1, 2}
-        assert {c.d_model for c in runs} == {16, 32, 64} and max(c.vocab_size for c in runs) == top
+        runs = load(name).runs
+        assert {c.task for c in runs} == {"spam"} and {c.d_model for c in runs} == {16, 32, 64}
+        assert max(c.vocab_size for c in runs) == top
         ratios = {c.vocab_size / c.d_model for c in runs}
         assert min(ratios) <= 4 and max(ratios) >= 256
         assert {(c.head, c.head_rank) for c in runs} == {("linear", None), ("tied", None), ("lowrank", 2),
                                                           ("lowrank", 8), ("gradproj", 2), ("gradproj", 8)}
-        assert {c.examples_per_symbol for c in runs} == {16}
         assert all(len({c.lr for c in runs if (c.vocab_size, c.d_model, c.head, c.head_rank, c.seed) == key}) >= 2
                    for key in {(c.vocab_size, c.d_model, c.head, c.head_rank, c.seed) for c in runs})
         for c in runs:  # >= 8 evaluations per run, and every run's test stream has >= 512 positions
             assert c.steps // c.eval_every >= 8 and c.eval_sequences * (c.seq_len - 1) >= 512
+
+
+def test_the_cliff_suite_runs_both_protocols_at_the_same_points_with_the_same_seeds():
+    suite = load("cliff")
+    per_symbol = [c for c in suite.runs if c.examples_per_symbol is not None]
+    fixed_tokens = [c for c in suite.runs if c.examples_per_symbol is None]
+    assert suite.extend_budget is None  # the cap is the budget: no rerun of failures
+    point = lambda c: (c.vocab_size, c.d_model, c.head, c.head_rank, c.seed, c.lr)  # noqa: E731
+    assert {point(c) for c in per_symbol} == {point(c) for c in fixed_tokens}
+    assert {c.seed for c in suite.runs} == {0, 1, 2, 3, 4}  # >= 5 seeds: exponents are published
+    # per symbol: the same cap in examples per symbol at every V, a schedule that does not move with it, and one
+    # evaluation per example per symbol
+    assert {c.examples_per_symbol for c in per_symbol} == {64} and {c.schedule for c in per_symbol} == {"constant"}
+    assert all(c.stop_after > 0 and c.eval_every * c.batch_size == c.vocab_size for c in per_symbol)
+    # fixed tokens: the same steps and batch at every V, trained to the end
+    assert len({(c.steps, c.batch_size) for c in fixed_tokens}) == 1 and {c.stop_after for c in fixed_tokens} == {0}
 
 
 @pytest.mark.parametrize("name", ["heads", "remedies"])
