@@ -116,7 +116,72 @@ def test_power_law_needs_learned_points_at_two_ratios():
     assert math.isnan(result["b"]) and result["boot_valid"] == 0
 
 
+def lr_grid(fast: list[float], slow: list[float]):
+    """Observations at two ratios x two lrs x the seeds (steps per seed; inf: censored at 1,000), lr 0.01 chosen."""
+    rows = [(r, lr, seed, t) for r in (4.0, 16.0) for lr, times in ((0.01, fast), (0.03, slow))
+            for seed, t in enumerate(times)]
+    ratio, lr, seed, t = map(np.array, zip(*rows))
+    return ratio, lr, seed, np.where(np.isinf(t), 1000.0, t), np.isinf(t), lr == 0.01
+
+
+def test_the_lr_choice_is_redone_in_each_resample():
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    ratio, lr, seed, steps, censored, chosen = lr_grid([100, 110, 120, 130, 140], [300, 310, 320, 330, 340])
+    index = fit.lr_choice_indices(ratio, lr, seed, steps, censored, chosen, 200, rng())
+    assert index.shape == (200, 10) and chosen[index].all()  # the other lr is slower on every seed: never taken
+    # the other lr learns faster on 3 seeds of 5 and never on 2: a resample drawing mostly the first takes it
+    ratio, lr, seed, steps, censored, chosen = lr_grid([100, 110, 120, 130, 140], [50, 60, 70, math.inf, math.inf])
+    index = fit.lr_choice_indices(ratio, lr, seed, steps, censored, chosen, 400, rng())
+    taken = (~chosen[index]).mean()
+    assert 0.2 < taken < 0.8
+    per_ratio = index.reshape(400, 2, 5)  # a resample takes one lr per ratio, for all its drawn seeds
+    assert all(len(set(chosen[row].tolist())) == 1 for rows in per_ratio for row in rows)
+    assert np.array_equal(seed[index], seed[fit.lr_choice_indices(ratio, lr, seed, steps, censored, chosen, 400,
+                                                                    rng())])  # the seed fixes the draws
+    # an lr missing a seed's run is never taken
+    keep = ~((lr == 0.03) & (seed == 4))
+    index = fit.lr_choice_indices(*(a[keep] for a in (ratio, lr, seed, steps, censored, chosen)), 100, rng())
+    assert chosen[keep][index].all()
+
+
+def test_the_lr_choice_enters_the_interval_and_not_the_estimate():
+    """Two lrs that trade places by seed: the bootstrap that redoes the choice takes the other lr in some resamples,
+    so its interval differs from the one that keeps the lr the full data chose; the point estimate does not."""
+    rng = np.random.default_rng(1)
+    ratios = np.array([4.0, 8, 16, 32, 64])
+    rows = []
+    for lr in (0.01, 0.03):
+        for r in ratios:
+            for seed in range(5):
+                rows.append((r, lr, seed, math.exp(2 + 0.5 * math.log(r) + 0.6 * rng.standard_normal())))
+    ratio, lr, seed, steps = map(np.array, zip(*rows))
+    censored = np.zeros(len(steps), bool)
+    medians = {(r, v): np.median(steps[(ratio == r) & (lr == v)]) for r in ratios for v in (0.01, 0.03)}
+    chosen = np.array([medians[(r, v)] <= medians[(r, 0.03 if v == 0.01 else 0.01)] for r, v in zip(ratio, lr)])
+    kept = fit.power_law(ratio[chosen], steps[chosen], censored[chosen], resamples=400, seed=0)
+    index = fit.lr_choice_indices(ratio, lr, seed, steps, censored, chosen, 400, np.random.default_rng(0))
+    redone = fit.power_law(ratio[chosen], steps[chosen], censored[chosen], resamples=400, seed=0,
+                           draws=(ratio, steps, censored, index))
+    assert redone["b"] == kept["b"]  # the point estimate is the chosen lr's
+    assert redone["b_high"] - redone["b_low"] != kept["b_high"] - kept["b_low"]
+    assert (~chosen[index]).any()
+
+
 # -- from records -----------------------------------------------------------------------------------------------------
+def test_the_two_budget_protocols_are_fitted_apart_and_drawn_on_one_figure(tmp_path):
+    per_symbol = [spam_run(ratio * D, seed, int(200 * ratio / 4 * f), examples_per_symbol=ratio * 10.0)
+                  for ratio in (4, 8, 16, 32) for seed, f in enumerate(SPREAD)]
+    found = fitreport.fits(load_runs(write(tmp_path, power_law_runs(ratios=(4, 8, 16, 32)) + per_symbol)),
+                           resamples=50)
+    assert list(found.table["protocol"]) == ["examples/symbol", "tokens"]
+    assert found.table["lr_choice"].all() and set(found.obs["protocol"]) == {"examples/symbol", "tokens"}
+    text = fitreport.fit_markdown(found.table)
+    assert "| examples/symbol |" in text and "| tokens          |" in text and "redoes that choice" in text
+    figure = plots.steps_vs_ratio(found.table, found.obs)
+    labels = {t.get_text() for legend in figure.legends for t in legend.get_texts()}
+    assert {"fixed examples/symbol", "fixed tokens", "fixed-token budget"} <= labels
+
+
 def test_observations_use_the_chosen_lr_the_learned_step_and_the_budget(tmp_path):
     runs = load_runs(write(tmp_path, power_law_runs()))
     obs = fit.observations(runs)

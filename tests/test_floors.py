@@ -15,6 +15,7 @@ import torch
 from spamlang.scoring import floors
 from spamlang.scoring.floorfit import build_head, entropy, fit, half_range, tempered
 from spamlang.scoring.floors import (
+    CACHE_NAME,
     FloorCache,
     FloorSpec,
     circle_loss,
@@ -169,6 +170,18 @@ def test_cache_in_memory_and_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr("spamlang.scoring.floors._estimate", lambda *a: pytest.fail("recomputed a cached floor"))
     assert expressivity_floor(FloorSpec(make_task("spam"), 8, 8, "lowrank", 4, 1), cache=cache) == first
     assert expressivity_floor(FloorSpec(make_task("spam"), 8, 8, "lowrank", 4, 1), cache=FloorCache(path)) == first
+
+
+def test_a_board_keeps_new_floors_in_its_folder_and_the_users_cache_for_the_next_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAMLANG_CACHE_DIR", str(tmp_path / "user"))
+    spec = FloorSpec(make_task("spam"), 8, 8, "lowrank", 4, 1)
+    first = expressivity_floor(spec, cache=FloorCache.for_board(tmp_path / "a"))
+    for path in (tmp_path / "a" / CACHE_NAME, tmp_path / "user" / CACHE_NAME):
+        assert len(json.loads(path.read_text())) == 1
+    monkeypatch.setattr("spamlang.scoring.floors._estimate", lambda *a: pytest.fail("recomputed a cached floor"))
+    assert expressivity_floor(spec, cache=FloorCache.for_board(tmp_path / "b")) == first
+    kept = [json.loads((tmp_path / folder / CACHE_NAME).read_text()) for folder in "ab"]
+    assert kept[0] == kept[1]  # the floor the board used is kept in its folder
 
 
 def test_a_corrupt_cache_file_is_reported_and_ignored(tmp_path):

@@ -51,7 +51,7 @@ from spamlang.publishing.outputs import (
 )
 from spamlang.publishing.ranking import chosen_runs, head_ranking, own_budget
 from spamlang.publishing.tables import format_table
-from spamlang.scoring.floors import CACHE_NAME, FloorCache, shipped_caches
+from spamlang.scoring.floors import FloorCache
 from spamlang.scoring.scorer import score
 from spamlang.scoring.speedup import format_speedup, speedup_table
 from spamlang.system import atomic
@@ -91,7 +91,7 @@ def write(runs: pd.DataFrame, out: str | Path, formats: Iterable[str] = FORMATS,
         written = _write_files(out, files, formats, [out / name for name in images])
         return Written(f"# SpamLang leaderboard\n\n{models.markdown(measured, [])}", written,
                        f"models: {len(measured)} measurement(s); no training runs to rank")
-    scored = score(runs, cache=FloorCache(out / CACHE_NAME, shipped_caches(runs.attrs.get("folders", []))))
+    scored = score(runs, cache=FloorCache.for_board(out, runs.attrs.get("folders", [])))
     chosen = chosen_runs(scored, runs)
     ranking = head_ranking(own_budget(scored), runs)
     rankings = copy_free_ranking_markdown(own_budget(scored), runs)

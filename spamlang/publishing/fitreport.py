@@ -27,8 +27,9 @@ class Fits:
 
 def fits(runs: pd.DataFrame, resamples: int = fit.RESAMPLES, seed: int = fit.BOOTSTRAP_SEED) -> Fits:
     """The fits of ``runs`` (SpamLangError without a task with a Bayes loss, or without a V grid)."""
-    obs = fit.check_grid(fit.observations(runs))
-    return Fits(obs, fit.fit_table(obs, resamples, seed), fit.control_table(runs))
+    tried = fit.observations(runs, every_lr=True)
+    obs = fit.check_grid(tried[tried["chosen"]].reset_index(drop=True))
+    return Fits(obs, fit.fit_table(obs, resamples, seed, tried), fit.control_table(runs))
 
 
 def _g(value: float) -> str:
@@ -54,18 +55,24 @@ _FIT_LEGEND = (
     "training tokens; b with its 95% percentile bootstrap interval over seeds (resampled within each V, {resamples} "
     "resamples, generator seed {seed}); prefactor: e^a, the fitted examples per symbol at V/D = 1. censored: seeds "
     "not learned. critical V/D: the largest V/D at which most seeds learned within the budget (bracket: that value, "
-    "and the smallest V/D at which most did not). Each configuration at its lr chosen on val, on the largest budget "
-    "run at that V.")
+    "and the smallest V/D at which most did not). protocol: the budget held along V — examples/symbol (the same "
+    "data for every symbol at every V) or tokens (fixed steps: the data per symbol falls as 1/V, as in the paper). "
+    "Each configuration at the lr that learns fastest (smallest Kaplan–Meier median), on the largest budget run at "
+    "that V; {lr_choice}")
 
 
 def fit_markdown(table: pd.DataFrame) -> str:
     """The fit table as Markdown with its legend."""
-    rows = [{"task": with_params(row["task"], row["task_params"]), "head": row["head"], "D": str(row["d_model"]),
+    rows = [{"task": with_params(row["task"], row["task_params"]), "protocol": row["protocol"], "head": row["head"],
+             "D": str(row["d_model"]),
              "b (ex/sym) [95% CI]": _exponent(row, "examples"), "prefactor": _g(row["prefactor_examples"]),
              "b (tokens) [95% CI]": _exponent(row, "tokens"), "V/D values": str(row["ratios"]),
              "seeds": str(row["n"]), "censored": str(row["n_censored"]), "critical V/D (bracket)": _bracket(row)}
             for _, row in table.iterrows()]
-    legend = _FIT_LEGEND.format(resamples=table["resamples"].iloc[0], seed=table["bootstrap_seed"].iloc[0])
+    lr_choice = ("each resample redoes that choice on its seeds, so the interval carries the lr choice's "
+                 "uncertainty too." if table["lr_choice"].all() else "the resamples keep that lr.")
+    legend = _FIT_LEGEND.format(resamples=table["resamples"].iloc[0], seed=table["bootstrap_seed"].iloc[0],
+                                lr_choice=lr_choice)
     return markdown_table(rows, lambda cell: cell[:1] in "-0123456789") + "\n" + legend + "\n"
 
 

@@ -249,11 +249,15 @@ def steps_vs_ratio(table: pd.DataFrame, obs: pd.DataFrame) -> Figure | None:
     """Steps-to-learn against V/D, log-log, from :func:`spamlang.scoring.fit.fit_table` and its observations: one row of
     panels per unit (examples per symbol, tokens), one column per width D, one colour per head; each seed a marker
     (filled: learned at that value; open with an upward arrow: not learned, drawn at its budget), the censored
-    power-law fit as a line with its bootstrap 95% band."""
+    power-law fit as a line with its bootstrap 95% band. Both budget protocols on the same axes where both were run:
+    fixed examples per symbol (circles, solid lines) and fixed tokens (triangles, dashed lines, with the budget that
+    protocol gives each V/D as a grey dotted line: where the heads' needs cross it, the fixed-token cliff)."""
     if table.empty:
         return None
     widths = sorted(table["d_model"].unique())
     colours = dict(zip(sorted(table["head"].unique()), matplotlib.colormaps["tab10"].colors * 3))
+    protocols = list(dict.fromkeys(sorted(table["protocol"])))
+    styles = {"examples/symbol": ("o", "-"), "tokens": ("^", "--")}
     fig = Figure(figsize=(max(3.6 * len(widths) + 0.6, 6.0), 6.8), layout="constrained")
     axes = fig.subplots(len(UNITS), len(widths), squeeze=False, sharex="col")
     for col, width in enumerate(widths):
@@ -262,14 +266,19 @@ def steps_vs_ratio(table: pd.DataFrame, obs: pd.DataFrame) -> Figure | None:
             for _, fit in table[table["d_model"] == width].iterrows():
                 seen = obs[(obs["group"] == fit["group"]) & (obs[unit] > 0)]
                 colour = colours[fit["head"]]
+                marker, line = styles[fit["protocol"]]
                 learned, censored = seen[~seen["censored"]], seen[seen["censored"]]
-                ax.scatter(learned["ratio"], learned[unit], color=colour, s=14, alpha=0.8, linewidths=0)
+                ax.scatter(learned["ratio"], learned[unit], color=colour, s=14, alpha=0.8, linewidths=0, marker=marker)
                 if len(censored):
                     ax.errorbar(censored["ratio"], censored[unit], yerr=0.35 * censored[unit], lolims=True,
-                                fmt="o", mfc="white", mec=colour, ecolor=colour, ms=4.5, elinewidth=0.8, capsize=2)
+                                fmt=marker, mfc="white", mec=colour, ecolor=colour, ms=4.5, elinewidth=0.8, capsize=2)
+                if fit["protocol"] == "tokens" and len(protocols) > 1:
+                    budget = seen.groupby("ratio")[f"budget_{unit}"].median()
+                    ax.plot(budget.index, budget, color="0.5", linestyle=":", linewidth=1.0)
                 if np.isfinite(fit[f"b_{unit}"]):
                     x = np.geomspace(seen["ratio"].min(), seen["ratio"].max(), 50)
-                    ax.plot(x, fit[f"prefactor_{unit}"] * x ** fit[f"b_{unit}"], color=colour, linewidth=1.4)
+                    ax.plot(x, fit[f"prefactor_{unit}"] * x ** fit[f"b_{unit}"], color=colour, linewidth=1.4,
+                            linestyle=line)
                     boot = fit[f"boot_{unit}"]
                     if len(boot) >= 2:
                         lines = np.exp(boot[:, :1] + boot[:, 1:] * np.log(x)[None])  # (resamples, points)
@@ -286,8 +295,13 @@ def steps_vs_ratio(table: pd.DataFrame, obs: pd.DataFrame) -> Figure | None:
                 ax.set_ylabel(f"{UNIT_LABELS[unit]} to learn")
     handles = [Line2D([], [], color=c, marker="o", label=h) for h, c in colours.items()]
     handles += [Line2D([], [], color="0.4", marker="o", mfc="white", linestyle="", label="not learned (at budget)")]
+    if len(protocols) > 1:
+        handles += [Line2D([], [], color="0.4", marker=styles[p][0], linestyle=styles[p][1], label=f"fixed {p}")
+                    for p in protocols]
+        handles += [Line2D([], [], color="0.5", linestyle=":", label="fixed-token budget")]
     _legend_below(fig, handles)
-    fig.suptitle("Steps-to-learn against V/D (censored fit; band: 95% seed bootstrap)")
+    fig.suptitle("Time to learn against V/D (censored fit; band: 95% bootstrap over seeds and the lr choice)"
+                 if table["lr_choice"].all() else "Time to learn against V/D (censored fit; band: 95% seed bootstrap)")
     return fig
 
 

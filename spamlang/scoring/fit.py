@@ -130,21 +130,54 @@ def bootstrap_indices(strata: np.ndarray, resamples: int, rng: np.random.Generat
     return np.concatenate(columns, axis=1)
 
 
+def lr_choice_indices(ratio: np.ndarray, lr: np.ndarray, seed_of: np.ndarray, steps: np.ndarray,
+                      censored: np.ndarray, chosen: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples, n) indices into observations at every lr tried (one per ratio, lr and seed; ``chosen`` marks the
+    n at the lr the data choose): each resample draws, within every ratio, as many seeds as the chosen lr has, with
+    replacement, and takes them at the lr that learns fastest on the drawn seeds — the smallest lower median of their
+    times, a censored time counting as infinite (the Kaplan–Meier median of a common cap) — the chosen lr where
+    none is reached or a drawn seed lacks a run at the faster lr. So the interval carries the lr choice's
+    uncertainty as well as the seeds'."""
+    time = np.where(censored, np.inf, steps)
+    columns = []
+    for r in dict.fromkeys(ratio[chosen].tolist()):
+        picked = np.flatnonzero(chosen & (ratio == r))
+        seeds = seed_of[picked]
+        draws = rng.integers(0, len(seeds), size=(resamples, len(seeds)))
+        best, mid = picked[draws], (len(seeds) - 1) // 2
+        for value in dict.fromkeys(lr[(ratio == r) & ~chosen].tolist()):
+            rows = {seed_of[i]: i for i in np.flatnonzero((ratio == r) & (lr == value))}
+            if not all(s in rows for s in seeds):
+                continue
+            at = np.array([rows[s] for s in seeds])[draws]
+            faster = np.sort(time[at], axis=1)[:, mid] < np.sort(time[best], axis=1)[:, mid]
+            best = np.where(faster[:, None], at, best)
+        columns.append(best)
+    return np.concatenate(columns, axis=1)
+
+
 def power_law(ratio: np.ndarray, steps: np.ndarray, censored: np.ndarray, resamples: int = RESAMPLES,
-              seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> dict[str, Any]:
+              seed: int = BOOTSTRAP_SEED, level: float = LEVEL, draws: tuple | None = None) -> dict[str, Any]:
     """The censored fit of log(steps) = a + b·log(ratio) to one group's observations (one per seed and ratio; a
     censored one holds the budget), and its bootstrap over seeds within each ratio: ``a``, ``b``, ``sigma``,
     ``b_low``/``b_high`` (percentile ``level`` interval), ``boot`` ((k, 2) array of the resamples' a and b) and
     ``boot_valid`` (resamples with a fit: uncensored points at two ratios or more). NaN where the data have
-    uncensored points at fewer than two ratios."""
+    uncensored points at fewer than two ratios. ``draws``: (ratio, steps, censored, index) to bootstrap from instead
+    of the observations themselves — observations at every lr tried and the resamples' indices into them
+    (:func:`lr_choice_indices`)."""
     x, y, censored = np.log(ratio), np.log(steps), np.asarray(censored, dtype=bool)
     nan = {"a": math.nan, "b": math.nan, "sigma": math.nan, "b_low": math.nan, "b_high": math.nan,
            "boot": np.empty((0, 2)), "boot_valid": 0}
     if len(set(x[~censored].tolist())) < 2:
         return nan
     a, b, sigma = tobit(x, y, censored)[0]
-    index = bootstrap_indices(x, resamples, np.random.default_rng(seed))  # strata: the ratios
-    xs, ys, cs = x[index], y[index], censored[index]
+    if draws is None:
+        index = bootstrap_indices(x, resamples, np.random.default_rng(seed))  # strata: the ratios
+        xs, ys, cs = x[index], y[index], censored[index]
+    else:
+        ratio_all, steps_all, censored_all, index = draws
+        xs, ys = np.log(np.asarray(ratio_all, float))[index], np.log(np.asarray(steps_all, float))[index]
+        cs = np.asarray(censored_all, dtype=bool)[index]
     learned_at = np.where(cs, np.nan, xs)
     usable = np.array([len(set(row[np.isfinite(row)].tolist())) >= 2 for row in learned_at])
     fits = tobit(xs[usable], ys[usable], cs[usable]) if usable.any() else np.empty((0, 3))
@@ -158,7 +191,8 @@ def power_law(ratio: np.ndarray, steps: np.ndarray, censored: np.ndarray, resamp
 # -- from runs to observations --------------------------------------------------------------------------------------
 def configurations(runs: pd.DataFrame) -> list[dict[str, Any]]:
     """Each configuration of the runs (see :mod:`spamlang.scoring.configurations`) with a Bayes loss, as
-    ``{"fields": {...}, "lr": ..., "runs": [the runs at the swept values that learn fastest]}`` (a time measure is
+    ``{"fields": {...}, "lr": ..., "runs": [the runs at the swept values that learn fastest], "tried": [every run of
+    the configuration]}`` (a time measure is
     read where the configuration learns fastest, :func:`spamlang.scoring.times.fastest`), in the scorer's order. Runs
     of tasks without a Bayes loss (text) have no steps-to-learn and are left out."""
     runs = python_values(runs)
@@ -167,7 +201,8 @@ def configurations(runs: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for conf in grouped(runs, by, swept):
         fast = fastest(conf.runs, swept, LEARNED_MARGIN)
-        out.append({"fields": conf.fields, "lr": fast.iloc[0]["lr"], "runs": [run for _, run in fast.iterrows()]})
+        out.append({"fields": conf.fields, "lr": fast.iloc[0]["lr"], "runs": [run for _, run in fast.iterrows()],
+                    "tried": [run for _, run in conf.runs.iterrows()]})
     return out
 
 
@@ -184,7 +219,10 @@ def _observation(run: Mapping) -> dict[str, Any] | None:
 
 
 def _group_key(fields: Mapping) -> str:
-    return json.dumps([config_key(fields[f]) for f in fields if f not in AXIS_FIELDS], default=str)
+    """The settings fixed along one V grid, and its budget protocol (a grid holds its examples per symbol or its
+    steps, never some of each)."""
+    return json.dumps([config_key(fields[f]) for f in fields if f not in AXIS_FIELDS] + [protocol(fields)],
+                      default=str)
 
 
 def _budget_of(config: Mapping) -> float:
@@ -192,13 +230,21 @@ def _budget_of(config: Mapping) -> float:
     return statistics.median(budgets) if budgets else -math.inf
 
 
-def observations(runs: pd.DataFrame) -> pd.DataFrame:
+def protocol(fields: Mapping) -> str:
+    """The budget protocol of a configuration: ``examples/symbol`` where its budget is set in examples per symbol (the
+    same data for every symbol at every V), else ``tokens`` (a fixed number of steps: the data per symbol falls as V
+    grows, as in the paper)."""
+    return "examples/symbol" if fields.get("examples_per_symbol") is not None else "tokens"
+
+
+def observations(runs: pd.DataFrame, every_lr: bool = False) -> pd.DataFrame:
     """One row per seed of each (group, V) of the runs, at the chosen lr of the configuration with the largest
     budget there (a grid whose failures were rerun on a larger budget is read at that budget): ``group`` (the
     settings that stay fixed along V, as JSON), ``task``, ``task_params``, ``head`` (the design's label, e.g.
-    ``lowrank:2``), ``head_name``, ``head_rank``, ``d_model``, ``vocab_size``, ``ratio`` (V/D), ``lr``, ``run_id``,
-    ``seed``, ``learned``, ``censored``, ``steps``/``examples``/``tokens`` (at the learned step, or the budget where
-    censored) and the ``budget_*`` in each unit."""
+    ``lowrank:2``), ``head_name``, ``head_rank``, ``d_model``, ``protocol`` (:func:`protocol`), ``vocab_size``,
+    ``ratio`` (V/D), ``lr``, ``chosen``, ``run_id``, ``seed``, ``learned``, ``censored``,
+    ``steps``/``examples``/``tokens`` (at the learned step, or the budget where censored) and the ``budget_*`` in each
+    unit. ``every_lr``: one row per seed at every lr tried there, ``chosen`` marking the chosen lr's."""
     best: dict[tuple[str, Any], dict] = {}
     for config in configurations(runs):
         key = (_group_key(config["fields"]), config["fields"]["vocab_size"])
@@ -207,16 +253,18 @@ def observations(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (group, vocab), config in best.items():
         f = config["fields"]
-        for run in config["runs"]:
+        chosen = {run["run_id"] for run in config["runs"]}
+        for run in config["tried" if every_lr else "runs"]:
             seen = _observation(run)
             if seen is not None:
                 rows.append({"group": group, "task": f["task"], "task_params": f["task_params"],
                              "head": head_label(f["head"], f["head_rank"], f["head_params"]), "head_name": f["head"],
-                             "head_rank": f["head_rank"], "d_model": f["d_model"], "vocab_size": vocab,
-                             "ratio": vocab / f["d_model"], "lr": config["lr"], **seen})
-    columns = ["group", "task", "task_params", "head", "head_name", "head_rank", "d_model", "vocab_size", "ratio",
-               "lr", "run_id", "seed", "learned", "censored", "steps", "examples", "tokens", "budget_steps",
-               "budget_examples", "budget_tokens"]
+                             "head_rank": f["head_rank"], "d_model": f["d_model"], "protocol": protocol(f),
+                             "vocab_size": vocab, "ratio": vocab / f["d_model"], "lr": run["lr"],
+                             "chosen": run["run_id"] in chosen, **seen})
+    columns = ["group", "task", "task_params", "head", "head_name", "head_rank", "d_model", "protocol", "vocab_size",
+               "ratio", "lr", "chosen", "run_id", "seed", "learned", "censored", "steps", "examples", "tokens",
+               "budget_steps", "budget_examples", "budget_tokens"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -244,34 +292,45 @@ def critical_ratio(obs: pd.DataFrame) -> tuple[float, float]:
             float(learned.index[~learned].min()) if (~learned).any() else math.nan)
 
 
-def fit_table(obs: pd.DataFrame, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
+def fit_table(obs: pd.DataFrame, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
+              tried: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (head, D) group of :func:`observations` with runs at two V or more (:func:`check_grid`): ``task``,
-    ``head``, ``d_model``, ``ratios`` (V/D values), ``n`` (seeds' observations), ``n_censored``, ``n_start``
+    ``head``, ``d_model``, ``protocol``, ``ratios`` (V/D values), ``n`` (seeds' observations), ``n_censored``,
+    ``n_start``
     (learned at step 0, left out of the fit: no time to take a log of); per unit (``examples``, ``tokens``) the
     exponent ``b_<unit>`` with its bootstrap interval ``b_<unit>_low``/``_high``, ``prefactor_<unit>`` (e^a: steps
     at V/D = 1), ``sigma_<unit>`` (scatter in log steps), ``boot_valid_<unit>`` and ``boot_<unit>`` (the resamples'
     (a, b), for the plots); ``critical`` and ``not_learned`` (:func:`critical_ratio`); ``resamples`` and
-    ``bootstrap_seed``."""
+    ``bootstrap_seed``. With ``tried`` (:func:`observations` at every lr), each resample also redoes the lr choice
+    on its seeds (:func:`lr_choice_indices`); ``lr_choice`` says whether it did."""
     obs = check_grid(obs)
     rows = []
     for group, members in obs.groupby("group", sort=False):
         first = members.iloc[0]
         fitted = members[members["steps"] > 0]
         row = {"group": group, "task": first["task"], "task_params": first["task_params"], "head": first["head"],
-               "d_model": first["d_model"], "ratios": int(members["ratio"].nunique()), "n": len(members),
-               "n_censored": int(members["censored"].sum()), "n_start": len(members) - len(fitted)}
+               "d_model": first["d_model"], "protocol": first["protocol"], "ratios": int(members["ratio"].nunique()),
+               "n": len(members), "n_censored": int(members["censored"].sum()), "n_start": len(members) - len(fitted)}
+        draws = None
+        if tried is not None:
+            alt = tried[(tried["group"] == group) & (tried["steps"] > 0)]
+            index = lr_choice_indices(*(alt[c].to_numpy() for c in ("ratio", "lr", "seed", "steps", "censored")),
+                                      alt["chosen"].to_numpy(bool), resamples, np.random.default_rng(seed))
+            draws = lambda unit: (alt["ratio"], alt[unit], alt["censored"], index)  # noqa: E731
         for unit in UNITS:
             result = power_law(fitted["ratio"].to_numpy(float), fitted[unit].to_numpy(float),
-                               fitted["censored"].to_numpy(bool), resamples, seed)
+                               fitted["censored"].to_numpy(bool), resamples, seed,
+                               draws=None if draws is None else draws(unit))
             row.update({f"b_{unit}": result["b"], f"b_{unit}_low": result["b_low"],
                         f"b_{unit}_high": result["b_high"], f"prefactor_{unit}": math.exp(result["a"]),
                         f"sigma_{unit}": result["sigma"], f"boot_valid_{unit}": result["boot_valid"],
                         f"boot_{unit}": result["boot"]})
         row["critical"], row["not_learned"] = critical_ratio(members)
-        row.update({"resamples": resamples, "bootstrap_seed": seed})
+        row.update({"resamples": resamples, "bootstrap_seed": seed, "lr_choice": tried is not None})
         rows.append(row)
     table = pd.DataFrame(rows)
-    order = sorted(range(len(table)), key=lambda i: (table["task"][i], table["head"][i], table["d_model"][i]))
+    order = sorted(range(len(table)), key=lambda i: (table["task"][i], table["protocol"][i], table["head"][i],
+                                                     table["d_model"][i]))
     return table.iloc[order].reset_index(drop=True)
 
 

@@ -333,21 +333,32 @@ def shipped_caches(folders) -> list[Path]:
 
 class FloorCache(dict):
     """Floors by key, in memory and, given a path, in a JSON file that every new entry is merged into atomically;
-    ``sources`` are further cache files read (never written), such as those shipped with published results.
+    ``sources`` are further cache files read (never written), such as those shipped with published results; ``copy_to``
+    is a further file that new entries are merged into too (the user's cache, so that the next folder finds them).
 
     An unreadable cache file is reported (warnings.warn) and its floors recomputed, never trusted; a cache file that
     cannot be written is reported once and the floors kept in memory.
     """
 
-    def __init__(self, path: str | Path | None = None, sources=()):
+    def __init__(self, path: str | Path | None = None, sources=(), copy_to: str | Path | None = None):
         super().__init__()
-        for source in [*map(Path, sources), *([Path(path)] if path is not None else [])]:
+        files = [*map(Path, sources), *(Path(p) for p in (copy_to, path) if p is not None)]
+        for source in dict.fromkeys(files):
             try:
                 super().update(_read_cache(source))
             except ValueError as exc:
                 warnings.warn(f"{source}: floor cache not readable ({exc}); floors will be recomputed",
                               RuntimeWarning)
-        self.path = Path(path) if path is not None else None
+        self.paths = [Path(p) for p in dict.fromkeys((path, copy_to)) if p is not None]
+        self._kept = set(_read_quietly(Path(path))) if path is not None and copy_to is not None else set(self)
+
+    def __getitem__(self, key: str) -> dict:
+        """A floor; with ``copy_to``, one read from another file is kept in this cache's files too, so that a
+        folder's cache holds every floor its board used."""
+        value = super().__getitem__(key)
+        if key not in self._kept:
+            self[key] = value
+        return value
 
     @classmethod
     def for_user(cls, folders=(), path: str | Path | None = None) -> "FloorCache":
@@ -355,22 +366,33 @@ class FloorCache(dict):
         read, new floors go to ``path`` (default: ``floors.cache.json`` in :func:`user_cache_dir`)."""
         return cls(path if path is not None else user_cache_dir() / CACHE_NAME, shipped_caches(folders))
 
-    def _read(self) -> dict:
-        return _read_cache(self.path) if self.path is not None else {}
+    @classmethod
+    def for_board(cls, out: str | Path, folders=()) -> "FloorCache":
+        """The cache of a leaderboard written to ``out``: ``out/floors.cache.json`` (shipped with published results),
+        read with the caches shipped with the record ``folders`` and the user's cache, new floors written to both."""
+        return cls(Path(out) / CACHE_NAME, shipped_caches(folders), copy_to=user_cache_dir() / CACHE_NAME)
 
     def __setitem__(self, key: str, value: dict) -> None:
         super().__setitem__(key, value)
-        if self.path is not None:
+        self._kept.add(key)
+        for path in list(self.paths):
             try:
-                merged = {**self._read(), key: value}  # keep what other processes wrote meanwhile
+                merged = {**_read_cache(path), key: value}  # keep what other processes wrote meanwhile
             except ValueError:
                 merged = dict(self)
             try:
-                atomic.write_text(self.path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+                atomic.write_text(path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
             except OSError as exc:
-                warnings.warn(f"{self.path}: floor cache not writable ({exc.strerror or exc}); floors are kept in "
+                warnings.warn(f"{path}: floor cache not writable ({exc.strerror or exc}); floors are kept in "
                               f"memory only", RuntimeWarning)
-                self.path = None
+                self.paths.remove(path)
+
+
+def _read_quietly(path: Path) -> dict:
+    try:
+        return _read_cache(path)
+    except ValueError:
+        return {}
 
 
 def _read_cache(path: Path) -> dict:
