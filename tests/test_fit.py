@@ -294,6 +294,14 @@ def test_figures_write_png_and_svg(tmp_path):
         assert vector == (tmp_path / name).with_suffix(".svg").read_bytes()
 
 
+def test_figures_rendered_on_forked_processes_are_the_same_bytes(tmp_path):
+    runs = load_runs(write(tmp_path / "runs", power_law_runs(ratios=(4, 16, 32))))
+    result = fitreport.fits(runs, resamples=20)
+    fresh = lambda: list(fitreport.figures(result, runs).values())  # noqa: E731 (a render lays a figure out)
+    alone = [plots.render_both(f) for f in fresh()]
+    assert plots.render_many(fresh(), 1) == alone and plots.render_many(fresh(), 2) == alone
+
+
 # -- the command line -------------------------------------------------------------------------------------------------
 def test_fit_cli_writes_the_table_and_figures(run_cli, tmp_path):
     folder = write(tmp_path / "runs", power_law_runs(ratios=(4, 16, 32)) + power_law_runs("lowrank", 2, (4, 16)))

@@ -24,6 +24,7 @@ and its loss-vs-tokens plot.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -177,7 +178,8 @@ def write_fit(runs: pd.DataFrame, out: str | Path, command: str = "", resamples:
     tables = {"fit.csv": fitreport.fit_csv(fits.table), "control.csv": format_table(fits.control, "csv")}
     files = {FIT_PROVENANCE_FILE: provenance_sidecar(prov, tables, out), **tables,  # plain tables: read_csv reads them
              "fit.md": head + fitreport.markdown(fits, list(figures))}
-    rendered = {name: plots.render_both(fig) for name, fig in figures.items()}  # all before any write
+    # all before any write; on the machine's cores (the rendering is most of a fit's time)
+    rendered = dict(zip(figures, plots.render_many(list(figures.values()), os.cpu_count() or 1)))
     written = []
     for name, (data, vector) in rendered.items():
         atomic.write_bytes(out / name, data)

@@ -137,8 +137,11 @@ def caption(name: str) -> str:
 
 
 def figures(result: Fits, runs: pd.DataFrame) -> dict[str, Figure]:
-    """The fit figures by PNG file name: steps-to-learn against V/D, and the direction/scale figure of each D."""
+    """The fit figures by PNG file name: steps-to-learn against V/D, and the direction/scale figure of each D (of
+    the runs at fixed examples per symbol where there are any: its x axis is the data per symbol seen)."""
     out = {STEPS_FIGURE: plots.steps_vs_ratio(result.table, result.obs)}
-    for width in sorted(result.obs["d_model"].unique()):
-        out[figure_name(width)] = plots.direction_scale(result.obs, runs, width)
+    per_symbol = result.obs[result.obs["protocol"] == "examples/symbol"]
+    traced = per_symbol if len(per_symbol) else result.obs
+    for width in sorted(traced["d_model"].unique()):
+        out[figure_name(width)] = plots.direction_scale(traced, runs, width)
     return {name: fig for name, fig in out.items() if fig is not None}
