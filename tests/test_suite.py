@@ -349,6 +349,27 @@ def test_the_cliff_suite_runs_both_protocols_at_the_same_points_with_the_same_se
     assert len({(c.steps, c.batch_size) for c in fixed_tokens}) == 1 and {c.stop_after for c in fixed_tokens} == {0}
 
 
+def test_the_wide_cliff_suite_spends_its_budget_where_the_question_is():
+    runs = load("cliff-wide").runs
+    per_symbol = [c for c in runs if c.examples_per_symbol is not None]
+    fixed_tokens = [c for c in runs if c.examples_per_symbol is None]
+    wide = {c.vocab_size for c in runs if c.vocab_size >= 16384}
+    assert wide == {16384, 32768, 65536, 131072} and max(c.vocab_size / c.d_model for c in runs) == 4096
+    for arm in (per_symbol, fixed_tokens):  # both arms: 3 seeds of three heads to V = 32,768, 2 of two above
+        for vocab in (16384, 32768):
+            assert {(c.head, c.head_rank) for c in arm if c.vocab_size == vocab} == {
+                ("linear", None), ("lowrank", 8), ("gradproj", 8)}
+            assert {c.seed for c in arm if c.vocab_size == vocab} == {0, 1, 2}
+        for vocab in (65536, 131072):
+            assert {(c.head, c.head_rank, c.seed) for c in arm if c.vocab_size == vocab} == {
+                (h, r, s) for h, r in (("linear", None), ("lowrank", 8)) for s in (0, 1)}
+        assert {c.vocab_size for c in arm if c.head_rank == 2} == {4096, 8192}  # the rank-2 anchors
+    assert all(c.examples_per_symbol >= (256 if c.vocab_size <= 32768 else 64) for c in per_symbol)
+    assert all(c.schedule == "constant" and c.stop_after > 0 for c in per_symbol)
+    assert len({c.steps * c.batch_size for c in fixed_tokens}) == 1  # the same tokens at every V
+    assert {c.schedule for c in fixed_tokens} == {"wsd"} and {c.stop_after for c in fixed_tokens} == {0}
+
+
 @pytest.mark.parametrize("name", ["heads", "remedies"])
 def test_the_head_suites_tune_lr_per_head_on_every_task(name):
     from spamlang.task import TASKS
