@@ -84,10 +84,12 @@ def fit_csv(table: pd.DataFrame) -> str:
 
 _CONTROL_LEGEND = (
     "gradproj:r (full-rank forward, rank-r gradient) against lowrank:r (rank-r forward and gradient) and linear, at "
-    "each one's lr chosen on val and the same budget, seeds paired: loss: mean final test loss; learned: seeds "
+    "the lr at which each learns fastest and the same budget, seeds paired: loss: mean final test loss; learned: seeds "
     "learned within the budget; Δloss and Δlog steps: mean over seeds of gradproj minus the other head (a seed not "
-    "learned counts at its budget, a lower bound), p: two-sided paired t-test, Holm-adjusted over the row's four "
-    "tests. like: linear when gradproj differs from lowrank and not from linear, lowrank the reverse, between when it "
+    "learned counts at its budget, a lower bound); p: two-sided paired t-test on the losses (- when the differences "
+    "are identical), the paired censored test on the times (- when no pair's order is known), Holm-adjusted over the "
+    "row's tests that could be made. like: linear when gradproj differs from lowrank and not from linear, lowrank the "
+    "reverse, between when it "
     "differs from both, no contrast when from neither (a loss difference counts at p < {alpha} and beyond {tol} "
     "nats, a steps difference at p < {alpha}).")
 
@@ -98,7 +100,8 @@ def control_markdown(control: pd.DataFrame) -> str:
         return "(no configuration has gradproj:r beside lowrank:r and linear)\n"
     rows = []
     for _, row in control.iterrows():
-        cells = {"task": with_params(row["task"], row["task_params"]), "V": str(row["vocab_size"]),
+        cells = {"task": with_params(row["task"], row["task_params"]), "protocol": row["protocol"],
+                 "V": str(row["vocab_size"]),
                  "D": str(row["d_model"]), "r": str(row["r"]), "ex/sym": _g(row["budget_examples"]),
                  "seeds": str(row["n"])}
         for head in ("gradproj", "lowrank", "linear"):

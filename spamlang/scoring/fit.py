@@ -365,7 +365,8 @@ def _steps_test(first: list[Mapping], second: list[Mapping]) -> float:
 
 def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: float = ALPHA) -> pd.DataFrame:
     """For each configuration of a ``gradproj:r`` head that has ``lowrank:r`` and ``linear`` beside it (same other
-    settings and budget), the seeds paired across the three at their chosen lrs: ``task``, ``vocab_size``,
+    settings and budget), the seeds paired across the three at the lr at which each learns fastest: ``task``,
+    ``protocol`` (:func:`protocol`), ``vocab_size``,
     ``d_model``, ``r``, ``budget_examples``, ``n`` (seeds shared by all three), mean final test ``loss_<head>`` and
     seeds ``learned_<head>`` for each, and against each of ``lowrank`` and ``linear``: ``dloss_<other>`` (mean
     gradproj - other), ``p_loss_<other>`` (two-sided paired t-test; NaN when the differences are identical),
@@ -390,8 +391,8 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
         seeds = set.intersection(*({r["seed"] for r in arm} for arm in arms.values()))
         arms = {k: sorted((r for r in arm if r["seed"] in seeds), key=lambda r: r["seed"]) for k, arm in arms.items()}
         f = config["fields"]
-        row = {"task": f["task"], "task_params": f["task_params"], "vocab_size": f["vocab_size"],
-               "d_model": f["d_model"], "r": rank,
+        row = {"task": f["task"], "task_params": f["task_params"], "protocol": protocol(f),
+               "vocab_size": f["vocab_size"], "d_model": f["d_model"], "r": rank,
                "budget_examples": statistics.median(cap_budget(r)[2] for r in arms["gradproj"]) if seeds else math.nan,
                "n": len(seeds)}
         for name, arm in arms.items():
@@ -405,7 +406,8 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
             row[f"p_steps_{other}"] = _steps_test(arms["gradproj"], arms[other])
         row.update(zip(tests, holm([row[name] for name in tests])))  # untestable (NaN) ones stay out of the family
         rows.append(row)
-    columns = ["task", "task_params", "vocab_size", "d_model", "r", "budget_examples", "n", "loss_gradproj",
+    columns = ["task", "task_params", "protocol", "vocab_size", "d_model", "r", "budget_examples", "n",
+               "loss_gradproj",
                "loss_lowrank", "loss_linear", "learned_gradproj", "learned_lowrank", "learned_linear",
                *(f"{k}_{o}" for o in ("lowrank", "linear") for k in ("dloss", "p_loss", "dsteps", "p_steps")), "like"]
     if not rows:
