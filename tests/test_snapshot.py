@@ -1,0 +1,102 @@
+"""Snapshots of runs in progress: a run stopped after a snapshot resumes from it to the history of an uninterrupted
+run, bit for bit on the CPU; a snapshot that is not the run's is ignored with a warning."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from spamlang.config import RunConfig
+from spamlang.training import loop, snapshot
+from spamlang.training.loop import train
+
+BASE = dict(task="spam", vocab_size=64, d_model=16, seq_len=4, layers=1, batch_size=16, steps=40, eval_every=5,
+            eval_sequences=64, diag_tokens=32, warmup=5, device="cpu", seed=3)
+#: the step in whose on_step callback the first session is stopped: after the snapshot of step 25's evaluation
+STOP_AT = 27
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(step: int):
+    def on_step(done: int, steps: int) -> None:
+        if done == step:
+            raise Stop
+    return on_step
+
+
+def same_history(got, expected) -> bool:
+    """Every evaluation and final metric the same bits (repr of a float is exact), wall times aside."""
+    final = dataclasses.replace(got.final, tokens_per_second=expected.final.tokens_per_second)
+    return (repr(got.history), repr(final), got.status, got.timing.steps) == \
+        (repr(expected.history), repr(expected.final), expected.status, expected.timing.steps)
+
+
+_uninterrupted: dict[str, object] = {}
+
+
+def uninterrupted(config: RunConfig):
+    if config.run_id not in _uninterrupted:
+        _uninterrupted[config.run_id] = train(config, threads=1)
+    return _uninterrupted[config.run_id]
+
+
+def interrupted(config: RunConfig, path, **resume):
+    """The run stopped at STOP_AT after snapshots at every evaluation, then resumed from its snapshot; the record and
+    the first step the second session trained."""
+    with pytest.raises(Stop):
+        train(config, threads=1, snapshot=path, snapshot_every=0, on_step=stop_at(STOP_AT))
+    assert path.exists()
+    steps = []
+    rec = train(config, threads=1, snapshot=path, snapshot_every=0, on_step=lambda done, _: steps.append(done),
+                **resume)
+    return rec, steps[0]
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(head="sampled", head_params={"negatives": 8}),
+                                      dict(optimizer="sgd", grad_clip=0.5, schedule="wsd")],
+                         ids=["linear", "sampled", "sgd"])
+def test_a_stopped_run_resumes_to_the_uninterrupted_history(tmp_path, settings):
+    config = RunConfig(**{**BASE, **settings})
+    rec, first = interrupted(config, tmp_path / "run.pt")
+    assert first == 26  # it resumed from the snapshot of step 25, not from the start
+    assert same_history(rec, uninterrupted(config))
+    assert rec.timing.eval_seconds > 0 and rec.env.threads == 1
+
+
+@pytest.mark.parametrize("settings, lost", [(dict(), "optimizer"),
+                                            (dict(head="sampled", head_params={"negatives": 8}), "generators")])
+def test_a_resume_that_loses_state_is_caught(tmp_path, monkeypatch, settings, lost):
+    """The comparison above sees a resume that resets the optimizer or the sampled head's generator."""
+    config = RunConfig(**{**BASE, **settings})
+    restore = loop.restore
+
+    def forgetful(trainer, state):
+        fresh = {"optimizer": trainer.optimizer.state_dict(),
+                 "generators": snapshot.generator_states(trainer.model)}[lost]
+        restore(trainer, {**state, lost: fresh})
+    monkeypatch.setattr(loop, "restore", forgetful)
+    rec, first = interrupted(config, tmp_path / "run.pt")
+    assert first == 26 and not same_history(rec, uninterrupted(config))
+
+
+def test_a_snapshot_of_something_else_is_ignored(tmp_path):
+    config = RunConfig(**BASE)
+    path = tmp_path / "run.pt"
+    other = dataclasses.replace(config, lr=0.01)
+    with pytest.raises(Stop):
+        train(other, threads=1, snapshot=path, snapshot_every=0, on_step=stop_at(STOP_AT))
+    with pytest.warns(RuntimeWarning, match="snapshot .* ignored .* other runs"):
+        rec = train(config, threads=1, snapshot=path, snapshot_every=0)
+    assert same_history(rec, uninterrupted(config))
+    path.write_bytes(b"not a snapshot")
+    with pytest.warns(RuntimeWarning, match="snapshot .* ignored"):
+        assert snapshot.load(path, "run", [config]) is None
+
+
+def test_a_short_run_writes_no_snapshot(tmp_path):
+    path = tmp_path / "run.pt"
+    train(RunConfig(**{**BASE, "steps": 10}), threads=1, snapshot=path)
+    assert not path.exists()
