@@ -100,3 +100,37 @@ def test_a_short_run_writes_no_snapshot(tmp_path):
     path = tmp_path / "run.pt"
     train(RunConfig(**{**BASE, "steps": 10}), threads=1, snapshot=path)
     assert not path.exists()
+
+
+#: a group in which one member diverges at step 2, one learns and stops at step 60 and one goes on to the cap
+GROUP = [RunConfig(**{**BASE, "batch_size": 32, "steps": 100, "eval_every": 10, "stop_after": 2,
+                      "schedule": "constant", "seed": seed, "lr": lr}) for seed, lr in ((0, 0.03), (1, 3e-4), (2, 1e7))]
+
+
+def test_a_stopped_ensemble_resumes_to_the_uninterrupted_records(tmp_path, monkeypatch):
+    """Stopped at step 75, after the snapshot of step 70 (past the stop of two members), then resumed: each member's
+    record is the uninterrupted group's; a resume that resets the optimizer's moments is caught."""
+    from spamlang.training import ensemble
+    path = tmp_path / "group.pt"
+    expected = ensemble.train_ensemble(GROUP, threads=1)
+    assert [(r.status, r.timing.steps) for r in expected] == [("ok", 60), ("ok", 100), ("diverged", 2)]
+
+    def stopped_and_resumed():
+        path.unlink(missing_ok=True)
+        with pytest.raises(Stop):
+            ensemble.train_ensemble(GROUP, threads=1, snapshot=path, snapshot_every=0,
+                                    on_step=lambda i, done, steps: stop_at(75)(done, steps))
+        steps = []
+        records = ensemble.train_ensemble(GROUP, threads=1, snapshot=path, snapshot_every=0,
+                                          on_step=lambda i, done, _: steps.append(done))
+        assert steps[0] == 71
+        return records
+
+    for got, want in zip(stopped_and_resumed(), expected):
+        assert same_history(got, want) and got.env.ensemble
+    resumed = ensemble._resumed
+
+    def forgetful(members, state):
+        return resumed(members, {**state, "moments": [m.zero_() for m in state["moments"]]})
+    monkeypatch.setattr(ensemble, "_resumed", forgetful)
+    assert not same_history(stopped_and_resumed()[1], expected[1])
