@@ -3,10 +3,21 @@ run, bit for bit on the CPU; a snapshot that is not the run's is ignored with a 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
+from spamlang import record
 from spamlang.config import RunConfig
+from spamlang.sweeps.runner import run_suite
+from spamlang.sweeps.suite import load
 from spamlang.training import loop, snapshot
 from spamlang.training.loop import train
 
@@ -134,3 +145,71 @@ def test_a_stopped_ensemble_resumes_to_the_uninterrupted_records(tmp_path, monke
         return resumed(members, {**state, "moments": [m.zero_() for m in state["moments"]]})
     monkeypatch.setattr(ensemble, "_resumed", forgetful)
     assert not same_history(stopped_and_resumed()[1], expected[1])
+
+
+LONG = """
+[suite]
+name = "long"
+description = "runs long enough to be killed mid-way"
+
+[defaults]
+d_model = 16
+layers = 1
+seq_len = 4
+batch_size = 16
+steps = {steps}
+eval_every = 20
+eval_sequences = 64
+diag_tokens = 32
+device = "cpu"
+
+[[grid]]
+task = "spam"
+vocab_size = 64
+seed = {seeds}
+"""
+
+
+def _records(out: Path) -> dict[str, record.RunRecord]:
+    return {p.stem: record.read(p) for p in (out / "runs").glob("*.json")}
+
+
+def test_a_sweep_killed_after_a_snapshot_resumes_its_runs_to_the_uninterrupted_records(tmp_path):
+    """``spamlang run`` (an ensemble of two runs) killed with SIGKILL once it has written a snapshot (at every
+    evaluation here); the runner, run again into the same folder, resumes the group from it (its records keep the
+    first session's start time) and ends with the records of an uninterrupted sweep; no snapshot is left. (The rerun
+    is in this process: the command's leaderboard would take longer than the runs.)"""
+    steps = 200
+    path = tmp_path / "long.toml"
+    path.write_text(LONG.format(steps=steps, seeds="[0, 1]"))
+    out, partial = tmp_path / "out", tmp_path / "out" / "runs" / ".partial"
+    cmd = [sys.executable, "-m", "spamlang", "run", str(path), "--out", str(out), "--quiet", "--lr-rounds", "0",
+           "--threads", "1", "--snapshot-every", "0"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # this checkout's spamlang
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(partial.glob("*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        killed = datetime.datetime.now(datetime.timezone.utc)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    snapshots = list(partial.glob("*.pt"))
+    assert snapshots and not _records(out), proc.stderr.read().decode()  # killed mid-way, after a snapshot
+    step = torch.load(snapshots[0], weights_only=True)["state"]["step"]
+    assert 0 < step < steps
+    time.sleep(1.0)  # a run started over would have a later start time (records keep whole seconds)
+    suite = load(str(path))
+    assert run_suite(suite, out, progress=False, lr_rounds=0, threads=1)["ok"] == 2
+    expected = tmp_path / "expected"
+    run_suite(suite, expected, progress=False, lr_rounds=0, threads=1)
+    got, want = _records(out), _records(expected)
+    assert sorted(got) == sorted(want) and len(got) == 2
+    for run_id, rec in got.items():
+        assert same_history(rec, want[run_id]), run_id
+        assert datetime.datetime.fromisoformat(rec.created) <= killed  # resumed, not started over
+    assert not list(partial.iterdir())
