@@ -406,7 +406,7 @@ def train_ensemble(configs: list[RunConfig], threads: int | None = None,
     resolved = check_group(configs)
     on_eval, on_step = on_eval or _ignore, on_step or _ignore
     state = snapshots.load(snapshot, "ensemble", resolved) if snapshot is not None else None
-    count = state["threads"] if state else choose(step_flops(resolved[0])) if threads is None else threads
+    count = state.get("threads", 1) if state else choose(step_flops(resolved[0])) if threads is None else threads
     started = datetime.datetime.now(datetime.timezone.utc)
     with using(count):
         members = _members(resolved)
@@ -447,6 +447,7 @@ def _state(ensemble: _Ensemble, members: list[_Member], step: int, started: date
 
 def _resumed(members: list[_Member], state: dict) -> _Ensemble:
     """The ensemble of a snapshot (:func:`_state`), its members' bookkeeping put back into ``members``."""
+    datetime.datetime.fromisoformat(state["started"])
     for m, s in zip(members, state["members"], strict=True):
         m.history, m.learned_in_a_row = snapshots.restore_points(s["history"]), s["learned_in_a_row"]
         m.trainer.seen.copy_(s["seen"])

@@ -73,7 +73,7 @@ def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Pat
     record is kept.
     """
     state = snapshots.load(snapshot, "run", [config]) if snapshot is not None else None
-    count = state["threads"] if state else choose(step_flops(config)) if threads is None else threads
+    count = state.get("threads", 1) if state else choose(step_flops(config)) if threads is None else threads
     started = datetime.datetime.now(datetime.timezone.utc)
     with using(count):
         trainer = Trainer(config)
@@ -93,7 +93,12 @@ def _ignore(*args) -> None:
 
 
 def restore(trainer: Trainer, state: dict) -> None:
-    """Put a snapshot's model, optimizer, head generators and seen-mask into ``trainer``."""
+    """Put a snapshot's model, optimizer, head generators and seen-mask into ``trainer``; KeyError if the snapshot
+    lacks what the loop reads of it."""
+    missing = {"step", "history", "learned_in_a_row", "train_seconds", "eval_seconds", "total_seconds"} - set(state)
+    if missing:
+        raise KeyError(f"it has no {', '.join(sorted(missing))}")
+    datetime.datetime.fromisoformat(state["started"])
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     snapshots.set_generator_states(trainer.model, state["generators"])
