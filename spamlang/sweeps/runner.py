@@ -1,9 +1,10 @@
 """The suite runner: run every configuration not yet recorded, locally or on a Ray cluster, and keep going on failure.
 
 Each finished run's record is written atomically by this (the driver) process as ``OUT/runs/<run_id>.json``, so an
-interrupted sweep (Ctrl-C, a crash, ``kill -9``) loses at most the runs in flight and never leaves a partial or
-duplicate record; rerunning skips what is recorded. A run that raises is recorded with status ``failed`` and its error,
-and is tried again on the next rerun.
+interrupted sweep (Ctrl-C, a crash, ``kill -9``) never leaves a partial or duplicate record; rerunning skips what is
+recorded, and resumes a run in flight from its snapshot (``OUT/runs/.partial``, see :mod:`spamlang.training.snapshot`),
+so the sweep loses at most what such a run trained since its last one. A run that raises is recorded with status
+``failed`` and its error, and is tried again on the next rerun.
 
 The learning-rate grid grows on its own (see :mod:`spamlang.sweeps.lrgrid`): after the suite's runs, each configuration
 whose chosen lr (on val) is an edge of the lrs tried gets the next value outward (x or / LR_FACTOR), for all its seeds,
