@@ -78,11 +78,15 @@ def suites(as_json, folders):
               help="Train the pending CPU runs of a configuration that differ only in seed and lr, when small enough "
                    "for it to pay, as one batched computation (each run keeps its own record, equal up to float "
                    "rounding); --no-ensemble trains every run alone.")
+@click.option("--snapshot-every", type=FiniteRange(min=0), default=300, show_default=True, metavar="SECONDS",
+              help="A run in flight saves its state to OUT/runs/.partial at an evaluation at most every SECONDS "
+                   "(0: at every evaluation; a shorter run saves none), and a rerun resumes it from there to the "
+                   "same record (local executor).")
 @tracker_option
 @threads_option
 @plugin_options
 def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters, limit, dry_run, as_json, quiet,
-        ensemble, tracker, threads):
+        ensemble, snapshot_every, tracker, threads):
     """Run SUITE (a built-in name or a .toml file), resuming from what OUT/runs holds, then print the leaderboard."""
     import dataclasses
     from concurrent.futures.process import BrokenProcessPool
@@ -110,7 +114,7 @@ def run(suite, out, executor, workers, device, lr_rounds, extend_budget, filters
         try:
             counts = run_suite(spec, out, executor, workers, device, progress=bar, lr_rounds=lr_rounds,
                                threads=threads, log=log, extend_budget=extend_budget, tracker=tracked,
-                               ensemble=ensemble)
+                               ensemble=ensemble, snapshot_every=snapshot_every)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
             what, code = interrupted(exc)
             _fail(f"{what}; the finished runs are kept in {out / 'runs'}: rerun the same command to resume", code)

@@ -14,6 +14,7 @@ import signal
 import threading
 import traceback
 import warnings
+from pathlib import Path
 from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
@@ -29,18 +30,20 @@ EXECUTORS = ("local", "ray")
 
 
 def execute(config: dict, suite_info: record.SuiteInfo, threads: int, tracker: TrackerSpec | None = None,
-            number: int = 0, on_step: Callable[[int, int, int], None] | None = None) -> record.RunRecord:
+            number: int = 0, on_step: Callable[[int, int, int], None] | None = None,
+            snapshots: Snapshots | None = None) -> record.RunRecord:
     """Train one run on ``threads`` intra-op threads and return its record; an exception (of the run or of its
     ``tracker``, which logs each evaluation and the record) becomes a ``failed`` record (never raised). ``on_step``
     (default: this worker process's slot of the live step counts, if any) is called with (``number``, steps done,
-    steps) after each step."""
+    steps) after each step. With ``snapshots``, the run keeps its snapshot there and resumes from one."""
     from spamlang.training.loop import train
     cfg = RunConfig.from_dict(config)
     on_step, run = on_step or _live_step, None
     try:
         run = tracking.start(tracker, cfg.resolve()) if tracker else None
         rec = train(cfg, progress=False, threads=threads, on_eval=run and run.log_point,
-                    on_step=lambda step, steps: on_step(number, step, steps))
+                    on_step=lambda step, steps: on_step(number, step, steps),
+                    **(snapshots.arguments(cfg.run_id) if snapshots else {}))
     except Exception as exc:
         rec = _failed(cfg, exc, threads)
     finally:
@@ -55,14 +58,17 @@ def execute(config: dict, suite_info: record.SuiteInfo, threads: int, tracker: T
 
 
 def execute_group(configs: list[dict], suite_info: record.SuiteInfo, threads: int, tracker: TrackerSpec | None = None,
-                  number: int = 0, on_step: Callable[[int, int, int], None] | None = None) -> list[record.RunRecord]:
+                  number: int = 0, on_step: Callable[[int, int, int], None] | None = None,
+                  snapshots: Snapshots | None = None) -> list[record.RunRecord]:
     """Train the runs ``configs`` (numbered from ``number``; equal but for seed and lr) as one ensemble
     (:func:`spamlang.training.ensemble.train_ensemble`) on ``threads`` threads and return their records in order,
     never raising. A single run, or a group whose batched computation raises (a warning says so), trains run by run
     with :func:`execute`: the group's error never fails a run that trains alone. Each member gets its own ``tracker``
     run, which logs its evaluations and record once the group is done (a group that falls back has logged nothing).
-    ``on_step`` is called with (``number``, steps done, steps): the group's step, under its first run's number."""
-    records = None
+    ``on_step`` is called with (``number``, steps done, steps): the group's step, under its first run's number.
+    ``snapshots``: where the group keeps its snapshot (under its first run's id; dropped if the group raises) and each
+    run that trains alone its own."""
+    records, first = None, RunConfig.from_dict(configs[0]).run_id
     if len(configs) > 1:
         from spamlang.training import ensemble
         on_step, points, shown = on_step or _live_step, [[] for _ in configs], [0]
@@ -74,14 +80,17 @@ def execute_group(configs: list[dict], suite_info: record.SuiteInfo, threads: in
         try:
             records = ensemble.train_ensemble([RunConfig.from_dict(c) for c in configs], threads=threads,
                                               on_eval=(lambda i, point: points[i].append(point)) if tracker else None,
-                                              on_step=group_step)
+                                              on_step=group_step,
+                                              **(snapshots.arguments(first) if snapshots else {}))
         except Exception as exc:
+            if snapshots:
+                snapshots.drop(first)
             warnings.warn(f"the ensemble of runs {number}-{number + len(configs) - 1} raised {type(exc).__name__}: "
                           f"{exc}; training them one by one", RuntimeWarning)
         finally:
             on_step(number, 0, 0)  # the group is no longer in flight
     if records is None:
-        return [execute(config, suite_info, threads, tracker, number + i, on_step)
+        return [execute(config, suite_info, threads, tracker, number + i, on_step, snapshots)
                 for i, config in enumerate(configs)]
     return [_tracked(dataclasses.replace(rec, suite=suite_info), tracker, member_points, threads)
             for rec, member_points in zip(records, points)]
@@ -106,6 +115,26 @@ def _failed(config: RunConfig, exc: Exception, threads: int, origin: str = "") -
     """The ``failed`` record of a run that raised ``exc`` (``origin`` prefixes its error)."""
     return record.RunRecord.failed(config, f"{origin}{type(exc).__name__}: {exc}", traceback.format_exc(limit=8),
                                    threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshots:
+    """Where a suite's runs in flight keep their snapshots (in its runs folder, which this process and the workers
+    share) and how often they write one (see :mod:`spamlang.training.snapshot`)."""
+
+    runs_dir: str
+    every: float
+
+    def path(self, run_id: str) -> Path:
+        from spamlang.training.snapshot import path_for
+        return path_for(self.runs_dir, run_id)
+
+    def arguments(self, run_id: str) -> dict:
+        """The snapshot arguments of ``spamlang.train`` (and ``train_ensemble``) for the run (group) ``run_id``."""
+        return {"snapshot": self.path(run_id), "snapshot_every": self.every}
+
+    def drop(self, run_id: str) -> None:
+        self.path(run_id).unlink(missing_ok=True)
 
 
 #: this worker process's slot in the live step counts shared with the driver: (array, slot), see :class:`Live`
@@ -158,15 +187,15 @@ def numbered(items: list[list], first: int) -> list[int]:
 def _local(items: list[list[dict]], info: record.SuiteInfo, workers: int, threads: int | None,
            tracker: TrackerSpec | None = None, first: int = 1,
            show: Callable[[dict[int, tuple[int, int]]], None] = lambda live: None,
-           poll: float = 0.5) -> Iterator[record.RunRecord]:
+           poll: float = 0.5, snapshots: Snapshots | None = None) -> Iterator[record.RunRecord]:
     """Run the work ``items`` (their runs numbered from ``first``) on ``workers`` local processes (in this one when 1),
     yielding each record as its item finishes; ``show`` is called with the step counts of the items in flight, by
     their first run's number (see :meth:`Live.in_flight`): after each step in this process, else every ``poll``
-    seconds."""
+    seconds. The runs keep their ``snapshots`` and resume from them."""
     if workers == 1:
         for number, item in zip(numbered(items, first), items):
             yield from execute_group(item, info, _threads(item, 1, threads), tracker, number,
-                                     lambda n, step, steps: show({n: (step, steps)} if steps else {}))
+                                     lambda n, step, steps: show({n: (step, steps)} if steps else {}), snapshots)
         return
     idle = idle_cores()  # once, before any worker starts
     counts = [_threads(item, workers, threads, idle=idle) for item in items]  # a bad value fails before any run
@@ -174,7 +203,7 @@ def _local(items: list[list[dict]], info: record.SuiteInfo, workers: int, thread
     live = Live(ctx, workers)
     pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                   initargs=(live.array, live.claimed, os.getpid()))
-    futures = {pool.submit(execute_group, item, info, n, tracker, number)
+    futures = {pool.submit(execute_group, item, info, n, tracker, number, snapshots=snapshots)
                for number, item, n in zip(numbered(items, first), items, counts)}
     try:
         while futures:
@@ -229,9 +258,11 @@ def ray_cores(nodes: list[dict]) -> int:
 
 
 def _ray(items: list[list[dict]], info: record.SuiteInfo, workers: int, threads: int | None,
-         tracker: TrackerSpec | None = None, first: int = 1, show=None, poll=None) -> Iterator[record.RunRecord]:
+         tracker: TrackerSpec | None = None, first: int = 1, show=None, poll=None,
+         snapshots: Snapshots | None = None) -> Iterator[record.RunRecord]:
     """Each work item is a Ray task asking for the CPUs it trains on (its share of the largest node's cores) and a
-    GPU when the cluster has one (see :func:`ray_request`); no live step counts (``show`` is not called)."""
+    GPU when the cluster has one (see :func:`ray_request`); no live step counts (``show`` is not called) and no
+    snapshots (a node of the cluster need not see the driver's folder: a run in flight starts over)."""
     try:
         import ray
     except ImportError:

@@ -1,9 +1,10 @@
 """The suite runner: run every configuration not yet recorded, locally or on a Ray cluster, and keep going on failure.
 
 Each finished run's record is written atomically by this (the driver) process as ``OUT/runs/<run_id>.json``, so an
-interrupted sweep (Ctrl-C, a crash, ``kill -9``) loses at most the runs in flight and never leaves a partial or
-duplicate record; rerunning skips what is recorded. A run that raises is recorded with status ``failed`` and its error,
-and is tried again on the next rerun.
+interrupted sweep (Ctrl-C, a crash, ``kill -9``) never leaves a partial or duplicate record; rerunning skips what is
+recorded, and resumes a run in flight from its snapshot (``OUT/runs/.partial``, see :mod:`spamlang.training.snapshot`),
+so the sweep loses at most what such a run trained since its last one. A run that raises is recorded with status
+``failed`` and its error, and is tried again on the next rerun.
 
 The learning-rate grid grows on its own (see :mod:`spamlang.sweeps.lrgrid`): after the suite's runs, each configuration
 whose chosen lr (on val) is an edge of the lrs tried gets the next value outward (x or / LR_FACTOR), for all its seeds,
@@ -37,25 +38,32 @@ from spamlang.config import EXECUTION_FIELDS, RunConfig
 from spamlang.errors import SpamLangError
 from spamlang.record.learned import learned_from
 from spamlang.scoring.configurations import choose, lr_groups, outcome
-from spamlang.sweeps.executors import EXECUTORS, _device, _local, _ray, numbered
+from spamlang.sweeps.executors import EXECUTORS, Snapshots, _device, _local, _ray, numbered
 from spamlang.sweeps.lrgrid import LR_FACTOR, LR_ROUNDS, next_lrs, outward
 from spamlang.sweeps.progress import Postfix, progress_line
 from spamlang.sweeps.suite import Suite, check_extend_budget
 from spamlang.task import TASKS
-from spamlang.training import tracking
+from spamlang.training import snapshot, tracking
 from spamlang.training.tracking import TrackerSpec
 
 
 def pending(configs: Iterable[RunConfig], runs_dir: Path) -> list[RunConfig]:
     """Runs with no ``ok``/``diverged`` record of the task's current version yet; stale temporary files from killed
-    runs are removed.
+    runs are removed, and so are the snapshots of recorded runs (killed between writing the record and dropping the
+    snapshot).
 
     A file in the place of a record that is not one this version reads (unreadable, another schema, non-finite
     metrics for status ok) is never counted as done nor overwritten: SpamLangError names it.
     """
-    for tmp in runs_dir.glob(".*.tmp"):
+    for tmp in [*runs_dir.glob(".*.tmp"), *(runs_dir / snapshot.FOLDER).glob(".*.tmp")]:
         tmp.unlink(missing_ok=True)
-    return [config for config in configs if run_state(config, runs_dir) != "recorded"]
+    todo = []
+    for config in configs:
+        if run_state(config, runs_dir) == "recorded":
+            snapshot.path_for(runs_dir, config.run_id).unlink(missing_ok=True)
+        else:
+            todo.append(config)
+    return todo
 
 
 def run_state(config: RunConfig, runs_dir: Path) -> str:
@@ -155,7 +163,8 @@ def _outcome(rec: record.RunRecord | None) -> tuple[str, float | None]:
 def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: int = 1, device: str | None = None,
               progress: bool = True, lr_rounds: int = LR_ROUNDS, threads: int | None = None,
               log: Callable[[str], None] | None = None, extend_budget: float | None = None,
-              tracker: TrackerSpec | None = None, ensemble: bool = True) -> dict:
+              tracker: TrackerSpec | None = None, ensemble: bool = True,
+              snapshot_every: float = snapshot.SNAPSHOT_EVERY) -> dict:
     """Run what is missing of ``suite`` into ``out/runs``, then extend each configuration's lr grid for up to
     ``lr_rounds`` rounds (none when the suite does not sweep ``lr``); then, with a budget factor (``extend_budget``,
     default the suite's; 1: none), rerun the configurations not learned at that factor times their budget
@@ -168,6 +177,11 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
     shows a bar over the runs, with the step counts of the runs in flight (local executor); ``log`` (for output that
     is not a terminal) is called with one line per finished run. With ``tracker``, each run is also logged to that
     experiment tracker (see :mod:`spamlang.training.tracking`).
+
+    A run in flight (locally; not on Ray) writes a snapshot of itself to ``out/runs/.partial`` at an evaluation at
+    most every ``snapshot_every`` seconds (0: at every evaluation; see :mod:`spamlang.training.snapshot`), so that a
+    rerun resumes it where it was, to the same record; a run shorter than that writes none. The snapshot is dropped
+    once the run's record is written (kept for a failed run, whose retry resumes from it).
     """
     if executor not in EXECUTORS:
         raise SpamLangError(f"unknown executor '{executor}' (executors: {', '.join(EXECUTORS)})")
@@ -187,7 +201,7 @@ def run_suite(suite: Suite, out: str | Path, executor: str = "local", workers: i
               "budget_added": 0}
     lr_rounds = lr_rounds if "lr" in suite.sweep else 0
     rounds = _Rounds(runs_dir, executor, workers, device, threads, lr_rounds, log, counts, time.monotonic(), tracker,
-                     ensemble)
+                     ensemble, snapshot_every)
     with tqdm(total=len(suite.runs), unit="run", disable=not progress, desc=f"suite {suite.name}") as bar:
         configs = rounds.run(list(suite.runs), dataclasses.replace(info, budget_round=0), bar, f"suite {suite.name}")
         if factor is not None and factor != 1:
@@ -215,6 +229,7 @@ class _Rounds:
     started: float
     tracker: TrackerSpec | None = None
     ensemble: bool = True
+    snapshot_every: float = snapshot.SNAPSHOT_EVERY
 
     def run(self, batch: list[RunConfig], info: record.SuiteInfo, bar, what: str, prefix: str = "") -> \
             list[RunConfig]:
@@ -222,6 +237,7 @@ class _Rounds:
         ``what`` names the batch in the log, ``prefix`` its lr rounds."""
         counts, runs_dir, workers = self.counts, self.runs_dir, self.workers
         run = _local if self.executor == "local" else _ray
+        snapshots = Snapshots(str(runs_dir), self.snapshot_every)
         configs = list(batch)
         for round_ in range(self.lr_rounds + 1):
             if round_:
@@ -247,8 +263,10 @@ class _Rounds:
             show = Postfix(bar, counts, spans={number: number + len(item) - 1
                                                for number, item in zip(numbered(items, first), items)})
             for rec in run(items, dataclasses.replace(info, lr_round=round_), workers, self.threads, self.tracker,
-                           first, show):
+                           first, show, snapshots=snapshots):
                 record.write(rec, runs_dir)
+                if rec.status != "failed":
+                    snapshots.drop(rec.run_id)
                 counts[rec.status] += 1
                 bar.update(1)
                 show(show.live, force=True)

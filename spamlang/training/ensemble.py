@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -40,6 +41,7 @@ from spamlang.loss import compute_dtype, default_chunk_size
 from spamlang.record import EvalPoint, RunRecord, Timing
 from spamlang.record.learned import LEARNED_MARGIN, bayes_gap, learned_state
 from spamlang.system.threads import choose, step_flops, using
+from spamlang.training import snapshot as snapshots
 from spamlang.training.devices import precision, synchronize
 from spamlang.training.evaluator import Evaluator
 from spamlang.training.loop import eval_point, run_record
@@ -372,7 +374,8 @@ class _Ensemble:
 
 def train_ensemble(configs: list[RunConfig], threads: int | None = None,
                    on_eval: Callable[[int, EvalPoint], None] | None = None,
-                   on_step: Callable[[int, int, int], None] | None = None) -> list[RunRecord]:
+                   on_step: Callable[[int, int, int], None] | None = None, snapshot: str | Path | None = None,
+                   snapshot_every: float = snapshots.SNAPSHOT_EVERY) -> list[RunRecord]:
     """Train the runs ``configs`` (equal but for seed and lr, see :func:`check_group`) as one batched computation and
     return their records, in order: each is ``spamlang.train(config)``'s up to float rounding.
 
@@ -395,39 +398,99 @@ def train_ensemble(configs: list[RunConfig], threads: int | None = None,
     ``on_eval`` is called with (member index, evaluation point), ``on_step`` with (member index, steps done,
     steps). A member's timing holds its own setup and evaluations and its share (1/members training) of each
     batched step's wall time, so ``tokens_per_second`` is its throughput within the ensemble.
+
+    ``snapshot`` and ``snapshot_every``: as ``spamlang.train``'s, one file for the group (the stacked state, each
+    member's evaluations and the records of those that stopped); a resumed group ends with the records it would have
+    had uninterrupted, bit for bit on the CPU.
     """
     resolved = check_group(configs)
     on_eval, on_step = on_eval or _ignore, on_step or _ignore
-    count = choose(step_flops(resolved[0])) if threads is None else threads
+    state = snapshots.load(snapshot, "ensemble", resolved) if snapshot is not None else None
+    count = state.get("threads", 1) if state else choose(step_flops(resolved[0])) if threads is None else threads
     started = datetime.datetime.now(datetime.timezone.utc)
     with using(count):
-        members = []
-        for i, config in enumerate(resolved):
-            t0 = time.perf_counter()
-            trainer = Trainer(config)
-            members.append(_Member(i, trainer, Evaluator(trainer), GradientProbe(trainer), 0.0))
-            members[-1].other_seconds = time.perf_counter() - t0
+        members = _members(resolved)
         with precision(members[0].trainer.device):
-            _run(_Ensemble(members), started, count, on_eval, on_step)
+            ensemble = None
+            if state is not None:
+                try:
+                    ensemble = _resumed(members, state)
+                except Exception as exc:  # written by another version of the code, say: start over
+                    snapshots.ignored(snapshot, exc)
+                    members, state = _members(resolved), None
+            _run(ensemble or _Ensemble(members), members, started, count, on_eval, on_step,
+                 snapshots.Schedule(snapshot, snapshot_every, "ensemble"), state)
     return [m.record for m in members]
+
+
+def _members(configs: list[RunConfig]) -> list[_Member]:
+    """A fresh member per configuration, each timed from the start of its setup."""
+    members = []
+    for i, config in enumerate(configs):
+        t0 = time.perf_counter()
+        trainer = Trainer(config)
+        members.append(_Member(i, trainer, Evaluator(trainer), GradientProbe(trainer), 0.0))
+        members[-1].other_seconds = time.perf_counter() - t0
+    return members
+
+
+def _state(ensemble: _Ensemble, members: list[_Member], step: int, started: datetime.datetime, threads: int) -> dict:
+    """The snapshot of an ensemble after the evaluations of ``step`` (where no token block goes on)."""
+    return {"step": step, "started": started.isoformat(), "threads": threads, "updates": ensemble.updates,
+            "training": [m.index for m in ensemble.members], "theta": ensemble.theta.detach(),
+            "moments": ensemble.moments, "adam_steps": ensemble.steps,
+            "members": [{"history": snapshots.points(m.history), "seen": m.trainer.seen,
+                         "learned_in_a_row": m.learned_in_a_row, "train_seconds": m.train_seconds,
+                         "eval_seconds": m.eval_seconds, "other_seconds": m.other_seconds,
+                         "record": m.record.to_json() if m.record else None} for m in members]}
+
+
+def _resumed(members: list[_Member], state: dict) -> _Ensemble:
+    """The ensemble of a snapshot (:func:`_state`), its members' bookkeeping put back into ``members``."""
+    datetime.datetime.fromisoformat(state["started"])
+    for m, s in zip(members, state["members"], strict=True):
+        m.history, m.learned_in_a_row = snapshots.restore_points(s["history"]), s["learned_in_a_row"]
+        m.trainer.seen.copy_(s["seen"])
+        m.train_seconds, m.eval_seconds, m.other_seconds = (s["train_seconds"], s["eval_seconds"],
+                                                            s["other_seconds"] + m.other_seconds)
+        m.record = RunRecord.from_json(s["record"], "snapshot") if s["record"] else None
+    ensemble = _Ensemble([members[i] for i in state["training"]])
+    if state["theta"].shape != ensemble.theta.shape or len(state["moments"]) != len(ensemble.moments):
+        raise ValueError("its parameters are not the ensemble's")
+    ensemble.theta = state["theta"].to(ensemble.device).requires_grad_()
+    ensemble.moments = [t.to(ensemble.device) for t in state["moments"]]
+    ensemble.steps = [t.to(old.device) for t, old in zip(state["adam_steps"], ensemble.steps, strict=True)]
+    ensemble.updates = state["updates"]
+    ensemble.block_start = ensemble.block_end = ensemble.marked = state["step"]
+    return ensemble
 
 
 def _ignore(*args) -> None:
     pass
 
 
-def _run(ensemble: _Ensemble, started: datetime.datetime, threads: int, on_eval, on_step) -> None:
+def _run(ensemble: _Ensemble, members: list[_Member], started: datetime.datetime, threads: int, on_eval, on_step,
+         schedule: snapshots.Schedule, state: dict | None = None) -> None:
     """``loop._train``'s loop for every member at once: the same divergence checks at the same steps, and a member
-    learned at ``stop_after`` evaluations in a row stops there, as it would alone."""
+    learned at ``stop_after`` evaluations in a row stops there, as it would alone; from the step of ``state`` (a
+    snapshot) when there is one."""
     c = ensemble.config
     tokens_per_step = c.batch_size * c.seq_len
     check_every = 1 if ensemble.device.type == "cpu" else 16  # as loop._train
     bayes = ensemble.members[0].trainer.task.bayes_loss(c.vocab_size, c.seq_len)  # one task and V for the group
-    for m in ensemble.members:
-        t0 = time.perf_counter()
-        m.history.append(eval_point(m.trainer, m.evaluator, m.probe, 0, 0, None, learning_rate(m.trainer.config, 0)))
-        m.other_seconds += time.perf_counter() - t0
-        on_eval(m.index, m.history[0])
+    if state is None:
+        for m in ensemble.members:
+            t0 = time.perf_counter()
+            m.history.append(eval_point(m.trainer, m.evaluator, m.probe, 0, 0, None,
+                                        learning_rate(m.trainer.config, 0)))
+            m.other_seconds += time.perf_counter() - t0
+            on_eval(m.index, m.history[0])
+    else:
+        started = datetime.datetime.fromisoformat(state["started"])
+        for m in members:
+            for point in m.history:
+                on_eval(m.index, point)
+    first = state["step"] if state else 0
     mark = time.perf_counter()
 
     def charge() -> float:
@@ -446,7 +509,7 @@ def _run(ensemble: _Ensemble, started: datetime.datetime, threads: int, on_eval,
                             total_seconds=m.other_seconds + m.train_seconds + m.eval_seconds)
             m.record = run_record(m.trainer, tuple(m.history), status, timing, started, threads, ensemble=True)
 
-    for step in range(c.steps):
+    for step in range(first, c.steps):
         losses = ensemble.step(step)  # (K,)
         steps_done = step + 1
         for m in ensemble.members:
@@ -486,5 +549,9 @@ def _run(ensemble: _Ensemble, started: datetime.datetime, threads: int, on_eval,
             if len(diverged) + len(learned) == len(ensemble.members):
                 return
             ensemble.drop(diverged + learned)
+        if evaluate and steps_done < c.steps and schedule.due():
+            charge()
+            schedule.write([m.trainer.config for m in members], _state(ensemble, members, steps_done, started, threads))
+            mark = time.perf_counter()
     charge()
     stop(ensemble.members, "ok", c.steps)

@@ -24,6 +24,7 @@ from spamlang.record.learned import LEARNED_MARGIN, bayes_gap, learned_from, lea
 from spamlang.record.provenance import environment
 from spamlang.system import atomic
 from spamlang.system.threads import choose, step_flops, using
+from spamlang.training import snapshot as snapshots
 from spamlang.training.devices import device_name, precision, synchronize
 from spamlang.training.evaluator import Evaluator
 from spamlang.training.probes import GradientProbe
@@ -56,41 +57,88 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Path | None = None,
           threads: int | None = None, on_eval: Callable[[EvalPoint], None] | None = None,
-          on_step: Callable[[int, int], None] | None = None) -> RunRecord:
+          on_step: Callable[[int, int], None] | None = None, snapshot: str | Path | None = None,
+          snapshot_every: float = snapshots.SNAPSHOT_EVERY) -> RunRecord:
     """Train one model as ``config`` says and return its run record.
 
     With ``checkpoint``, the trained weights are saved there (``torch.save`` of tensors only). Torch runs on
     ``threads`` intra-op threads (default: the thread policy's choice for this run, see :mod:`spamlang.system.threads`),
     recorded as ``env.threads``; the caller's thread count is restored after. ``on_eval`` is called with each
     evaluation point as it is made (step 0 included), ``on_step`` with (steps done, steps) after each training step.
+
+    With ``snapshot`` (a file), the run writes its state there (:mod:`.snapshot`) at an evaluation, at most every
+    ``snapshot_every`` seconds (0: at every evaluation), and a run that finds a snapshot of itself there resumes from
+    it, on the thread count it started on, to the history it would have had uninterrupted (``on_eval`` is called with
+    the restored points first); the timing adds up the sessions. The file is left for the caller to delete once the
+    record is kept.
     """
-    count = choose(step_flops(config)) if threads is None else threads
+    state = snapshots.load(snapshot, "run", [config]) if snapshot is not None else None
+    count = state.get("threads", 1) if state else choose(step_flops(config)) if threads is None else threads
     started = datetime.datetime.now(datetime.timezone.utc)
     with using(count):
         trainer = Trainer(config)
+        if state is not None:
+            try:
+                restore(trainer, state)
+            except Exception as exc:  # written by another version of the code, say: start over
+                snapshots.ignored(snapshot, exc)
+                trainer, state = Trainer(config), None
         with precision(trainer.device):
             return _train(trainer, Evaluator(trainer), GradientProbe(trainer), started, progress, checkpoint, count,
-                          on_eval or _ignore, on_step or _ignore)
+                          on_eval or _ignore, on_step or _ignore, snapshots.Schedule(snapshot, snapshot_every), state)
 
 
 def _ignore(*args) -> None:
     pass
 
 
+def restore(trainer: Trainer, state: dict) -> None:
+    """Put a snapshot's model, optimizer, head generators and seen-mask into ``trainer``; KeyError if the snapshot
+    lacks what the loop reads of it."""
+    missing = {"step", "history", "learned_in_a_row", "train_seconds", "eval_seconds", "total_seconds"} - set(state)
+    if missing:
+        raise KeyError(f"it has no {', '.join(sorted(missing))}")
+    datetime.datetime.fromisoformat(state["started"])
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    snapshots.set_generator_states(trainer.model, state["generators"])
+    trainer.seen.copy_(state["seen"])
+
+
 def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started: datetime.datetime,
            progress: bool | None, checkpoint: str | Path | None, threads: int, on_eval: Callable[[EvalPoint], None],
-           on_step: Callable[[int, int], None]) -> RunRecord:
+           on_step: Callable[[int, int], None], schedule: snapshots.Schedule, state: dict | None = None) -> RunRecord:
     c = trainer.config
     bayes = trainer.task.bayes_loss(c.vocab_size, c.seq_len)
     tokens_per_step = c.batch_size * c.seq_len
     check_every = 1 if trainer.device.type == "cpu" else 16  # each check of the loss waits for the device
-    history = [eval_point(trainer, evaluator, probe, 0, 0, None, learning_rate(c, 0))]
-    on_eval(history[0])
-    status, steps_done, eval_seconds, loss, learned_in_a_row = "ok", 0, 0.0, float("nan"), 0
-    bar = tqdm(total=c.steps, disable=not (sys.stderr.isatty() if progress is None else progress), unit="step",
-               desc=f"{c.task} V={c.vocab_size} {head_label(c.head, c.head_rank)}", leave=False)
-    loop_start = time.perf_counter()
-    for step in range(c.steps):
+    session, created = started, started
+    if state is None:
+        history = [eval_point(trainer, evaluator, probe, 0, 0, None, learning_rate(c, 0))]
+        steps_done, learned_in_a_row, train_seconds, eval_seconds, earlier = 0, 0, 0.0, 0.0, 0.0
+    else:  # the sessions before this one: their evaluations, counts and wall times
+        history = snapshots.restore_points(state["history"])
+        steps_done, learned_in_a_row = state["step"], state["learned_in_a_row"]
+        train_seconds, eval_seconds, earlier = state["train_seconds"], state["eval_seconds"], state["total_seconds"]
+        created = datetime.datetime.fromisoformat(state["started"])
+    for point in history:
+        on_eval(point)
+    status, loss = "ok", float("nan")
+    bar = tqdm(total=c.steps, initial=steps_done, leave=False, unit="step",
+               disable=not (sys.stderr.isatty() if progress is None else progress),
+               desc=f"{c.task} V={c.vocab_size} {head_label(c.head, c.head_rank)}")
+    schedule.last = time.perf_counter()
+    loop_start = schedule.last - train_seconds - eval_seconds  # as if the earlier sessions' loops ran just before
+
+    def snapshot_state() -> dict:
+        return {"step": steps_done, "history": snapshots.points(history), "learned_in_a_row": learned_in_a_row,
+                "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                "generators": snapshots.generator_states(trainer.model), "seen": trainer.seen,
+                "threads": threads, "started": created.isoformat(),
+                "train_seconds": time.perf_counter() - loop_start - eval_seconds - schedule.seconds,
+                "eval_seconds": eval_seconds, "total_seconds": earlier + (now() - session).total_seconds()}
+
+    for step in range(steps_done, c.steps):
         loss = trainer.train_step(step)
         steps_done += 1
         bar.update(1)
@@ -114,18 +162,23 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
             learned_in_a_row = learned_in_a_row + 1 if learned else 0
             if c.stop_after and learned_in_a_row >= c.stop_after:
                 break
-            train_seconds = time.perf_counter() - loop_start - eval_seconds
+            if steps_done < c.steps and schedule.due():
+                schedule.write([c], snapshot_state())
+            train_seconds = time.perf_counter() - loop_start - eval_seconds - schedule.seconds
             bar.set_postfix(loss=f"{point.test_loss:.3f}", acc=f"{point.test_accuracy:.3f}",
                             tok_s=f"{steps_done * tokens_per_step / max(train_seconds, 1e-9):,.0f}")
     synchronize(trainer.device)
-    train_seconds = time.perf_counter() - loop_start - eval_seconds
+    train_seconds = time.perf_counter() - loop_start - eval_seconds - schedule.seconds
     bar.close()
     if checkpoint is not None:
         save_weights(trainer.model, checkpoint)
-    total_seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     timing = Timing(steps=steps_done, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                    total_seconds=total_seconds)
-    return run_record(trainer, tuple(history), status, timing, started, threads)
+                    total_seconds=earlier + (now() - session).total_seconds())
+    return run_record(trainer, tuple(history), status, timing, created, threads)
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def run_record(trainer: Trainer, history: tuple[EvalPoint, ...], status: str, timing: Timing,
