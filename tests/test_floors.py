@@ -130,6 +130,52 @@ def test_the_estimator_reproduces_a_known_floor_within_its_uncertainty():
     assert rank_one["floor"] > 1.0 + 0.1 + 2 * rank_one["floor_se"]  # ...and is not trivially reached
 
 
+
+@dataclass(frozen=True)
+class TwoSuccessors(Task):
+    """A Markov chain: each symbol v is followed by s1(v) or s2(v), each with probability 1/2 (Bayes loss ln 2). s1 is
+    a seeded permutation and s2 = s1 after a seeded derangement, so the pairs {s1(v), s2(v)} form several cycles:
+    a rank-2 head cannot give every pair the two largest logits of its context, and its floor lies well above ln 2.
+    The contexts are the previous symbol, every one of them (the chain's stationary distribution is uniform)."""
+
+    name = "two-successors"
+
+    def successors(self, vocab_size):
+        g = torch.Generator().manual_seed(1234)
+        first = torch.randperm(vocab_size, generator=g)
+        while True:
+            sigma = torch.randperm(vocab_size, generator=g)
+            if not (sigma == torch.arange(vocab_size)).any():
+                return first, first[sigma]
+
+    def target_distributions(self, vocab_size, seq_len, num_contexts, generator):
+        first, second = self.successors(vocab_size)
+        probs = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
+        rows = torch.arange(vocab_size)
+        probs[rows, first] = 0.5
+        probs[rows, second] = 0.5
+        return Targets(probs, torch.full((vocab_size,), 1 / vocab_size, dtype=torch.float64), True)
+
+    def bayes_loss(self, vocab_size, seq_len):
+        return math.log(2)
+
+
+#: TwoSuccessors at V = 128, rank 2: the lowest of long fits (3,000 Adam steps, then L-BFGS to 3,000 iterations, in
+#: float64, seeds 100 and 101: 1.2055 and 1.2967), itself an upper bound (docs/science.md, section 5)
+TWO_SUCCESSORS_REFERENCE = 1.2055
+
+
+def test_a_floor_that_misses_a_long_fit_cannot_decide_a_verdict():
+    """A rank-2 floor of the Markov task is a non-convex fit whose restarts land far apart, all above a long fit: the
+    estimate is either within the tolerance of the long fit with a standard error under half of it, or its standard
+    error is too large for the floor to decide (the verdict is ``undetermined``)."""
+    from spamlang.scoring.scorer import floor_decides
+    out = expressivity_floor(FloorSpec(TwoSuccessors(), 128, 8, "lowrank", 32, 2))
+    assert out["method"] == "estimated" and out["exhaustive"]
+    assert out["floor"] > math.log(2) + 0.1  # far above Bayes: not a trivial case
+    close = abs(out["floor"] - TWO_SUCCESSORS_REFERENCE) <= 0.05 and out["floor_se"] <= 0.025
+    assert close or not floor_decides({"estimated"}, out["floor_se"], 0.05), out
+
 #: bag k = 4, V = 16, T = 8, rank 1: heads fitted (2,000 L-BFGS iterations, seeds 0 and 1) to 16,384 contexts score
 #: 2.7128 and 2.7118 nats on 16,384 held-out ones (standard error 0.0029; the fitted samples: 2.7143, 2.7142)
 BAG_RANK_ONE_REFERENCE, REFERENCE_SE = 2.7123, 0.003
