@@ -7,8 +7,9 @@ learned within the budget) with its bracket; and, for each (V, D, r), whether ``
 rank-r gradient) behaves like ``lowrank:r`` or like ``linear``. The model and the bootstrap: docs/science.md,
 "Scaling fits".
 
-Pure functions of a run frame (:func:`spamlang.scoring.frames.load_runs`); each configuration's runs are those at its
-learning rate (and other swept values) chosen on val (:mod:`spamlang.scoring.selection`), as the scorer chooses them.
+Pure functions of a run frame (:func:`spamlang.scoring.frames.load_runs`); each configuration's runs are those at the
+learning rate (and other swept values) at which it learns fastest (:func:`spamlang.scoring.times.fastest`), where the
+scorer reads its time measures.
 """
 from __future__ import annotations
 
@@ -192,8 +193,8 @@ def power_law(ratio: np.ndarray, steps: np.ndarray, censored: np.ndarray, resamp
 def configurations(runs: pd.DataFrame) -> list[dict[str, Any]]:
     """Each configuration of the runs (see :mod:`spamlang.scoring.configurations`) with a Bayes loss, as
     ``{"fields": {...}, "lr": ..., "runs": [the runs at the swept values that learn fastest], "tried": [every run of
-    the configuration]}`` (a time measure is
-    read where the configuration learns fastest, :func:`spamlang.scoring.times.fastest`), in the scorer's order. Runs
+    the configuration]}`` (a time measure is read where the configuration learns fastest,
+    :func:`spamlang.scoring.times.fastest`), in the scorer's order. Runs
     of tasks without a Bayes loss (text) have no steps-to-learn and are left out."""
     runs = python_values(runs)
     runs = runs[[is_finite(b) for b in runs["bayes_loss"]]]
@@ -296,13 +297,13 @@ def fit_table(obs: pd.DataFrame, resamples: int = RESAMPLES, seed: int = BOOTSTR
               tried: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (head, D) group of :func:`observations` with runs at two V or more (:func:`check_grid`): ``task``,
     ``head``, ``d_model``, ``protocol``, ``ratios`` (V/D values), ``n`` (seeds' observations), ``n_censored``,
-    ``n_start``
-    (learned at step 0, left out of the fit: no time to take a log of); per unit (``examples``, ``tokens``) the
-    exponent ``b_<unit>`` with its bootstrap interval ``b_<unit>_low``/``_high``, ``prefactor_<unit>`` (e^a: steps
-    at V/D = 1), ``sigma_<unit>`` (scatter in log steps), ``boot_valid_<unit>`` and ``boot_<unit>`` (the resamples'
-    (a, b), for the plots); ``critical`` and ``not_learned`` (:func:`critical_ratio`); ``resamples`` and
-    ``bootstrap_seed``. With ``tried`` (:func:`observations` at every lr), each resample also redoes the lr choice
-    on its seeds (:func:`lr_choice_indices`); ``lr_choice`` says whether it did."""
+    ``n_start`` (learned at step 0, left out of the fit: no time to take a log of); per unit (``examples``,
+    ``tokens``) the exponent ``b_<unit>`` with its bootstrap interval ``b_<unit>_low``/``_high``,
+    ``prefactor_<unit>`` (e^a: steps at V/D = 1), ``sigma_<unit>`` (scatter in log steps), ``boot_valid_<unit>`` and
+    ``boot_<unit>`` (the resamples' (a, b), for the plots); ``critical`` and ``not_learned``
+    (:func:`critical_ratio`); ``resamples`` and ``bootstrap_seed``. With ``tried`` (:func:`observations` at every
+    lr), each resample also redoes the lr choice on its seeds (:func:`lr_choice_indices`); ``lr_choice`` says whether
+    it did."""
     obs = check_grid(obs)
     rows = []
     for group, members in obs.groupby("group", sort=False):
@@ -311,16 +312,15 @@ def fit_table(obs: pd.DataFrame, resamples: int = RESAMPLES, seed: int = BOOTSTR
         row = {"group": group, "task": first["task"], "task_params": first["task_params"], "head": first["head"],
                "d_model": first["d_model"], "protocol": first["protocol"], "ratios": int(members["ratio"].nunique()),
                "n": len(members), "n_censored": int(members["censored"].sum()), "n_start": len(members) - len(fitted)}
-        draws = None
-        if tried is not None:
+        draws = {}
+        if tried is not None:  # the bootstrap's observations at every lr, and which of them each resample takes
             alt = tried[(tried["group"] == group) & (tried["steps"] > 0)]
             index = lr_choice_indices(*(alt[c].to_numpy() for c in ("ratio", "lr", "seed", "steps", "censored")),
                                       alt["chosen"].to_numpy(bool), resamples, np.random.default_rng(seed))
-            draws = lambda unit: (alt["ratio"], alt[unit], alt["censored"], index)  # noqa: E731
+            draws = {unit: (alt["ratio"], alt[unit], alt["censored"], index) for unit in UNITS}
         for unit in UNITS:
             result = power_law(fitted["ratio"].to_numpy(float), fitted[unit].to_numpy(float),
-                               fitted["censored"].to_numpy(bool), resamples, seed,
-                               draws=None if draws is None else draws(unit))
+                               fitted["censored"].to_numpy(bool), resamples, seed, draws=draws.get(unit))
             row.update({f"b_{unit}": result["b"], f"b_{unit}_low": result["b_low"],
                         f"b_{unit}_high": result["b_high"], f"prefactor_{unit}": math.exp(result["a"]),
                         f"sigma_{unit}": result["sigma"], f"boot_valid_{unit}": result["boot_valid"],
@@ -366,8 +366,8 @@ def _steps_test(first: list[Mapping], second: list[Mapping]) -> float:
 def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: float = ALPHA) -> pd.DataFrame:
     """For each configuration of a ``gradproj:r`` head that has ``lowrank:r`` and ``linear`` beside it (same other
     settings and budget), the seeds paired across the three at the lr at which each learns fastest: ``task``,
-    ``protocol`` (:func:`protocol`), ``vocab_size``,
-    ``d_model``, ``r``, ``budget_examples``, ``n`` (seeds shared by all three), mean final test ``loss_<head>`` and
+    ``protocol`` (:func:`protocol`), ``vocab_size``, ``d_model``, ``r``, ``budget_examples``, ``n`` (seeds shared
+    by all three), mean final test ``loss_<head>`` and
     seeds ``learned_<head>`` for each, and against each of ``lowrank`` and ``linear``: ``dloss_<other>`` (mean
     gradproj - other), ``p_loss_<other>`` (two-sided paired t-test; NaN when the differences are identical),
     ``dsteps_<other>`` (mean difference of log steps-to-learn, a seed not learned counted at its cap: a lower bound),
@@ -407,8 +407,7 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
         row.update(zip(tests, holm([row[name] for name in tests])))  # untestable (NaN) ones stay out of the family
         rows.append(row)
     columns = ["task", "task_params", "protocol", "vocab_size", "d_model", "r", "budget_examples", "n",
-               "loss_gradproj",
-               "loss_lowrank", "loss_linear", "learned_gradproj", "learned_lowrank", "learned_linear",
+               "loss_gradproj", "loss_lowrank", "loss_linear", "learned_gradproj", "learned_lowrank", "learned_linear",
                *(f"{k}_{o}" for o in ("lowrank", "linear") for k in ("dloss", "p_loss", "dsteps", "p_steps")), "like"]
     if not rows:
         return pd.DataFrame(columns=columns)

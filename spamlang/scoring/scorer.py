@@ -1,10 +1,11 @@
 """The scorer: a frame of runs in (see :mod:`spamlang.scoring.frames`), one row per configuration out, with floors,
 gaps, their noise, trivial baselines, learnability and a verdict (the rules: :mod:`spamlang.scoring.verdicts`).
 
-Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream (:mod:`spamlang.scoring.selection`);
-every reported number comes from the ``test`` stream. Seeds are aggregated (mean and a 95% t-interval, or a standard
-error). Pure functions of the runs, except for the floors, which are computed once per configuration (and reached
-logit scale) and kept in the floor cache the caller gives.
+Swept hyper-parameters (``lr`` and any others) are chosen on the ``val`` stream for the loss measures and where the
+configuration learns fastest for the time measures (:mod:`spamlang.scoring.configurations`,
+:mod:`spamlang.scoring.times`); every reported number comes from the ``test`` stream. Seeds are aggregated (mean and
+a 95% t-interval, or a standard error). Pure functions of the runs, except for the floors, which are computed once per
+configuration (and reached logit scale) and kept in the floor cache the caller gives.
 """
 from __future__ import annotations
 
