@@ -69,8 +69,8 @@ def train(config: RunConfig, progress: bool | None = None, checkpoint: str | Pat
     With ``snapshot`` (a file), the run writes its state there (:mod:`.snapshot`) at an evaluation, at most every
     ``snapshot_every`` seconds (0: at every evaluation), and a run that finds a snapshot of itself there resumes from
     it, on the thread count it started on, to the history it would have had uninterrupted (``on_eval`` is called with
-    the restored points first); the timing adds up the sessions. The file is left for the caller to delete once the
-    record is kept.
+    the restored points first); the timing adds up the stretches of training before and after each resume. The file
+    is left for the caller to delete once the record is kept.
     """
     state = snapshots.load(snapshot, "run", [config]) if snapshot is not None else None
     count = state.get("threads", 1) if state else choose(step_flops(config)) if threads is None else threads
@@ -112,11 +112,11 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
     bayes = trainer.task.bayes_loss(c.vocab_size, c.seq_len)
     tokens_per_step = c.batch_size * c.seq_len
     check_every = 1 if trainer.device.type == "cpu" else 16  # each check of the loss waits for the device
-    session, created = started, started
+    resumed, created = started, started
     if state is None:
         history = [eval_point(trainer, evaluator, probe, 0, 0, None, learning_rate(c, 0))]
         steps_done, learned_in_a_row, train_seconds, eval_seconds, earlier = 0, 0, 0.0, 0.0, 0.0
-    else:  # the sessions before this one: their evaluations, counts and wall times
+    else:  # what the run did before this resume: its evaluations, counts and wall times
         history = snapshots.restore_points(state["history"])
         steps_done, learned_in_a_row = state["step"], state["learned_in_a_row"]
         train_seconds, eval_seconds, earlier = state["train_seconds"], state["eval_seconds"], state["total_seconds"]
@@ -128,7 +128,7 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
                disable=not (sys.stderr.isatty() if progress is None else progress),
                desc=f"{c.task} V={c.vocab_size} {head_label(c.head, c.head_rank)}")
     schedule.last = time.perf_counter()
-    loop_start = schedule.last - train_seconds - eval_seconds  # as if the earlier sessions' loops ran just before
+    loop_start = schedule.last - train_seconds - eval_seconds  # as if the earlier stretches' loops ran just before
 
     def snapshot_state() -> dict:
         return {"step": steps_done, "history": snapshots.points(history), "learned_in_a_row": learned_in_a_row,
@@ -136,7 +136,7 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
                 "generators": snapshots.generator_states(trainer.model), "seen": trainer.seen,
                 "threads": threads, "started": created.isoformat(),
                 "train_seconds": time.perf_counter() - loop_start - eval_seconds - schedule.seconds,
-                "eval_seconds": eval_seconds, "total_seconds": earlier + (now() - session).total_seconds()}
+                "eval_seconds": eval_seconds, "total_seconds": earlier + (now() - resumed).total_seconds()}
 
     for step in range(steps_done, c.steps):
         loss = trainer.train_step(step)
@@ -173,7 +173,7 @@ def _train(trainer: Trainer, evaluator: Evaluator, probe: GradientProbe, started
     if checkpoint is not None:
         save_weights(trainer.model, checkpoint)
     timing = Timing(steps=steps_done, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                    total_seconds=earlier + (now() - session).total_seconds())
+                    total_seconds=earlier + (now() - resumed).total_seconds())
     return run_record(trainer, tuple(history), status, timing, created, threads)
 
 

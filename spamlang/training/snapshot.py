@@ -100,8 +100,8 @@ def set_generator_states(model: torch.nn.Module, states: dict[str, torch.Tensor]
 
 class Schedule:
     """When a run writes its snapshot to ``path`` (None: never): at an evaluation at least ``every`` seconds after
-    the last one (or after the start of this session of the run). A snapshot that cannot be written (a full disk) is
-    warned of once and the run goes on without."""
+    the last one (or after the run started or resumed in this process). A snapshot that cannot be written (a full
+    disk) is warned of once and the run goes on without."""
 
     def __init__(self, path: str | Path | None, every: float, kind: str = "run"):
         self.path, self.every, self.kind = path, every, kind
