@@ -145,14 +145,17 @@ def lr_choice_indices(ratio: np.ndarray, lr: np.ndarray, seed_of: np.ndarray, st
         picked = np.flatnonzero(chosen & (ratio == r))
         seeds = seed_of[picked]
         draws = rng.integers(0, len(seeds), size=(resamples, len(seeds)))
-        best, mid = picked[draws], (len(seeds) - 1) // 2
+        mid = (len(seeds) - 1) // 2
+        best = picked[draws]
+        best_median = np.sort(time[best], axis=1)[:, mid]
         for value in dict.fromkeys(lr[(ratio == r) & ~chosen].tolist()):
             rows = {seed_of[i]: i for i in np.flatnonzero((ratio == r) & (lr == value))}
             if not all(s in rows for s in seeds):
                 continue
             at = np.array([rows[s] for s in seeds])[draws]
-            faster = np.sort(time[at], axis=1)[:, mid] < np.sort(time[best], axis=1)[:, mid]
-            best = np.where(faster[:, None], at, best)
+            median = np.sort(time[at], axis=1)[:, mid]
+            faster = median < best_median
+            best, best_median = np.where(faster[:, None], at, best), np.where(faster, median, best_median)
         columns.append(best)
     return np.concatenate(columns, axis=1)
 
