@@ -343,14 +343,19 @@ class FloorCache(dict):
     def __init__(self, path: str | Path | None = None, sources=(), copy_to: str | Path | None = None):
         super().__init__()
         files = [*map(Path, sources), *(Path(p) for p in (copy_to, path) if p is not None)]
+        own: dict = {}  # what the folder's own file (``path``) holds
         for source in dict.fromkeys(files):
             try:
-                super().update(_read_cache(source))
+                entries = _read_cache(source)
             except ValueError as exc:
                 warnings.warn(f"{source}: floor cache not readable ({exc}); floors will be recomputed",
                               RuntimeWarning)
+                continue
+            super().update(entries)
+            if path is not None and source == Path(path):
+                own = entries
         self.paths = [Path(p) for p in dict.fromkeys((path, copy_to)) if p is not None]
-        self._kept = set(_read_quietly(Path(path))) if path is not None and copy_to is not None else set(self)
+        self._kept = set(own) if path is not None and copy_to is not None else set(self)
 
     def __getitem__(self, key: str) -> dict:
         """A floor; with ``copy_to``, one read from another file is kept in this cache's files too, so that a
@@ -386,13 +391,6 @@ class FloorCache(dict):
                 warnings.warn(f"{path}: floor cache not writable ({exc.strerror or exc}); floors are kept in "
                               f"memory only", RuntimeWarning)
                 self.paths.remove(path)
-
-
-def _read_quietly(path: Path) -> dict:
-    try:
-        return _read_cache(path)
-    except ValueError:
-        return {}
 
 
 def _read_cache(path: Path) -> dict:
