@@ -120,3 +120,25 @@ def test_value_order_sorts_numpy_numbers_as_numbers():
     from spamlang.scoring.frames import value_order
     values = [np.int64(2048), 512, np.float64(128.0), "bag", None, np.nan]
     assert sorted(values, key=value_order)[:4] == [128.0, 512, 2048, "bag"]
+
+
+def test_records_read_on_all_cores_give_the_same_frame_and_the_same_warnings(tmp_path, monkeypatch):
+    from spamlang.scoring import frames
+    write_runs(tmp_path)
+    (tmp_path / "broken.json").write_text("{")
+    copy = tmp_path / "sub"
+    copy.mkdir()
+    record.write(make_record(task="spam", vocab_size=64, head="linear", losses=(4.0, 2.0, 1.0)), copy)  # a duplicate
+
+    def read(processes):
+        monkeypatch.setattr(frames, "PARALLEL_FILES", 1)
+        monkeypatch.setattr(frames, "available_cores", lambda: processes)
+        with pytest.warns(RuntimeWarning) as caught:
+            runs = load_runs(tmp_path)
+        return runs, [str(w.message) for w in caught]
+
+    alone, alone_warnings = read(1)
+    forked, forked_warnings = read(2)
+    assert len(alone) == 4 and len(alone_warnings) == 2
+    pd.testing.assert_frame_equal(alone, forked)
+    assert alone_warnings == forked_warnings

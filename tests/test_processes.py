@@ -130,3 +130,29 @@ def test_the_lock_is_released_when_its_holder_dies_even_by_sigkill(tmp_path):
 def test_die_with_parent_exits_a_child_whose_parent_is_already_gone():
     code = "import os; from spamlang.system.processes import die_with_parent; die_with_parent(os.getppid() + 10**7)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 1
+
+
+def test_fork_map_keeps_order_and_ends_its_workers_under_a_command_s_sigterm_handler(tmp_path):
+    """A command turns SIGTERM into an exception; the pool's workers must not inherit that: the pool ends them with
+    SIGTERM, and a worker unwound mid-queue prints a traceback (and can hang the pool's teardown)."""
+    script = tmp_path / "many.py"
+    script.write_text(
+        "import signal\n"
+        "from spamlang.cli.app import _terminate\n"
+        "from spamlang.system.processes import fork_map\n"
+        "signal.signal(signal.SIGTERM, _terminate)\n"
+        "for _ in range(30):\n"
+        "    assert fork_map(abs, list(range(-50, 0)), 2) == list(range(50, 0, -1))\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
+
+
+def _pid(_) -> int:
+    return os.getpid()
+
+
+def test_fork_map_forks_only_when_more_than_one_process_is_asked_for():
+    from spamlang.system.processes import fork_map
+    assert fork_map(_pid, [1, 2, 3], 1) == [os.getpid()] * 3
+    assert os.getpid() not in fork_map(_pid, [1, 2, 3], 2)

@@ -24,7 +24,6 @@ and its loss-vs-tokens plot.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -56,6 +55,7 @@ from spamlang.scoring.floors import FloorCache
 from spamlang.scoring.scorer import score
 from spamlang.scoring.speedup import format_speedup, speedup_table
 from spamlang.system import atomic
+from spamlang.system.threads import available_cores
 
 
 class Written(NamedTuple):
@@ -179,7 +179,7 @@ def write_fit(runs: pd.DataFrame, out: str | Path, command: str = "", resamples:
     files = {FIT_PROVENANCE_FILE: provenance_sidecar(prov, tables, out), **tables,  # plain tables: read_csv reads them
              "fit.md": head + fitreport.markdown(fits, list(figures))}
     # all before any write; on the machine's cores (the rendering is most of a fit's time)
-    rendered = dict(zip(figures, plots.render_many(list(figures.values()), os.cpu_count() or 1)))
+    rendered = dict(zip(figures, plots.render_many(list(figures.values()), available_cores())))
     written = []
     for name, (data, vector) in rendered.items():
         atomic.write_bytes(out / name, data)

@@ -27,9 +27,10 @@ class Fits:
 
 def fits(runs: pd.DataFrame, resamples: int = fit.RESAMPLES, seed: int = fit.BOOTSTRAP_SEED) -> Fits:
     """The fits of ``runs`` (SpamLangError without a task with a Bayes loss, or without a V grid)."""
-    tried = fit.observations(runs, every_lr=True)
+    configs = fit.configurations(runs)
+    tried = fit.observations(runs, every_lr=True, configs=configs)
     obs = fit.check_grid(tried[tried["chosen"]].reset_index(drop=True))
-    return Fits(obs, fit.fit_table(obs, resamples, seed, tried), fit.control_table(runs))
+    return Fits(obs, fit.fit_table(obs, resamples, seed, tried), fit.control_table(runs, configs=configs))
 
 
 def _g(value: float) -> str:

@@ -22,6 +22,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter
 from spamlang.publishing.tables import with_params
 from spamlang.scoring.fit import UNIT_LABELS, UNITS
 from spamlang.system import atomic
+from spamlang.system.processes import fork_map
 
 #: colours of lines by V/rank: plasma without its palest yellow, which vanishes on white
 RATIO_CMAP = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.88, 256)))
@@ -239,15 +240,10 @@ def _render_one(i: int) -> tuple[bytes, bytes]:
 
 def render_many(figures: list[Figure], processes: int) -> list[tuple[bytes, bytes]]:
     """:func:`render_both` of each figure, on up to ``processes`` forked processes (the figures are inherited, not
-    pickled); in this process where fork is not available or one process is asked for. The bytes are the same
-    either way."""
-    import multiprocessing
-    if processes < 2 or len(figures) < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [render_both(fig) for fig in figures]
+    pickled: :func:`spamlang.system.processes.fork_map`). The bytes are the same either way."""
     _TO_RENDER[:] = figures
     try:
-        with multiprocessing.get_context("fork").Pool(min(processes, len(figures))) as pool:
-            return pool.map(_render_one, range(len(figures)), chunksize=1)
+        return fork_map(_render_one, range(len(figures)), processes)
     finally:
         _TO_RENDER.clear()
 

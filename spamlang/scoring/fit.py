@@ -241,16 +241,17 @@ def protocol(fields: Mapping) -> str:
     return "examples/symbol" if fields.get("examples_per_symbol") is not None else "tokens"
 
 
-def observations(runs: pd.DataFrame, every_lr: bool = False) -> pd.DataFrame:
+def observations(runs: pd.DataFrame, every_lr: bool = False, configs: list[dict] | None = None) -> pd.DataFrame:
     """One row per seed of each (group, V) of the runs, at the chosen lr of the configuration with the largest
     budget there (a grid whose failures were rerun on a larger budget is read at that budget): ``group`` (the
     settings that stay fixed along V, as JSON), ``task``, ``task_params``, ``head`` (the design's label, e.g.
     ``lowrank:2``), ``head_name``, ``head_rank``, ``d_model``, ``protocol`` (:func:`protocol`), ``vocab_size``,
     ``ratio`` (V/D), ``lr``, ``chosen``, ``run_id``, ``seed``, ``learned``, ``censored``,
     ``steps``/``examples``/``tokens`` (at the learned step, or the budget where censored) and the ``budget_*`` in each
-    unit. ``every_lr``: one row per seed at every lr tried there, ``chosen`` marking the chosen lr's."""
+    unit. ``every_lr``: one row per seed at every lr tried there, ``chosen`` marking the chosen lr's. ``configs``: the
+    runs' :func:`configurations`, where already computed."""
     best: dict[tuple[str, Any], dict] = {}
-    for config in configurations(runs):
+    for config in configurations(runs) if configs is None else configs:
         key = (_group_key(config["fields"]), config["fields"]["vocab_size"])
         if key not in best or _budget_of(config) > _budget_of(best[key]):
             best[key] = config
@@ -366,7 +367,8 @@ def _steps_test(first: list[Mapping], second: list[Mapping]) -> float:
     return math.nan if test.p is None else test.p
 
 
-def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: float = ALPHA) -> pd.DataFrame:
+def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: float = ALPHA,
+                  configs: list[dict] | None = None) -> pd.DataFrame:
     """For each configuration of a ``gradproj:r`` head that has ``lowrank:r`` and ``linear`` beside it (same other
     settings and budget), the seeds paired across the three at the lr at which each learns fastest: ``task``,
     ``protocol`` (:func:`protocol`), ``vocab_size``, ``d_model``, ``r``, ``budget_examples``, ``n`` (seeds shared
@@ -378,8 +380,9 @@ def control_table(runs: pd.DataFrame, tolerance: float = LEARNED_MARGIN, alpha: 
     p-values Holm-adjusted over the row's tests that could be made (the family that decides its ``like``) and ``like``:
     ``linear`` (differs from lowrank, not from linear), ``lowrank`` (the reverse), ``between`` (differs from both),
     ``no contrast`` (from neither). A loss difference counts when its adjusted p < ``alpha`` and its mean exceeds
-    ``tolerance`` nats; a steps difference when its adjusted p < ``alpha``."""
-    configs = configurations(runs)
+    ``tolerance`` nats; a steps difference when its adjusted p < ``alpha``. ``configs``: the runs'
+    :func:`configurations`, where already computed."""
+    configs = configurations(runs) if configs is None else configs
     index: dict[tuple, dict] = {}
     for config in configs:
         f = config["fields"]

@@ -18,11 +18,15 @@ from spamlang.errors import SpamLangError
 from spamlang.heads.base import head_label
 from spamlang.params import scalar_fields, type_of
 from spamlang.scoring.floors import CACHE_NAME
+from spamlang.system.processes import fork_map
+from spamlang.system.threads import available_cores
 from spamlang.task import TASKS
 
 #: JSON files SpamLang writes beside the run records that are not records: the floor cache and the leaderboard's
 #: provenance, and the fit's (``spamlang leaderboard FOLDER`` and ``fit FOLDER`` read and write the same folder)
 NOT_RECORDS = (CACHE_NAME, "leaderboard.provenance.json", "fit.provenance.json")
+#: the number of record files from which :func:`load_runs` reads (and verifies) them on all the cores
+PARALLEL_FILES = 256
 #: the run settings, each a column of the frame
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 #: the prefix of a run's final metrics (record.Final) as columns of the run frame
@@ -66,24 +70,23 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
     for missing (``head_rank`` of a linear head, ``embed_dim`` left at D); ``compile`` and, when known for every run,
     ``deterministic`` are bool. :func:`python_values` turns the frame back into Python values.
 
-    A file that is not a valid record (other than the NOT_RECORDS files) is reported (warnings.warn, naming it and the
+    From ``PARALLEL_FILES`` files on, the records are read on all the cores (the same frame). A file that is not a
+    valid record (other than the NOT_RECORDS files) is reported (warnings.warn, naming it and the
     malformed field) and skipped, as is a second record of a run already read; no record at all raises SpamLangError.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise SpamLangError(f"run folder not found: {folder}")
     files = sorted(p for p in folder.rglob("*.json") if p.name not in NOT_RECORDS and p.is_file())
+    processes = available_cores() if len(files) >= PARALLEL_FILES else 1
     rows, problems, seen = [], [], {}
-    for path in files:
-        try:
-            row = _row(record.read(path), path)
-        except SpamLangError as exc:
-            problems.append(str(exc))
-            continue
-        if row["run_id"] in seen:
-            problems.append(f"{path}: a second record of run {row['run_id']} (first: {seen[row['run_id']]})")
+    for row in fork_map(_read_row, files, processes, chunksize=32):
+        if isinstance(row, str):
+            problems.append(row)
+        elif row["run_id"] in seen:
+            problems.append(f"{row['path']}: a second record of run {row['run_id']} (first: {seen[row['run_id']]})")
         else:
-            seen[row["run_id"]] = path
+            seen[row["run_id"]] = row["path"]
             rows.append(row)
     if not rows:
         detail = f": {len(problems)} file(s) skipped, first {problems[0]}" if problems else " (no *.json files)"
@@ -136,6 +139,14 @@ def _typed(frame: pd.DataFrame, types: dict[str, type]) -> pd.DataFrame:
             numbers = pd.to_numeric(values.map(lambda v: math.nan if is_missing(v) else v), errors="raise")
             frame[column] = numbers.astype("int64" if kind is int and complete else "float64")
     return frame
+
+
+def _read_row(path: Path) -> dict | str:
+    """The DataFrame row of the record at ``path``, or what is wrong with the file."""
+    try:
+        return _row(record.read(path), path)
+    except SpamLangError as exc:
+        return str(exc)
 
 
 def _row(rec: record.RunRecord, path: Path) -> dict:

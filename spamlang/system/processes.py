@@ -1,4 +1,5 @@
-"""Process hygiene: worker processes that die with their parent, and the lock that keeps two sweeps out of one folder.
+"""Process hygiene: worker processes that die with their parent, the lock that keeps two sweeps out of one folder, and
+a map over forked processes for the read-only work of scoring and publishing.
 
 A worker calls :func:`die_with_parent` as it starts: on Linux the kernel kills it when its parent dies
 (``prctl(PR_SET_PDEATHSIG, SIGKILL)``, ``kill -9`` of the parent included), and everywhere a daemon thread ends it
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import threading
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 from spamlang.errors import SpamLangError
 
@@ -23,15 +26,27 @@ WATCH_INTERVAL = 0.5
 #: the lock file a sweep holds in its runs folder
 LOCK_NAME = ".spamlang.lock"
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL | None:
+    """The C library on Linux (looked up once: the lookup runs ``ldconfig``), else None."""
+    if os.uname().sysname != "Linux":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
 
 def _set_death_signal(sig: int) -> bool:
     """Ask the Linux kernel to send ``sig`` to this process when its parent dies; False where that is not possible."""
-    if not hasattr(os, "getppid") or os.uname().sysname != "Linux":
-        return False
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
+        return libc is not None and libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except AttributeError:
         return False
 
 
@@ -50,6 +65,28 @@ def die_with_parent(parent: int | None = None, interval: float = WATCH_INTERVAL)
     if os.getppid() != parent:  # the parent died before the death signal was set
         os._exit(1)
     threading.Thread(target=_watch, args=(parent, interval), name="spamlang-parent-watchdog", daemon=True).start()
+
+
+def fork_map(function: Callable[[T], R], items: Sequence[T], processes: int, chunksize: int = 1) -> list[R]:
+    """``[function(item) for item in items]`` on up to ``processes`` forked processes, which inherit this process's
+    state (only the items, the results and the name of ``function``, a module-level one, are pickled) and die with
+    it; in this process where fork is not available, one process is asked for, there are fewer than two items, or
+    this process is itself a pool's worker. The results are the same either way, in the order of ``items``."""
+    import multiprocessing
+    processes = min(processes, len(items))
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods() \
+            or multiprocessing.current_process().daemon:
+        return [function(item) for item in items]
+    _libc()  # looked up here, once, rather than in every worker
+    with multiprocessing.get_context("fork").Pool(processes, initializer=_pool_worker) as pool:
+        return pool.map(function, items, chunksize=chunksize)
+
+
+def _pool_worker() -> None:
+    """A :func:`fork_map` worker: it dies with its parent, and at once on SIGTERM (the pool's way to end it), not
+    through the handler a command installs for itself, which would unwind the worker mid-queue."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
 
 
 class FolderLock:
