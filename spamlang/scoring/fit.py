@@ -102,7 +102,7 @@ def tobit(x: np.ndarray, y: np.ndarray, censored: np.ndarray, iterations: int = 
         curvature = np.where(censored, mills * (u + mills), 1.0)
         hessian = -np.einsum("bn,bnk,bnl->bkl", curvature, features, features)
         hessian[:, 2, 2] -= uncensored / p[:, 2] ** 2
-        direction = -np.einsum("bkl,bl->bk", np.linalg.pinv(hessian), grad)  # Newton: -H⁻¹ g
+        direction = -_solve(hessian, grad)  # Newton: -H⁻¹ g
         decrement = (grad * direction).sum(axis=1)  # -gᵀH⁻¹g >= 0 (H is negative definite)
         step, done = np.ones(len(p)), ~np.isfinite(decrement) | (decrement < 1e-12)
         for _ in range(40):  # halve each element's step until its likelihood does not fall
@@ -119,6 +119,16 @@ def tobit(x: np.ndarray, y: np.ndarray, censored: np.ndarray, iterations: int = 
             break
     out = np.stack([p[:, 0] / p[:, 2], p[:, 1] / p[:, 2], 1 / p[:, 2]], axis=1)
     return np.where(np.isfinite(out).all(axis=1, keepdims=True) & (p[:, 2:3] > 0), out, np.nan)
+
+
+def _solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """H⁻¹ g for each (B, k, k) matrix and (B, k) vector: an LU solve, or the pseudo-inverse where a matrix of the
+    batch is singular (or not finite)."""
+    try:
+        with np.errstate(all="ignore"):
+            return np.linalg.solve(matrices, vectors[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.einsum("bkl,bl->bk", np.linalg.pinv(matrices), vectors)
 
 
 def bootstrap_indices(strata: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
