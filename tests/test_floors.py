@@ -232,6 +232,18 @@ def test_a_board_keeps_new_floors_in_its_folder_and_the_users_cache_for_the_next
     assert kept[0] == kept[1]  # the floor the board used is kept in its folder
 
 
+def test_a_board_takes_a_floor_from_its_folder_before_the_users_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAMLANG_CACHE_DIR", str(tmp_path / "user"))
+    key = json.dumps({"a": 1})
+    for folder, floor in (("user", 1.0), ("shipped", 2.0), ("own", 3.0)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / CACHE_NAME).write_text(json.dumps({key: {"floor": floor}}))
+    own, shipped = tmp_path / "own" / CACHE_NAME, tmp_path / "shipped" / CACHE_NAME
+    board = FloorCache(own, [shipped, own], copy_to=tmp_path / "user" / CACHE_NAME)
+    assert board[key] == {"floor": 3.0}
+    assert FloorCache.for_board(tmp_path / "other", [tmp_path / "shipped"])[key] == {"floor": 2.0}
+
+
 def test_a_corrupt_cache_file_is_reported_and_ignored(tmp_path):
     path = tmp_path / "floors.cache.json"
     path.write_text("{not json")

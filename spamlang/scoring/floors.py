@@ -335,6 +335,9 @@ class FloorCache(dict):
     """Floors by key, in memory and, given a path, in a JSON file that every new entry is merged into atomically;
     ``sources`` are further cache files read (never written), such as those shipped with published results; ``copy_to``
     is a further file that new entries are merged into too (the user's cache, so that the next folder finds them).
+    Where files disagree on a floor, the folder's own file wins, then the shipped ones: a published board is rebuilt
+    from the floors shipped with it, whatever the user's cache holds (floors refitted on another machine can differ
+    in their last digits).
 
     An unreadable cache file is reported (warnings.warn) and its floors recomputed, never trusted; a cache file that
     cannot be written is reported once and the floors kept in memory.
@@ -342,9 +345,9 @@ class FloorCache(dict):
 
     def __init__(self, path: str | Path | None = None, sources=(), copy_to: str | Path | None = None):
         super().__init__()
-        files = [*map(Path, sources), *(Path(p) for p in (copy_to, path) if p is not None)]
+        files = [Path(p) for p in (copy_to, *sources, path) if p is not None]
         own: dict = {}  # what the folder's own file (``path``) holds
-        for source in dict.fromkeys(files):
+        for source in list(dict.fromkeys(files[::-1]))[::-1]:  # a later file wins: the folder's own file last
             try:
                 entries = _read_cache(source)
             except ValueError as exc:
