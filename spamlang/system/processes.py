@@ -13,6 +13,7 @@ import ctypes.util
 import functools
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -33,7 +34,7 @@ R = TypeVar("R")
 @functools.lru_cache(maxsize=None)
 def _libc() -> ctypes.CDLL | None:
     """The C library on Linux (looked up once: the lookup runs ``ldconfig``), else None."""
-    if os.uname().sysname != "Linux":
+    if not sys.platform.startswith("linux"):
         return None
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
